@@ -1,0 +1,1 @@
+"""rlhfjob's operator: RLHFJob spec, planning and Kubernetes reconciliation. Never imports torch."""
