@@ -1,0 +1,198 @@
+"""Prompt streams, the StreamDataset, and batching: pure bookkeeping, no models.
+
+Everything here is deterministic given its seed and position, so a checkpoint
+stores positions (``state_dict``) and a resumed run takes exactly the samples
+an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import default_collate
+
+__all__ = [
+    "EpisodeReplayBuffer",
+    "PromptStream",
+    "StreamDataset",
+    "collate",
+    "split_samples",
+]
+
+
+def collate(samples: Sequence[Any]) -> Any:
+    """Collate per-sample dicts into one batch (torch's ``default_collate``).
+
+    Raises ValueError naming the key when samples disagree in shape, the usual
+    cause being responses of different lengths: pad them to one length.
+    """
+    try:
+        return default_collate(list(samples))
+    except RuntimeError as exc:
+        keys = ""
+        if samples and isinstance(samples[0], dict):
+            shapes = {
+                k: sorted({tuple(s[k].shape) for s in samples if isinstance(s[k], torch.Tensor)})
+                for k in samples[0]
+            }
+            keys = ", ".join(f"{k}: {v}" for k, v in shapes.items() if len(v) > 1)
+        raise ValueError(
+            f"cannot batch samples whose tensors differ in shape ({keys or exc}); pad each "
+            "key to one shape per episode"
+        ) from exc
+
+
+def split_samples(batch: Any) -> list[Any]:
+    """Split a batch dict (values with the batch as first dim) into per-sample dicts."""
+    if not isinstance(batch, dict):
+        raise ValueError(
+            f"a model output must be a dict of batched values, got {type(batch).__name__}"
+        )
+    sizes = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            if value.dim() == 0:
+                raise ValueError(f"output key {key!r} is a scalar tensor; give it a batch dim")
+            sizes[key] = value.shape[0]
+        elif isinstance(value, (list, tuple)):
+            sizes[key] = len(value)
+        else:
+            raise ValueError(
+                f"output key {key!r} is a {type(value).__name__}; values must be tensors or "
+                "lists with the batch as first dimension"
+            )
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"output keys disagree on the batch size: {sizes}")
+    n = next(iter(sizes.values()), 0)
+    return [{key: value[i] for key, value in batch.items()} for i in range(n)]
+
+
+class PromptStream:
+    """An endless stream over one or more prompt lists, reshuffled on each pass.
+
+    With several datasets (``set_multiple_datasets``) the stream takes one
+    prompt from each in turn. The order of pass ``k`` of dataset ``d`` is a
+    permutation drawn from ``(seed, d, k)``, so the state is just positions.
+    """
+
+    def __init__(self, datasets: Sequence[Sequence[Any]], *, seed: int, shuffle: bool) -> None:
+        if not datasets or any(len(d) == 0 for d in datasets):
+            raise ValueError("a prompt dataset is empty; give at least one prompt")
+        self.datasets = [list(d) for d in datasets]
+        self.seed = seed
+        self.shuffle = shuffle
+        self.consumed = 0  # prompts taken from the stream so far, all datasets together
+        self._orders: dict[tuple[int, int], list[int]] = {}
+
+    def _order(self, dataset: int, epoch: int) -> list[int]:
+        key = (dataset, epoch)
+        if key not in self._orders:
+            order = list(range(len(self.datasets[dataset])))
+            if self.shuffle:
+                random.Random(f"{self.seed}/{dataset}/{epoch}").shuffle(order)
+            self._orders = {key: order}  # keep one pass cached; older passes are never needed
+        return self._orders[key]
+
+    def _at(self, position: int) -> Any:
+        dataset = position % len(self.datasets)
+        index = position // len(self.datasets)
+        size = len(self.datasets[dataset])
+        return self.datasets[dataset][self._order(dataset, index // size)[index % size]]
+
+    def take(self, n: int) -> list[Any]:
+        out = [self._at(self.consumed + i) for i in range(n)]
+        self.consumed += n
+        return out
+
+    def state_dict(self) -> dict[str, int]:
+        return {"consumed": self.consumed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.consumed = int(state["consumed"])
+
+
+@dataclasses.dataclass
+class EpisodeReplayBuffer:
+    """One episode's samples, as ChatLearn's replay sample manager sees them."""
+
+    episode_id: int
+    buffer: list[Any]
+
+
+class StreamDataset:
+    """The samples of the current episode (and the replay window), cut into train batches.
+
+    ``fixed``: each episode must yield exactly ``sample_per_episode`` samples
+    (after the replay manager, if any); anything else is an error that says so.
+    ``dynamic``: any positive number. In both, a last global batch smaller
+    than ``train_global_batch_size`` is trained too (in micro-batches of at
+    most ``train_micro_batch_size``), so no sample is dropped.
+    """
+
+    def __init__(
+        self,
+        *,
+        sample_per_episode: int,
+        micro_batch: int,
+        global_batch: int,
+        loader: str,
+        max_replay_episode: int,
+        seed: int,
+        shuffle: bool,
+    ) -> None:
+        self.sample_per_episode = sample_per_episode
+        self.micro_batch = micro_batch
+        self.global_batch = global_batch
+        self.loader = loader
+        self.max_replay_episode = max_replay_episode
+        self.seed = seed
+        self.shuffle = shuffle
+        self.replay: list[EpisodeReplayBuffer] = []
+        self.samples: list[Any] = []
+
+    def set_episode(
+        self,
+        episode: int,
+        samples: list[Any],
+        replay_manager: Callable[[list[EpisodeReplayBuffer]], list[Any]] | None,
+    ) -> None:
+        """Install one episode's samples; the replay manager may rewrite them."""
+        self.replay.append(EpisodeReplayBuffer(episode_id=episode, buffer=samples))
+        self.replay = self.replay[-(self.max_replay_episode or 1) :]
+        train = replay_manager(list(self.replay)) if replay_manager else samples
+        if not isinstance(train, list):
+            raise ValueError(
+                f"the replay sample manager must return a list of samples, got "
+                f"{type(train).__name__}"
+            )
+        if self.loader == "fixed" and len(train) != self.sample_per_episode:
+            raise ValueError(
+                f"episode {episode} produced {len(train)} samples for training but "
+                f"runtime.sample_per_episode is {self.sample_per_episode} and "
+                "runtime.stream_data_loader_type is 'fixed'; use 'dynamic' when the count varies"
+            )
+        if not train:
+            raise ValueError(f"episode {episode} produced no samples to train on")
+        self.samples = train
+
+    def global_batches(self, *, episode: int, epoch: int) -> Iterator[list[Any]]:
+        """Yield lists of micro-batches (collated), one list per optimizer step."""
+        order = list(range(len(self.samples)))
+        if self.shuffle:
+            random.Random(f"{self.seed}/train/{episode}/{epoch}").shuffle(order)
+        for start in range(0, len(order), self.global_batch):
+            ids = order[start : start + self.global_batch]
+            yield [
+                collate([self.samples[i] for i in ids[m : m + self.micro_batch]])
+                for m in range(0, len(ids), self.micro_batch)
+            ]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"replay": [dataclasses.asdict(b) for b in self.replay]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.replay = [EpisodeReplayBuffer(**b) for b in state["replay"]]

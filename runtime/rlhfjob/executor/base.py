@@ -1,0 +1,43 @@
+"""The interface between the Engine's episode loop and wherever models run."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from rlhfjob.flow import Node
+from rlhfjob.module import BaseModule
+
+
+class Executor(Protocol):
+    """Runs module hooks and model calls; results may be remote references.
+
+    ``call`` returns a handle to a node's output (the value itself in-process);
+    ``fetch`` turns a handle into data on the caller's side, and is used only
+    where the driver really needs values (evaluation results, the training
+    samples of the in-process StreamDataset).
+    """
+
+    def setup(self, modules: Sequence[BaseModule]) -> None: ...
+
+    def build_dataset(self, module: BaseModule, prompts: list[Any], *, is_eval: bool) -> list[Any]: ...
+
+    def call(self, node: Node, inputs: Sequence[Any], *, iteration: int | None) -> Any: ...
+
+    def fetch(self, handle: Any) -> Any: ...
+
+    def hook(self, name: str) -> None:
+        """Call a no-argument hook (``before_episode``, ``after_episode``) on every module."""
+        ...
+
+    def metrics(self) -> dict[str, dict[str, float]]: ...
+
+    def sync(self, src: BaseModule, dst: BaseModule, *, bucket_mb: int) -> int:
+        """Copy ``src``'s parameters into ``dst``; returns the bytes moved."""
+        ...
+
+    def state_dicts(self, *, iteration: int) -> dict[str, dict[str, Any]]: ...
+
+    def load_state_dicts(self, states: dict[str, dict[str, Any]]) -> None: ...
+
+    def shutdown(self) -> None: ...

@@ -1,0 +1,117 @@
+"""The in-process executor: every module lives in the driver's process."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from rlhfjob.flow import Node
+from rlhfjob.module import BaseModule
+from rlhfjob_operator.spec import JobConfig
+
+
+def merge_inputs(label: str, inputs: Sequence[Any]) -> Any:
+    """A call's inputs as one value: dicts merged in argument order (later keys win).
+
+    One input is passed as a shallow copy, so a module that adds keys to its
+    input cannot change what a parallel branch sees.
+    """
+    if len(inputs) == 1:
+        (only,) = inputs
+        if isinstance(only, dict):
+            return dict(only)
+        if isinstance(only, list):
+            return list(only)
+        return only
+    merged: dict[str, Any] = {}
+    for position, value in enumerate(inputs):
+        if not isinstance(value, dict):
+            raise ValueError(
+                f"{label}() gets {len(inputs)} inputs, so each must be a dict to merge; input "
+                f"{position + 1} is a {type(value).__name__}"
+            )
+        merged.update(value)
+    return merged
+
+
+def copy_parameters(src: BaseModule, dst: BaseModule) -> int:
+    """Copy ``src``'s sync parameters into ``dst``'s in place; returns bytes copied.
+
+    Raises ValueError naming missing, unexpected or mis-shaped parameters.
+    """
+    source = src.named_parameters_to_sync()
+    target = dst.named_parameters_to_sync()
+    missing = sorted(set(source) - set(target))
+    extra = sorted(set(target) - set(source))
+    if missing or extra:
+        raise ValueError(
+            f"parameter sync {src.name} -> {dst.name}: the models differ in parameter names "
+            f"(only in {src.name}: {missing[:5]}, only in {dst.name}: {extra[:5]}); sync pairs "
+            "must be the same architecture"
+        )
+    moved = 0
+    with torch.no_grad():
+        for name, tensor in source.items():
+            out = target[name]
+            if out.shape != tensor.shape:
+                raise ValueError(
+                    f"parameter sync {src.name} -> {dst.name}: {name} has shape "
+                    f"{tuple(tensor.shape)} in {src.name} but {tuple(out.shape)} in {dst.name}"
+                )
+            out.copy_(tensor)
+            moved += tensor.numel() * tensor.element_size()
+    return moved
+
+
+class LocalExecutor:
+    """Runs every call directly; handles are the values themselves."""
+
+    def __init__(self, config: JobConfig) -> None:
+        self.config = config
+        self.modules: list[BaseModule] = []
+
+    def setup(self, modules: Sequence[BaseModule]) -> None:
+        self.modules = list(modules)
+        for module in self.modules:
+            module.bind(self.config)
+        for module in self.modules:
+            module.setup()
+
+    def build_dataset(self, module: BaseModule, prompts: list[Any], *, is_eval: bool) -> list[Any]:
+        return list(module.build_dataset(prompts, is_eval))
+
+    def call(self, node: Node, inputs: Sequence[Any], *, iteration: int | None) -> Any:
+        data = merge_inputs(node.label, inputs)
+        return node.module.call_hook(node.method, data, iteration)
+
+    def fetch(self, handle: Any) -> Any:
+        return handle
+
+    def hook(self, name: str) -> None:
+        for module in self.modules:
+            getattr(module, name)()
+
+    def metrics(self) -> dict[str, dict[str, float]]:
+        return {m.name: dict(m.get_and_clear_metrics() or {}) for m in self.modules}
+
+    def sync(self, src: BaseModule, dst: BaseModule, *, bucket_mb: int) -> int:
+        # One process: a copy in place is the whole sync; buckets matter only across workers.
+        del bucket_mb
+        return copy_parameters(src, dst)
+
+    def state_dicts(self, *, iteration: int) -> dict[str, dict[str, Any]]:
+        states = {}
+        for module in self.modules:
+            states[module.name] = module.state_dict()
+            module.save_checkpoint(iteration)
+        return states
+
+    def load_state_dicts(self, states: dict[str, dict[str, Any]]) -> None:
+        for module in self.modules:
+            if module.name in states:
+                module.load_state_dict(states[module.name])
+
+    def shutdown(self) -> None:
+        self.modules = []

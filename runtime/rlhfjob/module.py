@@ -1,0 +1,183 @@
+"""BaseModule: one model of a flow, with ChatLearn's hooks and signatures.
+
+A subclass builds its model in ``setup()`` and implements the steps its flows
+call. Any public method called inside a flow is a model call: during tracing
+the call is recorded instead of run (see ``rlhfjob.flow``).
+
+Data is a dict whose values have the batch as first dimension (tensors or
+lists). ``forward_step(data, iteration)`` and ``eval_step(data)`` return such a
+dict (or None); ``train_step(data, iteration)`` gets the list of micro-batch
+dicts of one global batch. A hook written without the ``iteration`` parameter
+is called without it.
+
+A module that sets ``self.model`` (a ``torch.nn.Module``) and optionally
+``self.optimizer`` is checkpointed and parameter-synced with no extra code;
+override ``state_dict``/``load_state_dict`` to save more.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, Any
+
+from rlhfjob import flow as _flow
+
+if TYPE_CHECKING:
+    import torch
+
+    from rlhfjob_operator.spec import JobConfig, ModelSpec, RuntimeSpec
+
+__all__ = ["BaseModule"]
+
+# Methods of BaseModule itself that are never model calls, even inside a flow.
+_NOT_MODEL_CALLS = frozenset(
+    {
+        "setup",
+        "build_dataset",
+        "before_episode",
+        "after_episode",
+        "get_and_clear_metrics",
+        "save_checkpoint",
+        "state_dict",
+        "load_state_dict",
+        "named_parameters_to_sync",
+        "bind",
+        "call_hook",
+    }
+)
+
+
+class BaseModule:
+    """A named model. ``name`` keys its ``models.<name>`` config section."""
+
+    def __init__(self, name: str) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a module needs a non-empty string name, got {name!r}")
+        self.name = name
+        self.model: torch.nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._config: JobConfig | None = None
+        self.replica_id = 0
+
+    # --- configuration, bound by the Engine before setup() -----------------
+
+    def bind(self, config: JobConfig, *, replica_id: int = 0) -> None:
+        """Attach the job config; called by the executor before ``setup()``."""
+        self._config = config
+        self.replica_id = replica_id
+
+    @property
+    def runtime_args(self) -> RuntimeSpec:
+        """The job's ``runtime`` section."""
+        if self._config is None:
+            raise RuntimeError(f"module {self.name!r} is not bound to an Engine yet")
+        return self._config.runtime
+
+    @property
+    def module_args(self) -> ModelSpec:
+        """This model's ``models.<name>`` section (defaults when absent)."""
+        if self._config is None:
+            raise RuntimeError(f"module {self.name!r} is not bound to an Engine yet")
+        return self._config.model(self.name)
+
+    @property
+    def model_args(self) -> dict[str, Any]:
+        """The free-form ``models.<name>.args`` dict (model_path, learning rate...)."""
+        return self.module_args.args
+
+    @property
+    def trainable(self) -> bool:
+        return self.module_args.trainable
+
+    # --- hooks, as ChatLearn calls them -------------------------------------
+
+    def setup(self) -> None:
+        """Build the model (and optimizer) on the worker. Default: nothing."""
+
+    def build_dataset(self, prompts: list[Any], is_eval: bool = False) -> list[Any]:
+        """Turn raw prompts into samples; called on the first model of a flow."""
+        return prompts
+
+    def forward_step(self, data: dict[str, Any], iteration: int) -> dict[str, Any] | None:
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward_step")
+
+    def train_step(self, data: list[dict[str, Any]], iteration: int) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not implement train_step")
+
+    def eval_step(self, data: dict[str, Any]) -> dict[str, Any] | None:
+        raise NotImplementedError(f"{type(self).__name__} does not implement eval_step")
+
+    def before_episode(self) -> None:
+        """Called on every module at the start of each episode."""
+
+    def after_episode(self) -> None:
+        """Called on every module at the end of each episode."""
+
+    def get_and_clear_metrics(self) -> dict[str, float]:
+        """Scalar metrics gathered since the last call; shown per episode."""
+        return {}
+
+    def save_checkpoint(self, iteration: int) -> None:
+        """User hook called when the engine checkpoints (after ``state_dict``)."""
+
+    # --- state: checkpointing and parameter sync ---------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint holds for this module: model and optimizer state."""
+        state: dict[str, Any] = {}
+        if self.model is not None:
+            state["model"] = self.model.state_dict()
+        if self.optimizer is not None:
+            state["optimizer"] = self.optimizer.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.model is not None and "model" in state:
+            self.model.load_state_dict(state["model"])
+        if self.optimizer is not None and "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
+
+    def named_parameters_to_sync(self) -> dict[str, torch.Tensor]:
+        """Tensors that parameter sync copies from a trainer to its inference twin."""
+        if self.model is None:
+            raise ValueError(
+                f"module {self.name!r} has no self.model, so its parameters cannot be synced; "
+                "set self.model in setup() or override named_parameters_to_sync()"
+            )
+        return dict(self.model.named_parameters())
+
+    def call_hook(self, method: str, data: Any, iteration: int | None) -> Any:
+        """Call ``method`` with ``iteration`` only if its signature takes one."""
+        fn = getattr(self, method)
+        if iteration is not None and _takes_iteration(fn):
+            return fn(data, iteration)
+        return fn(data)
+
+    # --- tracing -----------------------------------------------------------
+
+    def __getattribute__(self, attr: str) -> Any:
+        value = object.__getattribute__(self, attr)
+        if (
+            _flow.tracing_active()
+            and not attr.startswith("_")
+            and attr not in _NOT_MODEL_CALLS
+            and inspect.ismethod(value)
+        ):
+            return _flow.record_call(self, attr)
+        return value
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+def _takes_iteration(fn: Any) -> bool:
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return True
+    positional = [
+        p
+        for p in params
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+    ]
+    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in positional)
