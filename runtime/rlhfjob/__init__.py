@@ -1,6 +1,6 @@
 """rlhfjob: RLHF training jobs with ChatLearn's Custom Flow API.
 
-    from rlhfjob import Engine, Environment, Trainer, Evaluator, BaseModule
+from rlhfjob import Engine, Environment, Trainer, Evaluator, BaseModule
 """
 
 from rlhfjob.engine import Engine, Environment, Evaluator, Trainer

@@ -115,9 +115,7 @@ def latest_checkpoint(root: str | Path | None) -> Path | None:
     if not root.is_dir():
         return None
     complete = [
-        entry
-        for entry in root.iterdir()
-        if _NAME.match(entry.name) and (entry / _MARKER).is_file()
+        entry for entry in root.iterdir() if _NAME.match(entry.name) and (entry / _MARKER).is_file()
     ]
     return max(complete, key=lambda p: int(_NAME.match(p.name).group(1)), default=None)  # type: ignore[union-attr]
 
@@ -134,8 +132,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, dict[str, Any]], dict[s
     try:
         names = json.loads(marker.read_text())["modules"]
         modules = {
-            name: torch.load(path / "modules" / f"{name}.pt", weights_only=False)
-            for name in names
+            name: torch.load(path / "modules" / f"{name}.pt", weights_only=False) for name in names
         }
         engine = torch.load(path / "engine.pt", weights_only=False)
     except Exception as exc:  # torch.load raises many types for one cause: a bad file

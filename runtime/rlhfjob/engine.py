@@ -169,12 +169,14 @@ class Engine:
         return self
 
     def set_parameter_sync(self, src: BaseModule, dst: BaseModule) -> Engine:
-        """After training, copy ``src``'s (a trainer's) weights into ``dst`` (its inference twin)."""
+        """After training, copy ``src``'s (trainer) weights into ``dst`` (its inference twin)."""
         for module, role in ((src, "src"), (dst, "dst")):
             if not isinstance(module, BaseModule):
                 raise ValueError(f"set_parameter_sync {role} must be a BaseModule, got {module!r}")
         if src is dst:
-            raise ValueError(f"set_parameter_sync({src.name}, {dst.name}): a module cannot sync to itself")
+            raise ValueError(
+                f"set_parameter_sync({src.name}, {dst.name}): a module cannot sync to itself"
+            )
         if any(d is dst for _, d in self._sync_pairs):
             raise ValueError(f"{dst.name} already receives parameters from another model")
         self._sync_pairs.append((src, dst))
@@ -214,12 +216,12 @@ class Engine:
                     f"two different modules are named {module.name!r}; module names key the "
                     "config and checkpoints, so each must be unique"
                 )
-        if self.environment is not None and self.trainer is not None:
-            if self.environment.graph.output is None:
-                raise ValueError(
-                    f"env flow {self.environment.graph.name} returns nothing, so the trainer "
-                    "would get no samples; return the last model call's output"
-                )
+        env = self.environment
+        if env is not None and self.trainer is not None and env.graph.output is None:
+            raise ValueError(
+                f"env flow {env.graph.name} returns nothing, so the trainer "
+                "would get no samples; return the last model call's output"
+            )
 
     def _check_config_names(self) -> None:
         names = {m.name for m in self.modules}

@@ -177,8 +177,10 @@ class _Tracer:
         where = self.where(frame)
         label = f"{module.name}.{method}"
         if not args:
-            self.fail(f"{label}() is called with no input; pass the flow's input or a model "
-                      "output", frame=frame)
+            self.fail(
+                f"{label}() is called with no input; pass the flow's input or a model output",
+                frame=frame,
+            )
         inputs = []
         for position, arg in enumerate(args):
             if not isinstance(arg, _Value) or arg._tracer is not self:

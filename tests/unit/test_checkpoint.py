@@ -64,7 +64,7 @@ def test_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
     assert_bitwise(straight, resumed)
     assert len(learner.calls) == 2 * 2 * 2, "only episodes 3 and 4 trained after resume"
     assert [s["episode"] for s in summaries] == [1, 2, 3, 4]
-    for a, b in zip(straight_summaries, summaries):
+    for a, b in zip(straight_summaries, summaries, strict=True):
         assert a["scorer/reward_mean"] == b["scorer/reward_mean"]
 
 
@@ -74,8 +74,14 @@ def test_resume_can_be_turned_off(tmp_path):
     engine = Engine(
         Environment(lambda b: actor.forward_step(b)),
         Trainer(lambda b: learner.train_step(b)),
-        config={"runtime": {**RUNTIME, "num_episode": 1, "enable_resume_training": False,
-                            "data_checkpoint_path": str(tmp_path)}},
+        config={
+            "runtime": {
+                **RUNTIME,
+                "num_episode": 1,
+                "enable_resume_training": False,
+                "data_checkpoint_path": str(tmp_path),
+            }
+        },
     ).set_dataset(prompts(8))
     assert [s["episode"] for s in engine.learn(progress=False)] == [1]
 
@@ -93,8 +99,9 @@ def test_resume_with_other_modules_names_the_fix(tmp_path):
 
 def test_incomplete_and_damaged_checkpoints(tmp_path):
     assert ckpt.latest_checkpoint(tmp_path / "missing") is None
-    good = ckpt.save_checkpoint(tmp_path, episode=1, modules={"m": {"w": torch.ones(2)}},
-                                engine={"episode": 1})
+    good = ckpt.save_checkpoint(
+        tmp_path, episode=1, modules={"m": {"w": torch.ones(2)}}, engine={"episode": 1}
+    )
     half = tmp_path / "episode_000002"
     (half / "modules").mkdir(parents=True)
     assert ckpt.latest_checkpoint(tmp_path) == good, "no COMPLETE marker: ignored"
@@ -147,7 +154,10 @@ def test_kill_during_save_keeps_the_previous_checkpoint(tmp_path, kill_at, mode)
     tests = str(Path(__file__).parent)
     proc = subprocess.run(
         [sys.executable, "-c", _KILLER.format(tests=tests), str(kill_at), mode, str(tmp_path)],
-        capture_output=True, text=True, timeout=120, cwd=tests,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tests,
     )
     assert proc.returncode == -9, proc.stderr[-2000:]
     latest = ckpt.latest_checkpoint(tmp_path)

@@ -7,21 +7,45 @@ import pytest
 from rlhfjob_operator.spec import JobConfig, SpecError, load_job_config
 
 BAD = [
-    ({"runtime": {"train_micro_batch_size": 4, "train_global_batch_size": 6}},
-     "train_global_batch_size (6) must be a multiple of runtime.train_micro_batch_size (4)"),
-    ({"runtime": {"sample_per_episode": 8, "train_micro_batch_size": 4,
-                  "train_global_batch_size": 16}},
-     "train_global_batch_size (16) is larger than runtime.sample_per_episode (8)"),
-    ({"runtime": {"sample_per_episode": 8, "generation_batch_size": 4},
-      "models": {"policy": {"num_replica": 3}}},
-     "models.policy: num_replica (3) x generation_batch_size (4) = 12 exceeds"),
-    ({"runtime": {"sample_per_episode": 8}, "models": {"p": {"num_replica": 2,
-                                                            "generation_batch_size": 5}}},
-     "models.p: num_replica (2) x generation_batch_size (5)"),
-    ({"runtime": {"colocation": [["a", "b"], ["b", "c"]]}, "models": {"a": {}, "b": {}, "c": {}}},
-     "model 'b' is in two colocation groups"),
-    ({"runtime": {"colocation": [["a", "x"]]}, "models": {"a": {}}},
-     "runtime.colocation names model 'x'"),
+    (
+        {"runtime": {"train_micro_batch_size": 4, "train_global_batch_size": 6}},
+        "train_global_batch_size (6) must be a multiple of runtime.train_micro_batch_size (4)",
+    ),
+    (
+        {
+            "runtime": {
+                "sample_per_episode": 8,
+                "train_micro_batch_size": 4,
+                "train_global_batch_size": 16,
+            }
+        },
+        "train_global_batch_size (16) is larger than runtime.sample_per_episode (8)",
+    ),
+    (
+        {
+            "runtime": {"sample_per_episode": 8, "generation_batch_size": 4},
+            "models": {"policy": {"num_replica": 3}},
+        },
+        "models.policy: num_replica (3) x generation_batch_size (4) = 12 exceeds",
+    ),
+    (
+        {
+            "runtime": {"sample_per_episode": 8},
+            "models": {"p": {"num_replica": 2, "generation_batch_size": 5}},
+        },
+        "models.p: num_replica (2) x generation_batch_size (5)",
+    ),
+    (
+        {
+            "runtime": {"colocation": [["a", "b"], ["b", "c"]]},
+            "models": {"a": {}, "b": {}, "c": {}},
+        },
+        "model 'b' is in two colocation groups",
+    ),
+    (
+        {"runtime": {"colocation": [["a", "x"]]}, "models": {"a": {}}},
+        "runtime.colocation names model 'x'",
+    ),
     ({"runtime": {"colocation": [["a"]]}, "models": {"a": {}}}, "names at least two models"),
     ({"runtime": {"sample_per_eposide": 8}}, "runtime.sample_per_eposide: unknown key"),
     ({"runtime": {}, "modles": {}}, "modles: unknown key"),
@@ -29,8 +53,10 @@ BAD = [
     ({"runtime": {"num_episode": 0}}, "runtime.num_episode: Input should be greater than"),
     ({"runtime": {"stream_data_loader_type": "lazy"}}, "runtime.stream_data_loader_type"),
     ({"runtime": {"save_episode_interval": 2}}, "runtime.data_checkpoint_path is not"),
-    ({"runtime": {"generation_batch_size": 64, "sample_per_episode": 8}},
-     "generation_batch_size (64) is larger than runtime.sample_per_episode (8)"),
+    (
+        {"runtime": {"generation_batch_size": 64, "sample_per_episode": 8}},
+        "generation_batch_size (64) is larger than runtime.sample_per_episode (8)",
+    ),
     ({"models": {"policy": {"sync_frequency": 0}}}, "models.policy.sync_frequency"),
     ({"runtime": {"seed": "abc"}}, "runtime.seed"),
 ]
@@ -47,7 +73,10 @@ def test_defaults_follow_chatlearn():
     config = load_job_config({})
     rt = config.runtime
     assert (rt.num_training_epoch, rt.coalesced_buffer_mb, rt.stream_data_loader_type) == (
-        1, 100, "fixed")
+        1,
+        100,
+        "fixed",
+    )
     assert rt.global_batch_size == rt.train_micro_batch_size, "global defaults to micro"
     assert rt.enable_resume_training is True
     assert config.model("anything").num_replica == 1

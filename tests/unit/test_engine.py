@@ -89,8 +89,9 @@ def test_prompt_stream_continues_across_episodes_and_wraps():
 
 def test_shuffled_stream_visits_every_prompt_once_per_pass():
     engine, actor, _, _ = build(
-        dict(num_episode=3, sample_per_episode=4, generation_batch_size=4,
-             train_micro_batch_size=4),
+        dict(
+            num_episode=3, sample_per_episode=4, generation_batch_size=4, train_micro_batch_size=4
+        ),
         n_prompts=12,
     )
     engine.learn(progress=False)
@@ -101,8 +102,9 @@ def test_shuffled_stream_visits_every_prompt_once_per_pass():
 
 def test_parameter_sync_honours_sync_frequency():
     engine, actor, _, learner = build(
-        dict(num_episode=3, sample_per_episode=4, generation_batch_size=4,
-             train_micro_batch_size=4),
+        dict(
+            num_episode=3, sample_per_episode=4, generation_batch_size=4, train_micro_batch_size=4
+        ),
         models={"learner": {"trainable": True, "sync_frequency": 2}},
     )
     snapshots = []
@@ -124,20 +126,28 @@ def test_parameter_sync_honours_sync_frequency():
 
 
 def test_initial_sync_starts_inference_from_trainer_weights():
-    engine, actor, _, learner = build(dict(sample_per_episode=4, generation_batch_size=4,
-                                           train_micro_batch_size=4))
+    engine, actor, _, learner = build(
+        dict(sample_per_episode=4, generation_batch_size=4, train_micro_batch_size=4)
+    )
     seen = []
     original = actor.before_episode
-    actor.before_episode = lambda: (seen.append(
-        torch.equal(actor.model.weight, learner.model.weight)), original())
+    actor.before_episode = lambda: (
+        seen.append(torch.equal(actor.model.weight, learner.model.weight)),
+        original(),
+    )
     engine.learn(progress=False)
     assert seen == [True]
 
 
 def test_evaluation_metrics_and_summary():
     engine, *_ = build(
-        dict(num_episode=2, sample_per_episode=8, generation_batch_size=4,
-             train_micro_batch_size=4, eval_episode_interval=1),
+        dict(
+            num_episode=2,
+            sample_per_episode=8,
+            generation_batch_size=4,
+            train_micro_batch_size=4,
+            eval_episode_interval=1,
+        ),
         evaluator=True,
     )
     summaries = engine.learn(progress=False)
@@ -149,16 +159,23 @@ def test_evaluation_metrics_and_summary():
 
 def test_learning_improves_reward():
     engine, *_ = build(
-        dict(num_episode=15, sample_per_episode=16, generation_batch_size=8,
-             train_micro_batch_size=8, train_global_batch_size=16, num_training_epoch=2),
+        dict(
+            num_episode=15,
+            sample_per_episode=16,
+            generation_batch_size=8,
+            train_micro_batch_size=8,
+            train_global_batch_size=16,
+            num_training_epoch=2,
+        ),
     )
     summaries = engine.learn(progress=False)
     assert summaries[-1]["scorer/reward_mean"] > summaries[0]["scorer/reward_mean"] + 0.5
 
 
 def test_progress_prints_one_line_per_episode(capsys):
-    engine, *_ = build(dict(num_episode=2, sample_per_episode=4, generation_batch_size=4,
-                            train_micro_batch_size=4))
+    engine, *_ = build(
+        dict(num_episode=2, sample_per_episode=4, generation_batch_size=4, train_micro_batch_size=4)
+    )
     engine.learn()
     out = capsys.readouterr()
     lines = [line for line in out.out.splitlines() if line.startswith("episode ")]
@@ -173,8 +190,11 @@ def test_fan_in_merges_inputs_in_argument_order():
             self.value = value
 
         def forward_step(self, data, iteration):
-            return {"id": data["id"], "k": torch.full((len(data["id"]),), self.value),
-                    self.name: data["id"] * 0 + self.value}
+            return {
+                "id": data["id"],
+                "k": torch.full((len(data["id"]),), self.value),
+                self.name: data["id"] * 0 + self.value,
+            }
 
     class Join(BaseModule):
         def setup(self):
@@ -188,10 +208,14 @@ def test_fan_in_merges_inputs_in_argument_order():
     x, y, z, join = Emit("x", 1), Emit("y", 2), Emit("z", 3), Join("join")
 
     def flow(batch):
-        return join.forward_step(z.forward_step(batch), x.forward_step(batch), y.forward_step(batch))
+        return join.forward_step(
+            z.forward_step(batch), x.forward_step(batch), y.forward_step(batch)
+        )
 
-    engine = Engine(Environment(flow), config={"runtime": {
-        "num_episode": 1, "sample_per_episode": 2, "generation_batch_size": 2}})
+    engine = Engine(
+        Environment(flow),
+        config={"runtime": {"num_episode": 1, "sample_per_episode": 2, "generation_batch_size": 2}},
+    )
     engine.set_dataset(prompts(2)).learn(progress=False)
     assert join.seen[0] == ["id", "k", "z", "x", "y"]
     assert join.seen[1] == [2, 2], "the last input wins on a shared key"
@@ -212,9 +236,10 @@ def test_hooks_are_called_in_episode_order():
     def flow(batch):
         return hooked.forward_step(batch)
 
-    Engine(Environment(flow), config={"runtime": {"num_episode": 2, "sample_per_episode": 2,
-                                                  "generation_batch_size": 2}}) \
-        .set_dataset(prompts(2)).learn(progress=False)
+    Engine(
+        Environment(flow),
+        config={"runtime": {"num_episode": 2, "sample_per_episode": 2, "generation_batch_size": 2}},
+    ).set_dataset(prompts(2)).learn(progress=False)
     assert events == ["before", "after", "before", "after"]
 
 
@@ -225,9 +250,17 @@ def test_evaluator_alone_and_post_process_override():
         def post_process(self, results, eval_info):
             return {"max_y": max(float(r["y"].max()) for r in results)}
 
-    engine = Engine(evaluator=MaxEval(lambda b: actor.eval_step(b)).set_dataset(prompts(5)),
-                    config={"runtime": {"num_episode": 1, "sample_per_episode": 2,
-                                        "generation_batch_size": 2, "eval_episode_interval": 1}})
+    engine = Engine(
+        evaluator=MaxEval(lambda b: actor.eval_step(b)).set_dataset(prompts(5)),
+        config={
+            "runtime": {
+                "num_episode": 1,
+                "sample_per_episode": 2,
+                "generation_batch_size": 2,
+                "eval_episode_interval": 1,
+            }
+        },
+    )
     summary = engine.learn(progress=False)
     assert set(summary[0]) >= {"eval/max_y"}
 
@@ -241,8 +274,9 @@ def test_custom_engine_subclass():
         def env(self, batch):
             return self.actor.forward_step(batch)
 
-    engine = CustomEngine({"runtime": {"num_episode": 1, "sample_per_episode": 2,
-                                       "generation_batch_size": 2}})
+    engine = CustomEngine(
+        {"runtime": {"num_episode": 1, "sample_per_episode": 2, "generation_batch_size": 2}}
+    )
     assert engine.set_dataset(prompts(2)).learn(progress=False)[0]["samples"] == 2
 
 
@@ -253,15 +287,26 @@ def test_replay_manager_sees_last_episodes():
         seen.append([b.episode_id for b in buffers])
         return buffers[-1].buffer
 
-    engine, *_ = build(dict(num_episode=3, sample_per_episode=4, generation_batch_size=4,
-                            train_micro_batch_size=4, max_replay_episode=2))
+    engine, *_ = build(
+        dict(
+            num_episode=3,
+            sample_per_episode=4,
+            generation_batch_size=4,
+            train_micro_batch_size=4,
+            max_replay_episode=2,
+        )
+    )
     engine.set_replay_sample_manager(manager).learn(progress=False)
     assert seen == [[1], [1, 2], [2, 3]]
 
 
 def test_fixed_loader_refuses_a_wrong_sample_count_and_dynamic_accepts_it():
-    runtime = dict(sample_per_episode=8, generation_batch_size=4, train_micro_batch_size=2,
-                   train_global_batch_size=4)
+    runtime = dict(
+        sample_per_episode=8,
+        generation_batch_size=4,
+        train_micro_batch_size=2,
+        train_global_batch_size=4,
+    )
     engine, _, _, learner = build(runtime)
     engine.set_replay_sample_manager(lambda buffers: buffers[-1].buffer[:6])
     with pytest.raises(ValueError, match="produced 6 samples .* 'fixed'"):
@@ -278,8 +323,10 @@ def test_bad_engine_inputs_are_refused_with_the_fix():
     with pytest.raises(ValueError, match="two different modules are named 'same'"):
         Engine(Environment(lambda b: other.forward_step(actor.forward_step(b))))
 
-    engine, *_ = build(dict(sample_per_episode=4, generation_batch_size=4,
-                            train_micro_batch_size=4), models={"actr": {}})
+    engine, *_ = build(
+        dict(sample_per_episode=4, generation_batch_size=4, train_micro_batch_size=4),
+        models={"actr": {}},
+    )
     with pytest.raises(ValueError, match=r"config models \['actr'\] name no module"):
         engine.learn(progress=False)
 
@@ -288,8 +335,10 @@ def test_bad_engine_inputs_are_refused_with_the_fix():
         Engine(Environment(lambda b: a.forward_step(b))).learn(progress=False)
 
     with pytest.raises(ValueError, match="returns nothing"):
+
         def env(b):
             a.forward_step(b)
+
         Engine(Environment(env), Trainer(lambda b: Learner("l").train_step(b)))
 
     with pytest.raises(ValueError, match="no environment, trainer or evaluator"):
@@ -301,5 +350,11 @@ def test_bad_engine_inputs_are_refused_with_the_fix():
 
 def test_save_interval_without_path_names_the_key():
     with pytest.raises(SpecError, match="runtime.data_checkpoint_path"):
-        build(dict(sample_per_episode=4, generation_batch_size=4, train_micro_batch_size=4,
-                   save_episode_interval=1))
+        build(
+            dict(
+                sample_per_episode=4,
+                generation_batch_size=4,
+                train_micro_batch_size=4,
+                save_episode_interval=1,
+            )
+        )
