@@ -1,0 +1,309 @@
+"""Pure: an RLHFJob spec -> the workers that run it, and the environment each one gets.
+
+Both launchers use this module: the operator (one pod per worker, see kube/)
+and ``rlhfjob run`` (one local process per worker). A job has a **driver**
+(rank 0), which runs the user's entrypoint, and one **worker per model
+replica**; models in one ``runtime.colocation`` group share a worker per
+replica (so they need the same ``num_replica``). Roles are ranked in sorted
+order of their names (the API server returns maps sorted, so every reader
+agrees), replicas of a role take consecutive ranks.
+
+The environment contract (every worker, driver included, gets exactly these;
+the runtime reads them, the names do not change):
+
+``RLHFJOB_JOB_NAME``
+    metadata.name of the RLHFJob.
+``RLHFJOB_ROLE``
+    ``driver``, or the worker's role: the model name for a lone model, or for a
+    colocation group a DNS-label-safe name joined from its models (see
+    :func:`role_name`).
+``RLHFJOB_MODELS``
+    Comma-separated names of the models this worker hosts, in colocation-group
+    order; empty for the driver.
+``RLHFJOB_REPLICA``
+    Replica index of this worker within its role, from 0 (0 for the driver).
+``RANK``, ``WORLD_SIZE``
+    Global rank (driver 0) and 1 + the number of model workers.
+``MASTER_ADDR``, ``MASTER_PORT``
+    The driver's address and rendezvous port (torch.distributed's env://).
+    On Kubernetes: ``driver.<job>.<namespace>.svc`` through the job's headless
+    Service; locally 127.0.0.1.
+``RLHFJOB_SPEC``
+    Path of the job's manifest as YAML (apiVersion, kind, metadata, spec):
+    the mounted ConfigMap on Kubernetes, a file locally. ``load_job`` reads it.
+``RLHFJOB_CHECKPOINT_DIR``
+    Directory for checkpoints: spec.checkpoint.mountPath in a pod. It wins
+    over runtime.data_checkpoint_path.
+``RLHFJOB_METRICS_PORT``
+    Port this worker serves Prometheus metrics on (the driver's is the one
+    scraped for job progress).
+``RLHFJOB_RESTART_GENERATION``
+    0 on the first start, +1 whenever the gang is re-created (after a failure
+    or a resume from suspend): a worker resumes from the last checkpoint when
+    it is above 0 and runtime.enable_resume_training is set.
+
+Exit codes a launcher acts on: 0 is success (the driver's ends the job);
+:data:`EXIT_PERMANENT` (78, sysexits' EX_CONFIG) is a failure a restart cannot
+fix (bad config, user error): the job is Failed at once; anything else (a
+crash, a killed peer, OOM) is retryable: the gang restarts with backoff, up to
+runPolicy.backoffLimit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from rlhfjob_operator.spec import (
+    DRIVER_ROLE,
+    ModelSpec,
+    PodSettings,
+    ResourceRequirements,
+    RLHFJob,
+    Toleration,
+)
+
+__all__ = [
+    "DEFAULT_MASTER_PORT",
+    "DEFAULT_METRICS_PORT",
+    "DRIVER_ROLE",
+    "ENV_CHECKPOINT_DIR",
+    "ENV_JOB_NAME",
+    "ENV_METRICS_PORT",
+    "ENV_MODELS",
+    "ENV_REPLICA",
+    "ENV_RESTART_GENERATION",
+    "ENV_ROLE",
+    "ENV_SPEC",
+    "EXIT_PERMANENT",
+    "GPU_RESOURCE",
+    "WORKER_COMMAND",
+    "JobPlan",
+    "Worker",
+    "plan_job",
+    "role_name",
+]
+
+ENV_JOB_NAME = "RLHFJOB_JOB_NAME"
+ENV_ROLE = "RLHFJOB_ROLE"
+ENV_MODELS = "RLHFJOB_MODELS"
+ENV_REPLICA = "RLHFJOB_REPLICA"
+ENV_SPEC = "RLHFJOB_SPEC"
+ENV_CHECKPOINT_DIR = "RLHFJOB_CHECKPOINT_DIR"
+ENV_METRICS_PORT = "RLHFJOB_METRICS_PORT"
+ENV_RESTART_GENERATION = "RLHFJOB_RESTART_GENERATION"
+
+DEFAULT_MASTER_PORT = 29500
+DEFAULT_METRICS_PORT = 9090
+EXIT_PERMANENT = 78
+GPU_RESOURCE = "nvidia.com/gpu"
+# What every worker process runs; the role comes from the environment.
+WORKER_COMMAND: tuple[str, ...] = ("python", "-m", "rlhfjob.worker")
+_ROLE_MAX = 50
+
+
+def role_name(models: Sequence[str]) -> str:
+    """The role of a worker hosting ``models``: the model's own name for one model; for a
+    colocation group, its names joined by '-' with '_' turned into '-', shortened with a
+    hash suffix past 50 characters (it must fit in a DNS label with the replica index)."""
+    if len(models) == 1:
+        return models[0]
+    joined = "-".join(name.replace("_", "-") for name in models)
+    if len(joined) <= _ROLE_MAX:
+        return joined
+    digest = hashlib.sha1(joined.encode()).hexdigest()[:8]
+    return f"{joined[: _ROLE_MAX - 9].rstrip('-')}-{digest}"
+
+
+def dns_label(role: str) -> str:
+    """``role`` as it appears in pod names and hostnames ('_' is not allowed there)."""
+    return role.replace("_", "-")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Worker:
+    """One process of the job: the driver, or one replica of a role."""
+
+    role: str
+    models: tuple[str, ...]
+    replica: int
+    rank: int
+    num_gpu: int = 0
+    num_cpu: int = 0
+    image: str
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Toleration, ...] = ()
+    resources: ResourceRequirements | None = None
+
+    @property
+    def is_driver(self) -> bool:
+        return self.role == DRIVER_ROLE
+
+    @property
+    def hostname(self) -> str:
+        """DNS label of this worker within the job: ``driver`` or ``<role>-<replica>``."""
+        return DRIVER_ROLE if self.is_driver else f"{dns_label(self.role)}-{self.replica}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobPlan:
+    """The workers of a job, driver first, ranks 0..world_size-1 in order."""
+
+    job_name: str
+    workers: tuple[Worker, ...]
+    master_port: int = DEFAULT_MASTER_PORT
+    metrics_port: int = DEFAULT_METRICS_PORT
+
+    @property
+    def world_size(self) -> int:
+        return len(self.workers)
+
+    @property
+    def driver(self) -> Worker:
+        return self.workers[0]
+
+    def env(
+        self,
+        worker: Worker,
+        *,
+        master_addr: str,
+        spec_path: str,
+        checkpoint_dir: str,
+        restart_generation: int,
+        metrics_port: int | None = None,
+    ) -> dict[str, str]:
+        """The environment contract of ``worker`` (see the module docstring), as strings.
+
+        ``metrics_port`` overrides the plan's, for launchers whose workers share one host.
+        """
+        return {
+            ENV_JOB_NAME: self.job_name,
+            ENV_ROLE: worker.role,
+            ENV_MODELS: ",".join(worker.models),
+            ENV_REPLICA: str(worker.replica),
+            "RANK": str(worker.rank),
+            "WORLD_SIZE": str(self.world_size),
+            "MASTER_ADDR": master_addr,
+            "MASTER_PORT": str(self.master_port),
+            ENV_SPEC: spec_path,
+            ENV_CHECKPOINT_DIR: checkpoint_dir,
+            ENV_METRICS_PORT: str(self.metrics_port if metrics_port is None else metrics_port),
+            ENV_RESTART_GENERATION: str(restart_generation),
+        }
+
+
+def _merge_settings(role: str, settings: Sequence[PodSettings]) -> PodSettings:
+    """One PodSettings for a colocation group; two models that disagree is an error."""
+    image: str | None = None
+    selector: dict[str, str] = {}
+    tolerations: list[Toleration] = []
+    requests: dict[str, str | int] = {}
+    limits: dict[str, str | int] = {}
+    for item in settings:
+        if item.image is not None:
+            if image is not None and image != item.image:
+                raise ValueError(
+                    f"colocation group {role!r}: its models ask for different images "
+                    f"({image!r}, {item.image!r}); they share one pod, so use one image"
+                )
+            image = item.image
+        for key, value in item.node_selector.items():
+            if selector.setdefault(key, value) != value:
+                raise ValueError(
+                    f"colocation group {role!r}: nodeSelector {key!r} differs between its models"
+                )
+        tolerations.extend(t for t in item.tolerations if t not in tolerations)
+        if item.resources is not None:
+            for mine, theirs, kind in (
+                (requests, item.resources.requests, "requests"),
+                (limits, item.resources.limits, "limits"),
+            ):
+                for key, value in theirs.items():
+                    if mine.setdefault(key, value) != value:
+                        raise ValueError(
+                            f"colocation group {role!r}: resources.{kind}.{key} differs "
+                            "between its models; they share one pod"
+                        )
+    resources = (
+        ResourceRequirements.model_validate({"requests": requests, "limits": limits})
+        if requests or limits
+        else None
+    )
+    return PodSettings.model_validate(
+        {
+            "image": image,
+            "resources": resources.model_dump() if resources else None,
+            "nodeSelector": selector,
+            "tolerations": [t.model_dump(exclude_none=True) for t in tolerations],
+        }
+    )
+
+
+def _roles(job: RLHFJob) -> list[tuple[str, tuple[str, ...]]]:
+    """(role, models) for every worker role, sorted by role name."""
+    spec = job.spec
+    grouped = {name for group in spec.runtime.colocation for name in group}
+    roles = [(role_name(group), tuple(group)) for group in spec.runtime.colocation]
+    roles += [(name, (name,)) for name in spec.models if name not in grouped]
+    taken: dict[str, tuple[str, ...]] = {}
+    for role, models in roles:
+        dns = dns_label(role)
+        if dns == DRIVER_ROLE or dns in taken:
+            raise ValueError(
+                f"role {role!r} (models {list(models)}) clashes with "
+                f"{list(taken.get(dns, ()) or [DRIVER_ROLE])}; rename a model"
+            )
+        taken[dns] = models
+    return sorted(roles)
+
+
+def plan_job(
+    job: RLHFJob,
+    *,
+    master_port: int = DEFAULT_MASTER_PORT,
+    metrics_port: int = DEFAULT_METRICS_PORT,
+) -> JobPlan:
+    """The driver and every model worker of ``job`` with ranks, resources and placement.
+
+    Raises ValueError (naming the group and field) when a colocation group's models
+    ask for placements that cannot share one pod.
+    """
+    spec = job.spec
+    base_selector = dict(spec.node_selector)
+    base_tolerations = tuple(spec.tolerations)
+
+    def placed(settings: PodSettings | None) -> dict[str, object]:
+        settings = settings or PodSettings.model_validate({})
+        extra = tuple(t for t in settings.tolerations if t not in base_tolerations)
+        return {
+            "image": settings.image or spec.image,
+            "node_selector": {**base_selector, **settings.node_selector},
+            "tolerations": base_tolerations + extra,
+            "resources": settings.resources,
+        }
+
+    workers = [Worker(role=DRIVER_ROLE, models=(), replica=0, rank=0, **placed(spec.driver))]  # type: ignore[arg-type]
+    for role, models in _roles(job):
+        specs: list[ModelSpec] = [spec.models[name] for name in models]
+        settings = [s.pod for s in specs if s.pod is not None]
+        merged = _merge_settings(role, settings) if len(models) > 1 else (settings or [None])[0]
+        for replica in range(specs[0].num_replica):
+            workers.append(
+                Worker(
+                    role=role,
+                    models=models,
+                    replica=replica,
+                    rank=len(workers),
+                    # Colocated models time-share one set of devices, as in ChatLearn.
+                    num_gpu=max(s.num_gpu for s in specs),
+                    num_cpu=max(s.num_cpu for s in specs),
+                    **placed(merged),  # type: ignore[arg-type]
+                )
+            )
+    return JobPlan(
+        job_name=job.name,
+        workers=tuple(workers),
+        master_port=master_port,
+        metrics_port=metrics_port,
+    )
