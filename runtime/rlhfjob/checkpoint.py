@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "RNGStream",
     "capture_rng",
     "latest_checkpoint",
     "load_checkpoint",
@@ -158,3 +159,29 @@ def restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class RNGStream:
+    """A private python/numpy/torch RNG stream, swapped in around a module's code.
+
+    Each module draws from its own stream seeded by (job seed, module name,
+    replica), so what it samples does not depend on which other modules share
+    its process: an in-process run and a distributed one draw the same numbers.
+    """
+
+    def __init__(self, seed: int) -> None:
+        outer = capture_rng()
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        self.state = capture_rng()
+        restore_rng(outer)
+
+    def __enter__(self) -> RNGStream:
+        self._outer = capture_rng()
+        restore_rng(self.state)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.state = capture_rng()
+        restore_rng(self._outer)

@@ -18,9 +18,11 @@ override ``state_dict``/``load_state_dict`` to save more.
 from __future__ import annotations
 
 import inspect
+import zlib
 from typing import TYPE_CHECKING, Any
 
 from rlhfjob import flow as _flow
+from rlhfjob.checkpoint import RNGStream
 
 if TYPE_CHECKING:
     import torch
@@ -43,6 +45,7 @@ _NOT_MODEL_CALLS = frozenset(
         "named_parameters_to_sync",
         "bind",
         "call_hook",
+        "run_hook",
     }
 )
 
@@ -58,13 +61,20 @@ class BaseModule:
         self.optimizer: torch.optim.Optimizer | None = None
         self._config: JobConfig | None = None
         self.replica_id = 0
+        self.rng: RNGStream | None = None
 
     # --- configuration, bound by the Engine before setup() -----------------
 
     def bind(self, config: JobConfig, *, replica_id: int = 0) -> None:
-        """Attach the job config; called by the executor before ``setup()``."""
+        """Attach the job config and seed this module's RNG stream; called before ``setup()``.
+
+        Executors run every hook of the module inside ``self.rng`` so its random
+        draws are its own, whichever process it lives in.
+        """
         self._config = config
         self.replica_id = replica_id
+        key = f"{config.runtime.seed}/{self.name}/{replica_id}".encode()
+        self.rng = RNGStream(zlib.crc32(key))
 
     @property
     def runtime_args(self) -> RuntimeSpec:
@@ -147,11 +157,17 @@ class BaseModule:
         return dict(self.model.named_parameters())
 
     def call_hook(self, method: str, data: Any, iteration: int | None) -> Any:
-        """Call ``method`` with ``iteration`` only if its signature takes one."""
+        """Call ``method`` in this module's RNG stream, with ``iteration`` only if it takes one."""
         fn = getattr(self, method)
-        if iteration is not None and _takes_iteration(fn):
-            return fn(data, iteration)
-        return fn(data)
+        args = (data, iteration) if iteration is not None and _takes_iteration(fn) else (data,)
+        return self.run_hook(fn, *args)
+
+    def run_hook(self, fn: Any, *args: Any) -> Any:
+        """Run ``fn(*args)`` inside this module's RNG stream (plainly when unbound)."""
+        if self.rng is None:
+            return fn(*args)
+        with self.rng:
+            return fn(*args)
 
     # --- tracing -----------------------------------------------------------
 

@@ -65,6 +65,18 @@ def copy_parameters(src: BaseModule, dst: BaseModule) -> int:
     return moved
 
 
+def module_checkpoint(module: BaseModule) -> dict[str, Any]:
+    """What a checkpoint holds for one module: its state_dict and its RNG stream."""
+    assert module.rng is not None, "modules are bound before they are saved"
+    return {"state": module.state_dict(), "rng": module.rng.state}
+
+
+def load_module_checkpoint(module: BaseModule, saved: dict[str, Any]) -> None:
+    module.load_state_dict(saved["state"])
+    assert module.rng is not None
+    module.rng.state = saved["rng"]
+
+
 class LocalExecutor:
     """Runs every call directly; handles are the values themselves."""
 
@@ -77,10 +89,10 @@ class LocalExecutor:
         for module in self.modules:
             module.bind(self.config)
         for module in self.modules:
-            module.setup()
+            module.run_hook(module.setup)
 
     def build_dataset(self, module: BaseModule, prompts: list[Any], *, is_eval: bool) -> list[Any]:
-        return list(module.build_dataset(prompts, is_eval))
+        return list(module.run_hook(module.build_dataset, prompts, is_eval))
 
     def call(self, node: Node, inputs: Sequence[Any], *, iteration: int | None) -> Any:
         data = merge_inputs(node.label, inputs)
@@ -91,7 +103,7 @@ class LocalExecutor:
 
     def hook(self, name: str) -> None:
         for module in self.modules:
-            getattr(module, name)()
+            module.run_hook(getattr(module, name))
 
     def metrics(self) -> dict[str, dict[str, float]]:
         return {m.name: dict(m.get_and_clear_metrics() or {}) for m in self.modules}
@@ -104,14 +116,14 @@ class LocalExecutor:
     def state_dicts(self, *, iteration: int) -> dict[str, dict[str, Any]]:
         states = {}
         for module in self.modules:
-            states[module.name] = module.state_dict()
-            module.save_checkpoint(iteration)
+            states[module.name] = module_checkpoint(module)
+            module.run_hook(module.save_checkpoint, iteration)
         return states
 
     def load_state_dicts(self, states: dict[str, dict[str, Any]]) -> None:
         for module in self.modules:
             if module.name in states:
-                module.load_state_dict(states[module.name])
+                load_module_checkpoint(module, states[module.name])
 
     def shutdown(self) -> None:
         self.modules = []
