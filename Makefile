@@ -29,4 +29,10 @@ lint: $(STAMP) ## ruff and mypy
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
+# Binaries go to ${RLHFJOB_CACHE:-~/.cache/rlhfjob}, keyed by version; present ones are skipped.
+cluster-bin: $(STAMP) ## Build the test control plane and kubectl/helm into the cache
+	PYTHON=$(PY) tests/cluster/build.sh
+
+.PHONY: cluster-bin
+
 .PHONY: help venv demo test lint

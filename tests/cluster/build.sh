@@ -106,6 +106,13 @@ PY
     log "unpacked kubectl and helm into $tools_bin in $((SECONDS - started))s"
 }
 
-fetch_tools
-build_control_plane
-log "ready: $cluster_bin $tools_bin"
+main() {
+    fetch_tools
+    build_control_plane
+    log "ready: $cluster_bin $tools_bin"
+}
+
+# One call at the end: bash has read the whole file before anything runs, so
+# editing the script during a (long) build cannot break that build.
+main "$@"
+exit
