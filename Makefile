@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml
 venv: $(STAMP) ## Create .venv and install rlhfjob with its dev extras
 
 demo: $(STAMP) ## Train the PPO example (sorting digits) and print its reward table
-	$(VENV)/bin/rlhfjob-demo
+	mkdir -p out
+	$(PY) examples/ppo_sort.py --plot out/ppo_reward.png
 
 test: $(STAMP) ## Run the whole test suite
 	$(PY) -m pytest -q
@@ -36,3 +37,8 @@ cluster-bin: $(STAMP) ## Build the test control plane and kubectl/helm into the 
 .PHONY: cluster-bin
 
 .PHONY: help venv demo test lint
+
+crds: $(STAMP) ## Regenerate crds/ from the RLHFJob models in operator/rlhfjob_operator/spec.py
+	$(PY) -m rlhfjob_operator.crd --out crds/rlhfjobs.rlhf.dev.yaml
+
+.PHONY: crds

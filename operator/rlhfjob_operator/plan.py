@@ -219,10 +219,10 @@ def _merge_settings(role: str, settings: Sequence[PodSettings]) -> PodSettings:
                 (requests, item.resources.requests, "requests"),
                 (limits, item.resources.limits, "limits"),
             ):
-                for key, value in theirs.items():
-                    if mine.setdefault(key, value) != value:
+                for resource, quantity in theirs.items():
+                    if mine.setdefault(resource, quantity) != quantity:
                         raise ValueError(
-                            f"colocation group {role!r}: resources.{kind}.{key} differs "
+                            f"colocation group {role!r}: resources.{kind}.{resource} differs "
                             "between its models; they share one pod"
                         )
     resources = (
@@ -287,7 +287,11 @@ def plan_job(
     for role, models in _roles(job):
         specs: list[ModelSpec] = [spec.models[name] for name in models]
         settings = [s.pod for s in specs if s.pod is not None]
-        merged = _merge_settings(role, settings) if len(models) > 1 else (settings or [None])[0]
+        merged = (
+            _merge_settings(role, settings)
+            if len(models) > 1
+            else (settings[0] if settings else None)
+        )
         for replica in range(specs[0].num_replica):
             workers.append(
                 Worker(

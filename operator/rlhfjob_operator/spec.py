@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
 
 __all__ = [
     "API_VERSION",
@@ -214,9 +215,9 @@ class _Kube(BaseModel):
     )
 
 
-def _cel(rule: str, message: str, *, field_path: str | None = None) -> dict[str, str]:
+def _cel(rule: str, message: str, *, field_path: str | None = None) -> JsonDict:
     """One ``x-kubernetes-validations`` entry: the API server's mirror of a pydantic check."""
-    entry = {"rule": rule, "message": message}
+    entry: JsonDict = {"rule": rule, "message": message}
     if field_path:
         entry["fieldPath"] = field_path
     return entry
@@ -568,7 +569,7 @@ class RunPolicy(_Kube):
 _IMMUTABLE = "self == oldSelf"
 
 
-def _immutable(field: str) -> dict[str, Any]:
+def _immutable(field: str) -> JsonDict:
     return {
         "x-kubernetes-validations": [
             _cel(_IMMUTABLE, f"spec.{field} is immutable; delete and re-create the job")
@@ -744,7 +745,7 @@ CONDITION_TYPES: tuple[ConditionType, ...] = (
     "Succeeded",
     "Failed",
 )
-_TIME = {"format": "date-time"}
+_TIME: JsonDict = {"format": "date-time"}
 
 
 class Condition(_Kube):

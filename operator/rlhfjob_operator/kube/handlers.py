@@ -1,0 +1,98 @@
+"""The kopf shell: which events reconcile which job. All decisions live in reconcile.py.
+
+- RLHFJob created, resumed (operator start) or its spec changed -> reconcile it.
+- A pod labelled ``rlhf.dev/job`` changed -> reconcile its job.
+- Timers, only while they matter: ``deadline`` (activeDeadlineSeconds set, not
+  finished), ``backoff`` (Restarting: create the next gang when the backoff is
+  over), ``ttl`` (finished with ttlSecondsAfterFinished: delete the job).
+- An RLHFJob deleted -> forget it (its objects go by ownerReference GC).
+
+kopf keeps its own bookkeeping in ``rlhf.dev/``-prefixed annotations, never in
+the status, whose schema is closed. Timers make kopf put its finalizer on
+jobs; it removes it itself on deletion.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from rlhfjob_operator.kube.names import LABEL_JOB
+from rlhfjob_operator.kube.reconciler import Reconciler
+from rlhfjob_operator.spec import GROUP, PLURAL, VERSION
+
+__all__ = ["build_registry"]
+
+_FINAL = ("Succeeded", "Failed")
+
+
+def _phase(body: Any) -> str | None:
+    return (body.get("status") or {}).get("phase")
+
+
+def _run_policy(body: Any) -> dict[str, Any]:
+    return dict((body.get("spec") or {}).get("runPolicy") or {})
+
+
+def _deadline_running(body: Any, **_: Any) -> bool:
+    return "activeDeadlineSeconds" in _run_policy(body) and _phase(body) not in _FINAL
+
+
+def _finished_with_ttl(body: Any, **_: Any) -> bool:
+    return "ttlSecondsAfterFinished" in _run_policy(body) and _phase(body) in _FINAL
+
+
+def _restarting(body: Any, **_: Any) -> bool:
+    return _phase(body) == "Restarting"
+
+
+def build_registry(reconciler: Reconciler, *, timer_interval: float) -> kopf.OperatorRegistry:
+    """A kopf registry with the operator's handlers bound to ``reconciler``."""
+    registry = kopf.OperatorRegistry()
+    job = (GROUP, VERSION, PLURAL)
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=GROUP, key="last-handled-configuration"
+        )
+        settings.persistence.finalizer = f"{GROUP}/operator"
+        # Our own Events say what happened; kopf's per-handler chatter stays in the log.
+        settings.posting.level = logging.WARNING
+        settings.watching.server_timeout = 60
+        settings.networking.request_timeout = 30
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.resume(*job, registry=registry)
+    @kopf.on.create(*job, registry=registry)
+    @kopf.on.update(*job, field="spec", registry=registry)
+    def on_job(**kwargs: Any) -> None:
+        reconciler.request(kwargs["namespace"], kwargs["name"], trigger="change")
+
+    @kopf.on.event(*job, registry=registry)
+    def on_job_event(**kwargs: Any) -> None:
+        if kwargs["event"].get("type") == "DELETED":
+            reconciler.forget(kwargs["namespace"], kwargs["name"])
+
+    @kopf.on.event("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT}, registry=registry)
+    def on_pod(**kwargs: Any) -> None:
+        reconciler.request(kwargs["namespace"], kwargs["labels"][LABEL_JOB], trigger="pod")
+
+    for timer_name, when in (
+        ("deadline", _deadline_running),
+        ("backoff", _restarting),
+        ("ttl", _finished_with_ttl),
+    ):
+
+        def tick(_t: str = timer_name, **kwargs: Any) -> None:
+            reconciler.request(kwargs["namespace"], kwargs["name"], trigger=_t)
+
+        kopf.timer(*job, id=timer_name, interval=timer_interval, when=when, registry=registry)(tick)
+
+    return registry

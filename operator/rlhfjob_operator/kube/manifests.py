@@ -1,0 +1,240 @@
+"""Pure builders: an RLHFJob and its plan -> the Kubernetes objects that run it.
+
+Every object is owned by the RLHFJob (``ownerReferences`` with
+``controller: true``), so deleting the job garbage-collects them all.
+
+Pods run non-root (uid/gid 1000, fsGroup 1000 so a PVC is writable), drop all
+capabilities, forbid privilege escalation, use the runtime's default seccomp
+profile and a read-only root filesystem; the runtime writes only to emptyDirs
+at ``/tmp``, ``/dev/shm`` (memory-backed: torch's shared-memory tensors) and
+the checkpoint directory (an emptyDir unless a PVC is named). They get no
+ServiceAccount token: workers never talk to the API server.
+
+The NetworkPolicy selects this job's pods and admits (1) any port from this
+job's own pods: the rendezvous port and torch RPC's listeners, which TensorPipe
+opens on ephemeral ports, so they cannot be listed; and (2) the metrics port
+from anywhere, so Prometheus in another namespace can scrape it (it serves
+read-only metrics). Nothing else reaches the pods.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from rlhfjob_operator.kube.names import (
+    LABEL_JOB,
+    common_labels,
+    configmap_name,
+    job_selector,
+    network_policy_name,
+    pod_labels,
+    pod_name,
+    service_name,
+)
+from rlhfjob_operator.plan import GPU_RESOURCE, WORKER_COMMAND, JobPlan, Worker
+from rlhfjob_operator.spec import API_VERSION, KIND, RLHFJob
+
+__all__ = [
+    "RUN_AS",
+    "SPEC_DIR",
+    "SPEC_FILE",
+    "build_configmap",
+    "build_gang",
+    "build_network_policy",
+    "build_pod",
+    "build_service",
+    "master_addr",
+    "owner_reference",
+]
+
+SPEC_DIR = "/etc/rlhfjob"
+SPEC_FILE = "job.yaml"
+RUN_AS = 1000
+_RENDEZVOUS = "rendezvous"
+_METRICS = "metrics"
+
+
+def owner_reference(job: RLHFJob) -> dict[str, Any]:
+    """The job as controller of an object; needs the job's uid (so: a job read from the API)."""
+    if not job.metadata.uid:
+        raise ValueError(f"RLHFJob {job.name!r} has no metadata.uid; read it from the API server")
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": job.name,
+        "uid": job.metadata.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _meta(job: RLHFJob, name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": job.namespace,
+        "labels": labels,
+        "ownerReferences": [owner_reference(job)],
+    }
+
+
+def master_addr(job: RLHFJob) -> str:
+    """The driver's DNS name through the headless Service (hostname.subdomain)."""
+    return f"driver.{service_name(job.name)}.{job.namespace}.svc"
+
+
+def _resources(worker: Worker) -> dict[str, Any]:
+    requests: dict[str, Any] = {}
+    limits: dict[str, Any] = {}
+    if worker.resources is not None:
+        requests.update(worker.resources.requests)
+        limits.update(worker.resources.limits)
+    if worker.num_cpu and "cpu" not in requests:
+        requests["cpu"] = str(worker.num_cpu)
+    if worker.num_gpu:
+        # Extended resources: requests must equal limits.
+        requests[GPU_RESOURCE] = limits[GPU_RESOURCE] = str(worker.num_gpu)
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _checkpoint_volume(job: RLHFJob) -> dict[str, Any]:
+    ckpt = job.spec.checkpoint
+    if ckpt.persistent_volume_claim is not None:
+        return {
+            "name": "checkpoint",
+            "persistentVolumeClaim": {"claimName": ckpt.persistent_volume_claim.claim_name},
+        }
+    empty: dict[str, Any] = {}
+    if ckpt.empty_dir is not None:
+        empty = ckpt.empty_dir.model_dump(exclude_none=True)
+    return {"name": "checkpoint", "emptyDir": empty}
+
+
+def build_pod(job: RLHFJob, plan: JobPlan, worker: Worker, *, generation: int) -> dict[str, Any]:
+    """The pod of one worker for restart ``generation``."""
+    spec = job.spec
+    ckpt = spec.checkpoint
+    env = plan.env(
+        worker,
+        master_addr=master_addr(job),
+        spec_path=f"{SPEC_DIR}/{SPEC_FILE}",
+        checkpoint_dir=ckpt.mount_path,
+        restart_generation=generation,
+    )
+    ckpt_mount: dict[str, Any] = {"name": "checkpoint", "mountPath": ckpt.mount_path}
+    if ckpt.persistent_volume_claim is not None and ckpt.persistent_volume_claim.sub_path:
+        ckpt_mount["subPath"] = ckpt.persistent_volume_claim.sub_path
+    ports = [{"name": _METRICS, "containerPort": plan.metrics_port, "protocol": "TCP"}]
+    if worker.is_driver:
+        ports.insert(0, {"name": _RENDEZVOUS, "containerPort": plan.master_port, "protocol": "TCP"})
+    container: dict[str, Any] = {
+        "name": "driver" if worker.is_driver else "worker",
+        "image": worker.image,
+        "command": list(WORKER_COMMAND),
+        "env": [{"name": k, "value": v} for k, v in env.items()]
+        + [{"name": e.name, "value": e.value} for e in spec.env],
+        "ports": ports,
+        "resources": _resources(worker),
+        "volumeMounts": [
+            {"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "shm", "mountPath": "/dev/shm"},
+            ckpt_mount,
+        ],
+        "securityContext": {
+            "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    if spec.image_pull_policy:
+        container["imagePullPolicy"] = spec.image_pull_policy
+    pod_spec: dict[str, Any] = {
+        # The operator restarts the whole gang; a kubelet restarting one container would not.
+        "restartPolicy": "Never",
+        "hostname": worker.hostname,
+        "subdomain": service_name(job.name),
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "fsGroup": RUN_AS,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [
+            {"name": "spec", "configMap": {"name": configmap_name(job.name)}},
+            {"name": "tmp", "emptyDir": {}},
+            {"name": "shm", "emptyDir": {"medium": "Memory"}},
+            _checkpoint_volume(job),
+        ],
+    }
+    if worker.node_selector:
+        pod_spec["nodeSelector"] = dict(worker.node_selector)
+    if worker.tolerations:
+        pod_spec["tolerations"] = [t.model_dump(exclude_none=True) for t in worker.tolerations]
+    name = pod_name(job.name, worker, generation=generation)
+    meta = _meta(job, name, pod_labels(job.name, worker, generation=generation))
+    meta["annotations"] = {"rlhf.dev/models": ",".join(worker.models)}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec}
+
+
+def build_gang(job: RLHFJob, plan: JobPlan, *, generation: int) -> list[dict[str, Any]]:
+    """Every pod of ``generation``, driver first."""
+    return [build_pod(job, plan, w, generation=generation) for w in plan.workers]
+
+
+def build_service(job: RLHFJob, plan: JobPlan) -> dict[str, Any]:
+    """Headless: DNS for ``driver.<job>`` and ``<role>-<replica>.<job>``, ready or not
+    (workers rendezvous before any of them is ready)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(job, service_name(job.name), common_labels(job.name)),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": job_selector(job.name),
+            "ports": [
+                {"name": _RENDEZVOUS, "port": plan.master_port, "protocol": "TCP"},
+                {"name": _METRICS, "port": plan.metrics_port, "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def build_configmap(job: RLHFJob) -> dict[str, Any]:
+    """The job's manifest as ``job.yaml``, mounted at RLHFJOB_SPEC in every pod."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(job, configmap_name(job.name), common_labels(job.name)),
+        "data": {SPEC_FILE: yaml.safe_dump(job.manifest(), sort_keys=False)},
+    }
+
+
+def build_network_policy(job: RLHFJob, plan: JobPlan) -> dict[str, Any]:
+    """Only this job's pods reach its pods, except the metrics port (see module doc)."""
+    own = {"podSelector": {"matchLabels": {LABEL_JOB: job.name}}}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(job, network_policy_name(job.name), common_labels(job.name)),
+        "spec": {
+            "podSelector": {"matchLabels": job_selector(job.name)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"from": [own]},
+                {"ports": [{"port": plan.metrics_port, "protocol": "TCP"}]},
+            ],
+        },
+    }

@@ -1,0 +1,75 @@
+"""Names and labels of everything the operator creates for a job (pure).
+
+Pod names carry the restart generation, so a restarted operator re-derives
+exactly the names it may already have created (create-if-absent is then
+idempotent) and a re-created gang never collides with its terminating
+predecessor.
+"""
+
+from __future__ import annotations
+
+from rlhfjob_operator.plan import Worker
+
+__all__ = [
+    "ANNOTATION_EPISODE",
+    "ANNOTATION_LAST_CHECKPOINT",
+    "LABEL_GENERATION",
+    "LABEL_JOB",
+    "LABEL_REPLICA",
+    "LABEL_ROLE",
+    "common_labels",
+    "configmap_name",
+    "job_selector",
+    "network_policy_name",
+    "pod_labels",
+    "pod_name",
+    "service_name",
+]
+
+LABEL_JOB = "rlhf.dev/job"
+LABEL_ROLE = "rlhf.dev/role"
+LABEL_REPLICA = "rlhf.dev/replica"
+LABEL_GENERATION = "rlhf.dev/generation"
+# Job progress a driver pod may carry (set by whoever can patch it; the
+# operator also scrapes the driver's metrics): episodes done, last checkpoint.
+ANNOTATION_EPISODE = "rlhf.dev/episode"
+ANNOTATION_LAST_CHECKPOINT = "rlhf.dev/last-checkpoint"
+_COMMON = {"app.kubernetes.io/name": "rlhfjob", "app.kubernetes.io/managed-by": "rlhfjob-operator"}
+
+
+def service_name(job: str) -> str:
+    """The headless Service; also every pod's ``subdomain``."""
+    return job
+
+
+def configmap_name(job: str) -> str:
+    return f"{job}-spec"
+
+
+def network_policy_name(job: str) -> str:
+    return job
+
+
+def pod_name(job: str, worker: Worker, *, generation: int) -> str:
+    """``<job>-driver-g<gen>`` or ``<job>-<role>-<replica>-g<gen>``."""
+    return f"{job}-{worker.hostname}-g{generation}"
+
+
+def job_selector(job: str) -> dict[str, str]:
+    """matchLabels of every pod of ``job``, whatever its generation."""
+    return {LABEL_JOB: job}
+
+
+def pod_labels(job: str, worker: Worker, *, generation: int) -> dict[str, str]:
+    return {
+        **_COMMON,
+        LABEL_JOB: job,
+        LABEL_ROLE: worker.role,
+        LABEL_REPLICA: str(worker.replica),
+        LABEL_GENERATION: str(generation),
+    }
+
+
+def common_labels(job: str) -> dict[str, str]:
+    """Labels of the job's Service, ConfigMap and NetworkPolicy."""
+    return {**_COMMON, LABEL_JOB: job}

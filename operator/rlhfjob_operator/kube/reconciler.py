@@ -1,0 +1,220 @@
+"""Reads a job and its pods, asks the pure :func:`~.reconcile.decide`, and applies the answer.
+
+Any number of triggers (the job changed, one of its pods changed, a timer) may ask
+for the same job at once; they coalesce: one thread reconciles, the others mark
+the job dirty and return, and the running thread goes round once more. So one
+job is never reconciled twice at the same time by this process, and the status
+patch carries the resourceVersion it was computed from, so a second writer
+makes it fail with Conflict rather than overwrite.
+
+Order of effects: status first, then pods, then Events. A crash between any two
+leaves a state from which the next reconciliation reaches the same decision.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from rlhfjob_operator import metrics
+from rlhfjob_operator.kube.client import ApiError, Conflict, KubeClient
+from rlhfjob_operator.kube.manifests import (
+    build_configmap,
+    build_gang,
+    build_network_policy,
+    build_service,
+)
+from rlhfjob_operator.kube.names import job_selector
+from rlhfjob_operator.kube.reconcile import Backoff, Decision, decide, invalid_spec
+from rlhfjob_operator.plan import JobPlan, plan_job
+from rlhfjob_operator.spec import RLHFJob, RLHFJobStatus, format_validation_error
+
+__all__ = ["Reconciler"]
+
+log = logging.getLogger("rlhfjob_operator")
+_CONFLICT_RETRIES = 5
+
+
+@dataclass
+class _Slot:
+    running: bool = False
+    dirty: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Reconciler:
+    def __init__(
+        self,
+        client: KubeClient,
+        *,
+        backoff: Backoff,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+    ) -> None:
+        self.client = client
+        self.backoff = backoff
+        self.clock = clock
+        self.phases = metrics.JobPhases()
+        self._guard = threading.Lock()
+        self._slots: dict[tuple[str, str], _Slot] = {}
+
+    def request(self, namespace: str, name: str, *, trigger: str) -> None:
+        """Reconcile the job now, or have the reconciliation already running go round
+        again. Raises kopf.TemporaryError / PermanentError for the caller's handler."""
+        key = (namespace, name)
+        with self._guard:
+            slot = self._slots.setdefault(key, _Slot())
+            if slot.running:
+                slot.dirty = True
+                return
+            slot.running = True
+        try:
+            while True:
+                with self._guard:
+                    slot.dirty = False
+                self._timed(namespace, name, trigger=trigger)
+                with self._guard:
+                    if not slot.dirty:
+                        return
+                trigger = "coalesced"
+        finally:
+            with self._guard:
+                slot.running = False
+
+    def forget(self, namespace: str, name: str) -> None:
+        self.phases.forget(namespace, name)
+        with self._guard:
+            self._slots.pop((namespace, name), None)
+
+    def _timed(self, namespace: str, name: str, *, trigger: str) -> None:
+        metrics.RECONCILES.labels(trigger=trigger).inc()
+        began = time.perf_counter()
+        try:
+            for _ in range(_CONFLICT_RETRIES):
+                try:
+                    self._once(namespace, name)
+                    return
+                except Conflict:
+                    continue  # the job changed under us: read it again
+            raise kopf.TemporaryError(f"{namespace}/{name}: status kept conflicting", delay=1)
+        except kopf.TemporaryError:
+            metrics.ERRORS.labels(kind="temporary").inc()
+            raise
+        except kopf.PermanentError:
+            metrics.ERRORS.labels(kind="permanent").inc()
+            raise
+        except ApiError as exc:
+            metrics.ERRORS.labels(kind="temporary" if exc.retryable else "unexpected").inc()
+            if exc.retryable:
+                raise kopf.TemporaryError(str(exc), delay=2) from exc
+            raise kopf.PermanentError(str(exc)) from exc
+        except Exception:
+            metrics.ERRORS.labels(kind="unexpected").inc()
+            raise
+        finally:
+            metrics.DURATION.observe(time.perf_counter() - began)
+
+    def _once(self, namespace: str, name: str) -> None:
+        raw = self.client.get_job(namespace, name)
+        if raw is None:
+            self.forget(namespace, name)
+            return
+        if raw["metadata"].get("deletionTimestamp"):
+            return  # garbage collection removes what it owns
+        now = self.clock()
+        try:
+            job = RLHFJob.model_validate(raw)
+            plan = plan_job(job)
+        except (ValidationError, ValueError) as exc:
+            text = (
+                format_validation_error(exc, root="")
+                if isinstance(exc, ValidationError)
+                else str(exc)
+            )
+            status = _status_of(raw)
+            decision = invalid_spec(status, f"invalid spec: {text}", now=now)
+            self._apply(raw, None, None, decision)
+            raise kopf.PermanentError(f"{namespace}/{name}: invalid spec: {text}") from exc
+        pods = self.client.list_pods(namespace, job_selector(name))
+        decision = decide(job, plan, pods, now=now, backoff=self.backoff)
+        self._apply(raw, job, plan, decision)
+
+    def _apply(
+        self,
+        raw: dict[str, Any],
+        job: RLHFJob | None,
+        plan: JobPlan | None,
+        decision: Decision,
+    ) -> None:
+        meta = raw["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        new = decision.status.model_dump(mode="json", by_alias=True)
+        old = raw.get("status") or {}
+        if _differs(old, new):
+            # Nones delete keys in a merge patch: the status becomes exactly `new`.
+            self.client.patch_job_status(
+                namespace, name, new, resource_version=meta["resourceVersion"]
+            )
+        if decision.status.restarts > int(old.get("restarts") or 0):
+            metrics.GANG_RESTARTS.inc(decision.status.restarts - int(old.get("restarts") or 0))
+        self.phases.set(namespace, name, decision.status.phase)
+        for pod in decision.delete:
+            self.client.delete_pod(namespace, pod)
+        if decision.create and job is not None and plan is not None:
+            self._create(job, plan, decision)
+        for event in decision.events:
+            try:
+                self.client.post_event(
+                    raw, type_=event.type, reason=event.reason, message=event.message
+                )
+            except ApiError as exc:  # an Event lost is not worth a retry
+                log.warning("event %s for %s/%s not posted: %s", event.reason, namespace, name, exc)
+        if decision.delete_job:
+            log.info("%s/%s: ttlSecondsAfterFinished passed; deleting the job", namespace, name)
+            self.client.delete_job(namespace, name, uid=meta["uid"])
+
+    def _create(self, job: RLHFJob, plan: JobPlan, decision: Decision) -> None:
+        for obj in (
+            build_configmap(job),
+            build_service(job, plan),
+            build_network_policy(job, plan),
+        ):
+            self.client.create_if_absent(obj)
+        wanted = set(decision.create)
+        generation = decision.status.restart_generation
+        for pod in build_gang(job, plan, generation=generation):
+            if pod["metadata"]["name"] not in wanted:
+                continue
+            created = self.client.create_if_absent(pod)
+            if created is not None:
+                metrics.PODS_CREATED.inc()
+                continue
+            # Same name already there: ours (an earlier run created it) or a stranger's.
+            existing = self.client.get("v1", "Pod", job.namespace, pod["metadata"]["name"])
+            owners = (existing or {}).get("metadata", {}).get("ownerReferences") or []
+            if existing is not None and not any(o.get("uid") == job.metadata.uid for o in owners):
+                raise kopf.PermanentError(
+                    f"pod {pod['metadata']['name']} exists and is not owned by this job; "
+                    "delete it or rename the job"
+                )
+
+
+def _status_of(raw: dict[str, Any]) -> RLHFJobStatus | None:
+    try:
+        return RLHFJobStatus.model_validate(raw.get("status") or {})
+    except ValidationError:
+        return None
+
+
+def _differs(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether patching ``new`` over ``old`` would change anything."""
+    return any(old.get(key) != value for key, value in new.items() if value is not None) or any(
+        key in old for key, value in new.items() if value is None
+    )
