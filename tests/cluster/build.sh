@@ -58,7 +58,7 @@ build_control_plane() {
         cd "$here"
         # Everything is built, even binaries already present: the output
         # directory is filled in one go and moved into place only when complete.
-        CGO_ENABLED=0 nice -n 10 go build -trimpath -ldflags "$ldflags" -o "$tmp/" \
+        CGO_ENABLED=0 nice -n 10 go build -trimpath -buildvcs=false -ldflags "$ldflags" -o "$tmp/" \
             k8s.io/kubernetes/cmd/kube-apiserver \
             k8s.io/kubernetes/cmd/kube-controller-manager \
             k8s.io/kubernetes/cmd/kube-scheduler \
