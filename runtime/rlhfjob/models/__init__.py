@@ -1,0 +1,21 @@
+"""Models the ready-made algorithms run on: the small GPT and any local HF causal LM.
+
+Both are called as ``model(input_ids, attention_mask) -> logits (B, T, V)``
+and expose ``hidden_states(...) -> (B, T, C)`` for a value head.
+"""
+
+from rlhfjob.models.generation import generate_tokens, response_log_probs, token_log_probs
+from rlhfjob.models.gpt import GPT, GPTConfig
+from rlhfjob.models.hf import HFCausalLM, load_hf_causal_lm
+from rlhfjob.models.value import ValueModel
+
+__all__ = [
+    "GPT",
+    "GPTConfig",
+    "HFCausalLM",
+    "ValueModel",
+    "generate_tokens",
+    "load_hf_causal_lm",
+    "response_log_probs",
+    "token_log_probs",
+]

@@ -1,0 +1,220 @@
+"""A small GPT, in the style of nanoGPT: the model PPO and GRPO run on by default.
+
+Pre-norm transformer blocks, learned position embeddings, weight tying between
+the token embedding and the output head. Nothing is downloaded: the model is
+built from a ``GPTConfig`` and trained from scratch (or loaded from a saved
+state dict).
+
+Beyond nanoGPT, ``forward`` takes an optional ``attention_mask`` (B, T) so
+that left-padded prompts of different lengths share a batch: padding is never
+attended to and positions count real tokens only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rlhfjob.models.generation import generate_tokens, token_log_probs
+
+__all__ = ["GPT", "GPTConfig"]
+
+
+@dataclass(kw_only=True)
+class GPTConfig:
+    vocab_size: int
+    block_size: int = 64  # longest prompt + response
+    n_layer: int = 2
+    n_head: int = 4
+    n_embd: int = 64
+    dropout: float = 0.0
+    bias: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"GPTConfig.{key} must be >= 1, got {getattr(self, key)}")
+        if self.n_embd % self.n_head:
+            raise ValueError(
+                f"GPTConfig.n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
+
+    @classmethod
+    def from_dict(cls, args: dict[str, Any]) -> GPTConfig:
+        """Build from a config dict; an unknown key is a ValueError naming it."""
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(args) - known)
+        if unknown:
+            raise ValueError(f"unknown GPTConfig key(s) {unknown}; known: {sorted(known)}")
+        return cls(**args)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=attn_mask is None,
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, C)
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), attn_mask)  # (B, T, C)
+        return x + self.mlp(self.ln_2(x))  # (B, T, C)
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            {
+                "wte": nn.Embedding(config.vocab_size, config.n_embd),
+                "wpe": nn.Embedding(config.block_size, config.n_embd),
+                "drop": nn.Dropout(config.dropout),
+                "h": nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                "ln_f": nn.LayerNorm(config.n_embd, bias=config.bias),
+            }
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Weight tying: one matrix embeds tokens and scores them.
+        self.transformer.wte.weight = self.lm_head.weight
+        self.apply(self._init_weights)
+        # GPT-2's scaled init of residual projections keeps the residual stream's
+        # variance from growing with depth.
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.n_embd
+
+    def hidden_states(
+        self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Final-layer hidden states (B, T, C) of token ids (B, T).
+
+        With ``attention_mask`` (1 = token, 0 = padding), positions count only
+        real tokens and no query attends to padding; a padding query attends to
+        itself alone so its row is finite (its output is meaningless and must
+        be masked by the caller).
+        """
+        B, T = idx.shape
+        if self.config.block_size < T:
+            raise ValueError(
+                f"sequence of {T} tokens is longer than GPTConfig.block_size "
+                f"({self.config.block_size}); raise block_size"
+            )
+        attn_mask = None
+        if attention_mask is None:
+            pos = torch.arange(T, device=idx.device).expand(B, T)  # (B, T)
+        else:
+            keep = attention_mask.bool()  # (B, T)
+            pos = (keep.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+            causal = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()  # (T, T)
+            eye = torch.eye(T, dtype=torch.bool, device=idx.device)  # (T, T)
+            attn_mask = ((causal & keep[:, None, :]) | eye)[:, None]  # (B, 1, T, T)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
+        x = self.transformer.drop(x)
+        for block in self.transformer.h:
+            x = block(x, attn_mask)  # (B, T, C)
+        return self.transformer.ln_f(x)  # (B, T, C)
+
+    def forward(
+        self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits (B, T, V) of token ids (B, T): position t scores token t+1."""
+        return self.lm_head(self.hidden_states(idx, attention_mask))  # (B, T, V)
+
+    def log_probs(
+        self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """log p(idx[:, t+1] | idx[:, :t+1]) for every t: (B, T) -> (B, T-1)."""
+        logits = self(idx, attention_mask)[:, :-1]  # (B, T-1, V)
+        return token_log_probs(logits, idx[:, 1:])  # (B, T-1)
+
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        eos_token_id: int | None = None,
+        pad_token_id: int = 0,
+    ) -> torch.Tensor:
+        """Append ``max_new_tokens`` sampled tokens: (B, T) -> (B, T + max_new_tokens).
+
+        ``temperature`` 0 is greedy. See ``generate_tokens`` for the padding
+        after ``eos_token_id``; use it directly to get the response mask too.
+        """
+        response, _ = generate_tokens(
+            self,
+            idx,
+            max_new_tokens,
+            prompt_mask=attention_mask,
+            temperature=temperature,
+            top_k=top_k,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+        )
+        return torch.cat([idx, response], dim=1)  # (B, T + R)

@@ -1,0 +1,125 @@
+"""Any Hugging Face causal LM from a local path, behind the small GPT's interface.
+
+``HFCausalLM(model)(input_ids, attention_mask) -> logits (B, T, V)`` and
+``hidden_states(...) -> (B, T, C)``, exactly as ``rlhfjob.models.GPT``, so the
+PPO and GRPO modules drive either one. Only local paths are loaded: a job must
+not depend on the hub being reachable from its pods.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rlhfjob.models.generation import generate_tokens
+
+__all__ = ["HFCausalLM", "load_hf_causal_lm"]
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_hf_causal_lm(path: str | Path, *, dtype: str = "float32") -> HFCausalLM:
+    """Load ``AutoModelForCausalLM`` from a local directory, wrapped in the adapter.
+
+    Raises ValueError naming ``path`` when it is not an existing directory (a
+    hub id such as ``gpt2`` is refused too: nothing is downloaded), or
+    ``dtype`` naming the allowed ones. ImportError says how to install
+    transformers when it is missing.
+    """
+    local = Path(path)
+    if not local.is_dir():
+        raise ValueError(
+            f"model_path {str(path)!r} is not a local directory; save the model there first "
+            "(model.save_pretrained(path)) — models are never downloaded"
+        )
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of {sorted(_DTYPES)}")
+    try:
+        from transformers import AutoModelForCausalLM
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ImportError(
+            "Hugging Face models need transformers: pip install 'rlhfjob[hf]'"
+        ) from exc
+    model = AutoModelForCausalLM.from_pretrained(
+        str(local), dtype=_DTYPES[dtype], local_files_only=True
+    )
+    return HFCausalLM(model)
+
+
+class HFCausalLM(nn.Module):
+    """Adapter: a ``transformers`` causal LM called like the small GPT.
+
+    Dropout is switched off for good (``eval()`` on construction and on every
+    ``train()``): PPO's probability ratio must be 1 when the weights have not
+    moved, as in OpenRLHF and TRL. Left padding is handled by passing position
+    ids that count real tokens only.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.model.eval()
+
+    def train(self, mode: bool = True) -> HFCausalLM:
+        super().train(mode)
+        self.model.eval()
+        return self
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.config.vocab_size)
+
+    def _run(self, idx: torch.Tensor, attention_mask: torch.Tensor | None, **kw: Any) -> Any:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(idx)
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+        return self.model(
+            input_ids=idx,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+            **kw,
+        )
+
+    def forward(
+        self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits (B, T, V) of token ids (B, T)."""
+        return self._run(idx, attention_mask).logits  # (B, T, V)
+
+    def hidden_states(
+        self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Last layer's hidden states (B, T, C), after the final norm."""
+        return self._run(idx, attention_mask, output_hidden_states=True).hidden_states[-1]
+
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        eos_token_id: int | None = None,
+        pad_token_id: int = 0,
+    ) -> torch.Tensor:
+        """Same contract as ``GPT.generate``: (B, T) -> (B, T + max_new_tokens)."""
+        response, _ = generate_tokens(
+            self,
+            idx,
+            max_new_tokens,
+            prompt_mask=attention_mask,
+            temperature=temperature,
+            top_k=top_k,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+        )
+        return torch.cat([idx, response], dim=1)  # (B, T + R)
