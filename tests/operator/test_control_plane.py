@@ -155,6 +155,7 @@ def test_gpu_pod_is_scheduled_on_a_gpu_node_and_runs(
     assert {c.type: c.status for c in pod.status.conditions}["Ready"] == "True"
     assert pod.status.container_statuses[0].ready
     kubelet = _kubelet(control_plane)
+    errors_before = len(kubelet.errors)  # the kubelet is shared by the session
     assert pod.spec.node_name in {"gpu-0", "gpu-1"}
     assert pod.status.pod_ip == "127.0.0.1"
 
@@ -162,7 +163,7 @@ def test_gpu_pod_is_scheduled_on_a_gpu_node_and_runs(
     pod = core.read_namespaced_pod("trainer", namespace)
     assert pod.status.phase == "Failed"
     assert pod.status.container_statuses[0].state.terminated.exit_code == 3
-    assert kubelet.errors == []
+    assert kubelet.errors[errors_before:] == []
 
 
 def test_finish_pod_succeeds_and_restart_policy_restarts(
@@ -181,6 +182,44 @@ def test_finish_pod_succeeds_and_restart_policy_restarts(
     worker = core.read_namespaced_pod("worker", namespace).status.container_statuses[0]
     assert worker.restart_count == 1
     assert worker.last_state.terminated.exit_code == 1
+
+
+class _Recorder:
+    """A PodHandler that leaves pods Pending and records the calls."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.stopped: list[str] = []
+
+    def start(self, kubelet: Any, pod: Any) -> None:
+        self.started.append(pod.metadata.name)
+
+    def stop(self, kubelet: Any, pod: Any) -> None:
+        self.stopped.append(pod.metadata.name)
+
+
+def test_kubelet_hands_pods_to_its_handler(control_plane: Cluster, namespace: str) -> None:
+    kubelet = _kubelet(control_plane)
+    errors_before = len(kubelet.errors)  # the kubelet is shared by the session
+    core = k8s.CoreV1Api(control_plane.api_client)
+    with kubelet.using(_Recorder()) as recorder:
+        core.create_namespaced_pod(namespace, _pod("held"))
+        wait_until(lambda: recorder.started == ["held"], timeout=TIMEOUT, what="handler.start")
+        pod = core.read_namespaced_pod("held", namespace)
+        assert pod.spec.node_name in kubelet.node_names
+        assert pod.status.phase == "Pending"  # the handler did not start it
+
+        kubelet.mark_running(namespace, "held")
+        assert _phase(core, namespace, "held") == "Running"
+
+        core.delete_namespaced_pod("held", namespace)
+        wait_until(lambda: recorder.stopped == ["held"], timeout=TIMEOUT, what="handler.stop")
+        wait_until(
+            lambda: not core.list_namespaced_pod(namespace).items,
+            timeout=TIMEOUT,
+            what="the kubelet to confirm the deletion",
+        )
+    assert kubelet.errors[errors_before:] == []
 
 
 def test_too_many_gpus_stays_pending_unschedulable(control_plane: Cluster, namespace: str) -> None:
