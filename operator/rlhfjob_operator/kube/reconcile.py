@@ -169,10 +169,6 @@ def _active(pods: Iterable[Pod]) -> tuple[str, ...]:
     )
 
 
-def _everything(pods: Iterable[Pod]) -> tuple[str, ...]:
-    return tuple(sorted(p["metadata"]["name"] for p in pods if not _terminating(p)))
-
-
 def _progress(status: RLHFJobStatus, driver: Pod | None) -> None:
     if driver is None:
         return
@@ -271,7 +267,7 @@ def decide(
             events.append(Event("Normal", "Suspended", msg))
         status.next_restart_time = None
         _counts(status, job, plan, {})
-        return Decision(status=status, events=tuple(events), delete=_everything(pods))
+        return Decision(status=status, events=tuple(events), delete=_active(pods))
 
     if status.phase == "Suspended":
         gen = status.restart_generation = gen + 1
@@ -298,7 +294,9 @@ def decide(
         return Decision(status=status, events=tuple(events), delete=_active(pods))
     deadline_left = None if deadline is None else deadline - (now - started).total_seconds()
 
-    stale_active = _everything(stale)
+    # Finished pods of old generations stay (for their logs); live ones must go first.
+    stale_active = _active(stale)
+    stale_live = [p for p in stale if _terminating(p) or _phase(p) not in ("Succeeded", "Failed")]
     driver = current.get(driver_name)
     if driver is not None and _phase(driver) == "Succeeded":
         msg = f"driver pod {driver_name} succeeded"
@@ -321,7 +319,7 @@ def decide(
         what = f"pod {name} failed" + (
             f" (exit code {code}: {why})" if code is not None else f" ({why})"
         )
-        to_delete = tuple(sorted({*_everything(current.values()), *stale_active}))
+        to_delete = tuple(sorted({*_active(current.values()), *stale_active}))
         if code == EXIT_PERMANENT:
             msg = f"{what}; exit code {EXIT_PERMANENT} means a restart cannot fix it"
             events.append(
@@ -363,7 +361,7 @@ def decide(
             status=status, delete=stale_active, requeue_after=_soonest(left, deadline_left)
         )
     status.next_restart_time = None
-    if stale:
+    if stale_live:
         _counts(status, job, plan, current)
         return Decision(
             status=status, delete=stale_active, requeue_after=_soonest(1.0, deadline_left)
@@ -372,23 +370,26 @@ def decide(
     wanted = [pod_name(job.name, w, generation=gen) for w in plan.workers]
     create = tuple(n for n in wanted if n not in current)
     _counts(status, job, plan, current)
-    if status.phase is None or (create and status.phase not in ("Created", "Restarting")):
+    all_ready = not create and status.ready_replicas == plan.world_size
+    if status.phase is None:
         msg = f"created {len(wanted)} pods (generation {gen})"
-        if status.phase is None:
-            _set_condition(status, "Created", True, reason="PodsCreated", message=msg, now=stamp)
-            events.append(Event("Normal", "Created", msg))
+        _set_condition(status, "Created", True, reason="PodsCreated", message=msg, now=stamp)
+        events.append(Event("Normal", "Created", msg))
         status.phase = "Created"
-    if not create and status.ready_replicas == plan.world_size and status.phase != "Running":
+    elif status.phase == "Restarting":
+        status.phase = "Created"
+    if all_ready and status.phase != "Running":
         msg = f"all {plan.world_size} pods running (generation {gen})"
         status.phase = "Running"
         status.message = msg
         _set_condition(status, "Running", True, reason="PodsRunning", message=msg, now=stamp)
         _set_condition(status, "Restarting", False, reason="PodsRunning", message=msg, now=stamp)
         events.append(Event("Normal", "Running", msg))
-    elif status.phase == "Running" and status.ready_replicas < plan.world_size:
-        # A pod went unready or vanished: not a failure (yet); it is re-created if missing.
+    elif not all_ready and status.phase == "Running":
+        # A pod went unready or vanished: not a failure (yet); a missing one is re-created.
         msg = f"{status.ready_replicas} of {plan.world_size} pods ready"
         status.phase = "Created"
+        status.message = msg
         _set_condition(status, "Running", False, reason="PodsNotReady", message=msg, now=stamp)
     _progress(status, current.get(driver_name))
     return Decision(status=status, events=tuple(events), create=create, requeue_after=deadline_left)
