@@ -1006,7 +1006,9 @@ class ControlPlane:
         if missing:
             raise ControlPlaneError(f"missing {', '.join(map(str, missing))}: run make cluster-bin")
         began = time.monotonic()
-        self.dir = Path(tempfile.mkdtemp(prefix="rlhfjob-cp-"))
+        _sweep_orphaned_dirs()
+        self.dir = Path(tempfile.mkdtemp(prefix=_DIR_PREFIX))
+        (self.dir / "owner.pid").write_text(str(os.getpid()))
         try:
             self._start(began)
         except BaseException:
@@ -1309,6 +1311,25 @@ class ControlPlane:
             if taints & {"node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"}:
                 return False
         return True
+
+
+_DIR_PREFIX = "rlhfjob-cp-"
+
+
+def _sweep_orphaned_dirs() -> None:
+    """Remove temp dirs left by a test process that was SIGKILLed (its
+    components died with it, see _die_with_parent; the dir could not)."""
+    for d in Path(tempfile.gettempdir()).glob(f"{_DIR_PREFIX}*"):
+        try:
+            pid = int((d / "owner.pid").read_text())
+        except (OSError, ValueError):
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, another user's
 
 
 def _http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
