@@ -151,7 +151,7 @@ class Metrics:
     def add(self, name: str, value: float | torch.Tensor, reduce: str = "mean") -> None:
         """Record ``value``; ``reduce`` ("mean", "min", "max") combines the values."""
         self._values[name].append(float(value))
-        self._reducers[name] = {"mean": _mean, "min": min, "max": max}[reduce]
+        self._reducers[name] = _REDUCERS[reduce]
 
     def pop(self) -> dict[str, float]:
         out = {name: self._reducers[name](vals) for name, vals in self._values.items() if vals}
@@ -163,6 +163,17 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
+def _min(values: list[float]) -> float:
+    return min(values)
+
+
+def _max(values: list[float]) -> float:
+    return max(values)
+
+
+_REDUCERS: dict[str, Callable[[list[float]], float]] = {"mean": _mean, "min": _min, "max": _max}
+
+
 def optimizer_for(
     model: nn.Module, args: dict[str, Any], *, default_lr: float
 ) -> torch.optim.Optimizer:
@@ -171,5 +182,5 @@ def optimizer_for(
         model.parameters(),
         lr=float(args.get("lr", default_lr)),
         weight_decay=float(args.get("weight_decay", 0.0)),
-        betas=tuple(args.get("betas", (0.9, 0.95))),  # type: ignore[arg-type]
+        betas=tuple(args.get("betas", (0.9, 0.95))),
     )

@@ -115,18 +115,15 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict(
-            {
-                "wte": nn.Embedding(config.vocab_size, config.n_embd),
-                "wpe": nn.Embedding(config.block_size, config.n_embd),
-                "drop": nn.Dropout(config.dropout),
-                "h": nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-                "ln_f": nn.LayerNorm(config.n_embd, bias=config.bias),
-            }
-        )
+        # Plain attributes rather than nanoGPT's ModuleDict, so each one is typed.
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # Weight tying: one matrix embeds tokens and scores them.
-        self.transformer.wte.weight = self.lm_head.weight
+        self.wte.weight = self.lm_head.weight
         self.apply(self._init_weights)
         # GPT-2's scaled init of residual projections keeps the residual stream's
         # variance from growing with depth.
@@ -172,11 +169,10 @@ class GPT(nn.Module):
             causal = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()  # (T, T)
             eye = torch.eye(T, dtype=torch.bool, device=idx.device)  # (T, T)
             attn_mask = ((causal & keep[:, None, :]) | eye)[:, None]  # (B, 1, T, T)
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
-        x = self.transformer.drop(x)
-        for block in self.transformer.h:
+        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        for block in self.h:
             x = block(x, attn_mask)  # (B, T, C)
-        return self.transformer.ln_f(x)  # (B, T, C)
+        return self.ln_f(x)  # (B, T, C)
 
     def forward(
         self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None

@@ -62,6 +62,7 @@ class HFCausalLM(nn.Module):
         super().__init__()
         self.model = model
         self.model.eval()
+        self.hf_config: Any = model.config
 
     def train(self, mode: bool = True) -> HFCausalLM:
         super().train(mode)
@@ -70,11 +71,11 @@ class HFCausalLM(nn.Module):
 
     @property
     def hidden_size(self) -> int:
-        return int(self.model.config.hidden_size)
+        return int(self.hf_config.hidden_size)
 
     @property
     def vocab_size(self) -> int:
-        return int(self.model.config.vocab_size)
+        return int(self.hf_config.vocab_size)
 
     def _run(self, idx: torch.Tensor, attention_mask: torch.Tensor | None, **kw: Any) -> Any:
         if attention_mask is None:
