@@ -79,6 +79,9 @@ class KubeClient:
         session: requests.Session | None = getattr(self._local, "session", None)
         if session is None:
             session = requests.Session()
+            # Environment CA bundles and proxies must not override the cluster's own CA
+            # (requests lets REQUESTS_CA_BUNDLE beat session.verify).
+            session.trust_env = False
             cfg = self._cfg
             session.verify = (
                 cfg.ssl_ca_cert if cfg.verify_ssl and cfg.ssl_ca_cert else cfg.verify_ssl

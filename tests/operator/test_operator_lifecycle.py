@@ -1,0 +1,300 @@
+"""The real operator against the real control plane: a job's whole life, driven with the
+real kubectl and the test kubelet (which marks pods Running and finishes them on cue)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from cluster import Cluster
+from malformed import base_manifest
+from operator_proc import (
+    REPO,
+    Operator,
+    apply,
+    events,
+    install_crd,
+    job,
+    pods,
+    running_operator,
+    wait_for,
+    wait_phase,
+)
+
+GPU = "nvidia.com/gpu"
+
+
+@pytest.fixture(scope="module")
+def cluster(control_plane: Cluster) -> Cluster:
+    install_crd(control_plane)
+    return control_plane
+
+
+@pytest.fixture
+def operator(cluster: Cluster, namespace: str) -> Iterator[Operator]:
+    with running_operator(cluster, namespace) as op:
+        yield op
+
+
+def _small(name: str, **run_policy: Any) -> dict[str, Any]:
+    m = copy.deepcopy(base_manifest(name))
+    if run_policy:
+        m["spec"]["runPolicy"] = run_policy
+    return m
+
+
+def _kubelet(cluster: Cluster) -> Any:
+    if cluster.kubelet is None:
+        pytest.skip("needs the test kubelet (not available with an external KUBECONFIG)")
+    return cluster.kubelet
+
+
+def _names(items: list[dict[str, Any]], *, live: bool = True) -> set[str]:
+    return {
+        p["metadata"]["name"]
+        for p in items
+        if not live or p.get("status", {}).get("phase") not in ("Succeeded", "Failed")
+    }
+
+
+def _table(cluster: Cluster, namespace: str) -> list[dict[str, str]]:
+    """``kubectl get rlhfjobs`` as rows keyed by the header, cut at the header's offsets
+    (an empty column is an empty string)."""
+    lines = cluster.kubectl_run("get", "rlhfjobs", "-n", namespace).stdout.splitlines()
+    header = lines[0]
+    names = header.split()
+    starts = [header.index(n) for n in names]
+    ends = [*starts[1:], None]
+    return [
+        {n: line[a:b].strip() for n, a, b in zip(names, starts, ends, strict=True)}
+        for line in lines[1:]
+    ]
+
+
+def _condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    return next((c for c in obj["status"].get("conditions", []) if c["type"] == type_), None)
+
+
+def test_example_runs_on_gpu_nodes_and_succeeds(
+    cluster: Cluster, namespace: str, operator: Operator
+) -> None:
+    kubelet = _kubelet(cluster)
+    apply(cluster, namespace, REPO / "examples" / "k8s" / "ppo-sort.yaml")
+    obj = wait_phase(cluster, namespace, "ppo-sort", "Running")
+    items = pods(cluster, namespace, "ppo-sort")
+    assert len(items) == 6  # driver + policy, ppo_policy, ppo_value, reference+reward, value
+    for pod in items:
+        node = pod["spec"]["nodeName"]
+        assert node.startswith("gpu-"), f"{pod['metadata']['name']} on {node}"
+        res = pod["spec"]["containers"][0]["resources"]
+        if pod["metadata"]["labels"]["rlhf.dev/role"] != "driver":
+            assert res["limits"][GPU] == "1" and res["requests"][GPU] == "1"
+        assert pod["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
+    assert obj["status"]["models"]["policy"] == {"replicas": 1, "ready": 1}
+    assert obj["status"]["readyReplicas"] == 6
+    assert _condition(obj, "Running")["status"] == "True"  # type: ignore[index]
+
+    # Episode progress on the driver pod shows in the printer columns.
+    driver = "ppo-sort-driver-g0"
+    cluster.kubectl_run("annotate", "pod", driver, "-n", namespace, "rlhf.dev/episode=12")
+    wait_for(
+        lambda: job(cluster, namespace, "ppo-sort")["status"].get("episode") == 12,
+        what="episode 12 in status",
+    )
+    (row,) = _table(cluster, namespace)
+    assert list(row) == ["NAME", "PHASE", "EPISODE", "RESTARTS", "AGE"]
+    assert row | {"AGE": ""} == {
+        "NAME": "ppo-sort",
+        "PHASE": "Running",
+        "EPISODE": "12",
+        "RESTARTS": "0",
+        "AGE": "",
+    }
+    assert row["AGE"].endswith("s")
+
+    kubelet.finish_pod(namespace, driver, 0)
+    obj = wait_phase(cluster, namespace, "ppo-sort", "Succeeded")
+    assert obj["status"]["completionTime"]
+    assert _condition(obj, "Succeeded")["status"] == "True"  # type: ignore[index]
+    # The workers are deleted; the driver pod stays for its logs.
+    wait_for(
+        lambda: _names(pods(cluster, namespace, "ppo-sort"), live=False) == {driver},
+        what="worker pods deleted after success",
+    )
+    reasons = [e["reason"] for e in events(cluster, namespace, "ppo-sort")]
+    assert {"Created", "Running", "Succeeded"} <= set(reasons)
+    # Owned objects exist.
+    for kind, name in (
+        ("service", "ppo-sort"),
+        ("configmap", "ppo-sort-spec"),
+        ("networkpolicy", "ppo-sort"),
+    ):
+        cluster.kubectl_run("get", kind, name, "-n", namespace)
+    text = operator.metrics()
+    assert "rlhfjob_operator_reconciles_total" in text
+    assert 'rlhfjob_operator_jobs{phase="Succeeded"} 1.0' in text
+    assert "rlhfjob_operator_pods_created_total 6.0" in text
+
+
+def test_failed_pod_restarts_the_gang_until_the_backoff_limit(
+    cluster: Cluster, namespace: str, operator: Operator
+) -> None:
+    kubelet = _kubelet(cluster)
+    apply(cluster, namespace, _small("flaky", backoffLimit=1))
+    wait_phase(cluster, namespace, "flaky", "Running")
+    g0 = _names(pods(cluster, namespace, "flaky"))
+    assert len(g0) == 6 and all(n.endswith("-g0") for n in g0)
+
+    kubelet.finish_pod(namespace, "flaky-policy-1-g0", 1, reason="Error", message="boom")
+    obj = wait_for(
+        lambda: (j := job(cluster, namespace, "flaky"))["status"].get("restarts") == 1 and j,
+        what="restarts 1",
+    )
+    assert _condition(obj, "Restarting")["status"] == "True"  # type: ignore[index]
+    obj = wait_phase(cluster, namespace, "flaky", "Running")
+    assert obj["status"]["restartGeneration"] == 1
+    live = _names(pods(cluster, namespace, "flaky"))
+    assert len(live) == 6 and all(n.endswith("-g1") for n in live)
+    env = {
+        e["name"]: e.get("value", "")
+        for e in next(
+            p
+            for p in pods(cluster, namespace, "flaky")
+            if p["metadata"]["name"] == "flaky-driver-g1"
+        )["spec"]["containers"][0]["env"]
+    }
+    assert env["RLHFJOB_RESTART_GENERATION"] == "1"
+    (row,) = _table(cluster, namespace)
+    assert (row["PHASE"], row["EPISODE"], row["RESTARTS"]) == ("Running", "", "1")
+
+    kubelet.finish_pod(namespace, "flaky-reward-0-g1", 137, reason="OOMKilled")
+    obj = wait_phase(cluster, namespace, "flaky", "Failed")
+    failed = _condition(obj, "Failed")
+    assert failed is not None and failed["reason"] == "BackoffLimitExceeded"
+    assert "flaky-reward-0-g1" in failed["message"] and "137" in failed["message"]
+    wait_for(lambda: not _names(pods(cluster, namespace, "flaky")), what="gang deleted")
+    warnings = [e for e in events(cluster, namespace, "flaky") if e["type"] == "Warning"]
+    assert {"Restarting", "BackoffLimitExceeded"} <= {e["reason"] for e in warnings}
+    assert "rlhfjob_operator_gang_restarts_total 1.0" in operator.metrics()
+
+
+def test_suspend_and_resume(cluster: Cluster, namespace: str, operator: Operator) -> None:
+    _kubelet(cluster)
+    apply(cluster, namespace, _small("pausable"))
+    wait_phase(cluster, namespace, "pausable", "Running")
+    patch = '{"spec": {"runPolicy": {"suspend": %s}}}'
+    cluster.kubectl_run(
+        "patch", "rlhfjob", "pausable", "-n", namespace, "--type=merge", "-p", patch % "true"
+    )
+    obj = wait_phase(cluster, namespace, "pausable", "Suspended")
+    assert _condition(obj, "Suspended")["status"] == "True"  # type: ignore[index]
+    wait_for(lambda: not pods(cluster, namespace, "pausable"), what="pods deleted on suspend")
+    cluster.kubectl_run(
+        "patch", "rlhfjob", "pausable", "-n", namespace, "--type=merge", "-p", patch % "false"
+    )
+    obj = wait_phase(cluster, namespace, "pausable", "Running")
+    assert _condition(obj, "Suspended")["status"] == "False"  # type: ignore[index]
+    assert obj["status"]["restarts"] == 0
+    assert all(n.endswith("-g1") for n in _names(pods(cluster, namespace, "pausable")))
+
+
+def test_active_deadline(cluster: Cluster, namespace: str, operator: Operator) -> None:
+    _kubelet(cluster)
+    apply(cluster, namespace, _small("slow", activeDeadlineSeconds=3))
+    obj = wait_phase(cluster, namespace, "slow", "Failed", timeout=30)
+    failed = _condition(obj, "Failed")
+    assert failed is not None and failed["reason"] == "DeadlineExceeded"
+    wait_for(lambda: not _names(pods(cluster, namespace, "slow")), what="pods deleted")
+
+
+def test_ttl_after_finished_deletes_the_job(
+    cluster: Cluster, namespace: str, operator: Operator
+) -> None:
+    kubelet = _kubelet(cluster)
+    apply(cluster, namespace, _small("brief", ttlSecondsAfterFinished=2))
+    wait_phase(cluster, namespace, "brief", "Running")
+    kubelet.finish_pod(namespace, "brief-driver-g0", 0)
+    wait_phase(cluster, namespace, "brief", "Succeeded")
+    wait_for(
+        lambda: (
+            not cluster.kubectl_run("get", "rlhfjobs", "-n", namespace, "-o", "name").stdout.strip()
+        ),
+        what="job deleted by its TTL",
+        timeout=30,
+    )
+    # Garbage collection takes what it owned.
+    wait_for(lambda: not pods(cluster, namespace, "brief"), what="pods collected", timeout=60)
+
+
+def test_deleting_the_job_deletes_everything_it_owns(
+    cluster: Cluster, namespace: str, operator: Operator
+) -> None:
+    _kubelet(cluster)
+    apply(cluster, namespace, _small("doomed"))
+    wait_phase(cluster, namespace, "doomed", "Running")
+    cluster.kubectl_run("delete", "rlhfjob", "doomed", "-n", namespace, "--wait=true")
+
+    def gone() -> bool:
+        left = cluster.kubectl_run(
+            "get",
+            "pods,services,configmaps,networkpolicies",
+            "-n",
+            namespace,
+            "-l",
+            "rlhf.dev/job=doomed",
+            "-o",
+            "name",
+        ).stdout.strip()
+        return not left
+
+    wait_for(gone, what="owned objects garbage-collected", timeout=60)
+
+
+def test_spec_is_immutable_but_run_policy_is_not(
+    cluster: Cluster, namespace: str, operator: Operator
+) -> None:
+    apply(cluster, namespace, _small("fixed"))
+    changed = _small("fixed")
+    changed["spec"]["image"] = "other:2"
+    proc = cluster.kubectl_run(
+        "apply",
+        "-n",
+        namespace,
+        "-f",
+        "-",
+        input=__import__("yaml").safe_dump(changed),
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "spec.image is immutable" in proc.stderr
+    changed = _small("fixed")
+    changed["spec"]["models"]["policy"]["num_replica"] = 1
+    proc = cluster.kubectl_run(
+        "apply",
+        "-n",
+        namespace,
+        "-f",
+        "-",
+        input=__import__("yaml").safe_dump(changed),
+        check=False,
+    )
+    assert proc.returncode != 0 and "spec.models is immutable" in proc.stderr
+    apply(cluster, namespace, _small("fixed", backoffLimit=9))
+    assert job(cluster, namespace, "fixed")["spec"]["runPolicy"]["backoffLimit"] == 9
+
+
+def test_a_spec_only_pydantic_refuses_fails_with_a_reason(
+    cluster: Cluster, namespace: str, operator: Operator
+) -> None:
+    m = _small("clash")
+    m["spec"]["models"]["ppo-policy"] = {}  # same pod names as ppo_policy
+    apply(cluster, namespace, m)
+    obj = wait_phase(cluster, namespace, "clash", "Failed")
+    failed = _condition(obj, "Failed")
+    assert failed is not None and failed["reason"] == "InvalidSpec"
+    assert "ppo-policy" in failed["message"]
+    assert not pods(cluster, namespace, "clash")
+    assert "InvalidSpec" in {e["reason"] for e in events(cluster, namespace, "clash")}
