@@ -19,6 +19,24 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from rlhfjob_operator.local import run_job
+
+    try:
+        result = run_job(
+            args.path,
+            checkpoint_dir=args.checkpoint_dir,
+            max_restarts=args.max_restarts,
+            timeout=args.timeout,
+        )
+    except SpecError as exc:
+        print(f"{args.path}: {exc}", file=sys.stderr)
+        return 78
+    if result.code != 0:
+        print(f"rlhfjob run: failed: {result.message}", file=sys.stderr)
+    return result.code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rlhfjob", description="RLHF training jobs with ChatLearn's Custom Flow API."
@@ -29,6 +47,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("path", help="YAML file: {runtime, models} or a whole RLHFJob")
     validate.set_defaults(func=_validate)
+    run = sub.add_parser(
+        "run",
+        help="run an RLHFJob on this machine: a driver and one process per model replica",
+        description=(
+            "Start the job's driver and one worker process per model replica (a colocation "
+            "group shares one) with the same environment a pod gets, and wait for the driver. "
+            "The driver runs spec.entrypoint, whose Engine.learn() drives the workers over "
+            "torch RPC. Worker output is prefixed with [role-replica]. If any process fails, "
+            "all are stopped and the gang restarts from the last checkpoint, with backoff, up "
+            "to --max-restarts. Exit codes: 0 success, 78 a permanent failure (bad spec, user "
+            "error), 75 a retryable failure with no restarts left."
+        ),
+    )
+    run.add_argument("path", help="the RLHFJob manifest (the same YAML kubectl applies)")
+    run.add_argument(
+        "--checkpoint-dir",
+        help="checkpoint directory (default: spec.runtime.data_checkpoint_path)",
+    )
+    run.add_argument(
+        "--max-restarts",
+        type=int,
+        default=None,
+        help="gang restarts after a retryable failure (default: spec.runPolicy.backoffLimit)",
+    )
+    run.add_argument(
+        "--timeout", type=float, default=None, help="seconds each attempt may run (default: none)"
+    )
+    run.set_defaults(func=_run)
     return parser
 
 

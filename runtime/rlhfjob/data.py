@@ -19,6 +19,7 @@ __all__ = [
     "EpisodeReplayBuffer",
     "PromptStream",
     "StreamDataset",
+    "TrainBatch",
     "collate",
     "split_samples",
 ]
@@ -123,6 +124,34 @@ class EpisodeReplayBuffer:
     buffer: list[Any]
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainBatch:
+    """One global batch for the trainer flow: its samples in order, and the micro size.
+
+    Samples are per-sample dicts in-process, or references to rows that stay
+    on the workers that produced them; executors turn a TrainBatch into the
+    list of collated micro-batches that ``train_step`` gets. Data-parallel
+    replicas each take a contiguous share (``shard``).
+    """
+
+    samples: list[Any]
+    micro_batch: int
+
+    def shard(self, index: int, count: int) -> TrainBatch:
+        """Replica ``index`` of ``count``'s contiguous share (sizes differ by at most one)."""
+        n = len(self.samples)
+        start, stop = n * index // count, n * (index + 1) // count
+        return TrainBatch(self.samples[start:stop], self.micro_batch)
+
+    def micro_batches(self, samples: list[Any] | None = None) -> list[Any]:
+        """The collated micro-batches of ``samples`` (default: this batch's own)."""
+        samples = self.samples if samples is None else samples
+        return [
+            collate(samples[m : m + self.micro_batch])
+            for m in range(0, len(samples), self.micro_batch)
+        ]
+
+
 class StreamDataset:
     """The samples of the current episode (and the replay window), cut into train batches.
 
@@ -160,10 +189,16 @@ class StreamDataset:
         samples: list[Any],
         replay_manager: Callable[[list[EpisodeReplayBuffer]], list[Any]] | None,
     ) -> None:
-        """Install one episode's samples; the replay manager may rewrite them."""
-        self.replay.append(EpisodeReplayBuffer(episode_id=episode, buffer=samples))
-        self.replay = self.replay[-(self.max_replay_episode or 1) :]
-        train = replay_manager(list(self.replay)) if replay_manager else samples
+        """Install one episode's samples; the replay manager may rewrite them.
+
+        Replay buffers are kept (and checkpointed) only when there is a manager
+        to read them.
+        """
+        train = samples
+        if replay_manager is not None:
+            self.replay.append(EpisodeReplayBuffer(episode_id=episode, buffer=samples))
+            self.replay = self.replay[-(self.max_replay_episode or 1) :]
+            train = replay_manager(list(self.replay))
         if not isinstance(train, list):
             raise ValueError(
                 f"the replay sample manager must return a list of samples, got "
@@ -179,17 +214,14 @@ class StreamDataset:
             raise ValueError(f"episode {episode} produced no samples to train on")
         self.samples = train
 
-    def global_batches(self, *, episode: int, epoch: int) -> Iterator[list[Any]]:
-        """Yield lists of micro-batches (collated), one list per optimizer step."""
+    def global_batches(self, *, episode: int, epoch: int) -> Iterator[TrainBatch]:
+        """Yield one TrainBatch per optimizer step, shuffled per (episode, epoch)."""
         order = list(range(len(self.samples)))
         if self.shuffle:
             random.Random(f"{self.seed}/train/{episode}/{epoch}").shuffle(order)
         for start in range(0, len(order), self.global_batch):
             ids = order[start : start + self.global_batch]
-            yield [
-                collate([self.samples[i] for i in ids[m : m + self.micro_batch]])
-                for m in range(0, len(ids), self.micro_batch)
-            ]
+            yield TrainBatch([self.samples[i] for i in ids], self.micro_batch)
 
     def state_dict(self) -> dict[str, Any]:
         return {"replay": [dataclasses.asdict(b) for b in self.replay]}

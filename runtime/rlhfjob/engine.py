@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from rlhfjob import checkpoint as ckpt
-from rlhfjob.data import EpisodeReplayBuffer, PromptStream, StreamDataset, collate, split_samples
+from rlhfjob import context
+from rlhfjob.data import EpisodeReplayBuffer, PromptStream, StreamDataset, collate
 from rlhfjob.executor import Executor, LocalExecutor
 from rlhfjob.flow import FlowGraph, run_graph, trace
 from rlhfjob.module import BaseModule
@@ -126,6 +127,9 @@ class Engine:
         config: JobConfig | dict[str, Any] | str | None = None,
         executor: Executor | None = None,
     ) -> None:
+        if config is None and context.job is not None:
+            # Under `rlhfjob run` or the operator: the job spec's sections.
+            config = JobConfig(runtime=context.job.spec.runtime, models=context.job.spec.models)
         self.config = load_job_config(config)
         self.environment = environment
         self.trainer = trainer
@@ -241,6 +245,8 @@ class Engine:
         ``data_checkpoint_path``, continues after it; the summaries of the
         episodes before it come from the checkpoint.
         """
+        if context.role == "worker":
+            raise context.StopEntrypoint
         if self.environment is None and self.trainer is None and self.evaluator is None:
             raise ValueError("the engine has no environment, trainer or evaluator to run")
         if self.environment is not None and self._datasets is None:
@@ -248,11 +254,16 @@ class Engine:
         if self.evaluator is not None and self.evaluator.dataset is None:
             raise ValueError("the evaluator has no dataset; call Evaluator(...).set_dataset(data)")
         self._check_config_names()
-        rt = self.config.runtime
-        _seed_everything(rt.seed)
-        executor = self._executor or LocalExecutor(self.config)
+        if context.env is not None and context.env.checkpoint_dir:
+            # The launcher's checkpoint directory (a mounted volume in a pod) wins.
+            runtime = self.config.runtime.model_copy(
+                update={"data_checkpoint_path": context.env.checkpoint_dir}
+            )
+            self.config = self.config.model_copy(update={"runtime": runtime})
+        _seed_everything(self.config.runtime.seed)
+        executor = self._executor or _default_executor(self.config)
         try:
-            executor.setup(self.modules)
+            executor.setup(self.modules, sync_pairs=self._sync_pairs)
             run = _Run(self, executor)
             return run.learn(progress=progress)
         finally:
@@ -344,11 +355,15 @@ class _Run:
         samples = self.generate() if self.engine.environment is not None else []
         summary["samples"] = len(samples)
         if self.engine.trainer is not None:
-            self.dataset.set_episode(number, samples, self.engine._replay_manager)
+            manager = self.engine._replay_manager
+            if manager is not None:
+                samples = self.ex.materialize(samples)
+            self.dataset.set_episode(number, samples, manager)
             summary["train_steps"] = self.train()
             for src, dst in self.engine._sync_pairs:
                 if number % self.engine.config.model(src.name).sync_frequency == 0:
                     self.ex.sync(src, dst, bucket_mb=self.rt.coalesced_buffer_mb)
+        self.ex.release()
         self.ex.hook("after_episode")
         for name, metrics in self.ex.metrics().items():
             for key, value in metrics.items():
@@ -377,24 +392,18 @@ class _Run:
             results = self._run(graph, batch, iterate=True)
             if graph.output is not None:
                 handles.append(results[graph.output])
+        label = graph.nodes[graph.output].label if graph.output is not None else ""
         samples: list[Any] = []
         for handle in handles:
-            out = self.ex.fetch(handle)
-            if out is None:
-                node = graph.nodes[graph.output]  # type: ignore[index]
-                raise ValueError(
-                    f"{node.label} returned None but its output is the env flow's result; "
-                    "return a dict of batched values"
-                )
-            samples.extend(split_samples(out))
+            samples.extend(self.ex.samples(handle, label=label))
         return samples
 
     def train(self) -> int:
         assert self.engine.trainer is not None
         steps = 0
         for epoch in range(self.rt.num_training_epoch):
-            for micro_batches in self.dataset.global_batches(episode=self.episode + 1, epoch=epoch):
-                self._run(self.engine.trainer.graph, micro_batches, iterate=True)
+            for batch in self.dataset.global_batches(episode=self.episode + 1, epoch=epoch):
+                self._run(self.engine.trainer.graph, batch, iterate=True)
                 steps += 1
         return steps
 
@@ -456,6 +465,15 @@ class _Run:
         ckpt.restore_rng(state["rng"])
         print(f"resumed from {latest} (episode {self.episode})", file=sys.stderr)
         return True
+
+
+def _default_executor(config: JobConfig) -> Executor:
+    """In-process, or over RPC when this process is the driver of a job."""
+    if context.role == "driver":
+        from rlhfjob.executor.rpc import RpcExecutor
+
+        return RpcExecutor(config, context.peers)
+    return LocalExecutor(config)
 
 
 def _seed_everything(seed: int) -> None:

@@ -18,7 +18,14 @@ class Executor(Protocol):
     samples of the in-process StreamDataset).
     """
 
-    def setup(self, modules: Sequence[BaseModule]) -> None: ...
+    def setup(
+        self,
+        modules: Sequence[BaseModule],
+        *,
+        sync_pairs: Sequence[tuple[BaseModule, BaseModule]] = (),
+    ) -> None:
+        """Bind and set up every module where it lives; prepare each sync pair's transport."""
+        ...
 
     def build_dataset(
         self, module: BaseModule, prompts: list[Any], *, is_eval: bool
@@ -27,6 +34,18 @@ class Executor(Protocol):
     def call(self, node: Node, inputs: Sequence[Any], *, iteration: int | None) -> Any: ...
 
     def fetch(self, handle: Any) -> Any: ...
+
+    def samples(self, handle: Any, *, label: str) -> list[Any]:
+        """The per-sample entries of an env-flow output: dicts, or row references."""
+        ...
+
+    def materialize(self, samples: list[Any]) -> list[Any]:
+        """Samples as per-sample dicts on the driver (for a replay sample manager)."""
+        ...
+
+    def release(self) -> None:
+        """Drop every stored output of the episode that just ended."""
+        ...
 
     def hook(self, name: str) -> None:
         """Call a no-argument hook (``before_episode``, ``after_episode``) on every module."""

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from rlhfjob.data import TrainBatch, split_samples
 from rlhfjob.flow import Node
 from rlhfjob.module import BaseModule
 from rlhfjob_operator.spec import JobConfig
@@ -16,8 +17,10 @@ def merge_inputs(label: str, inputs: Sequence[Any]) -> Any:
     """A call's inputs as one value: dicts merged in argument order (later keys win).
 
     One input is passed as a shallow copy, so a module that adds keys to its
-    input cannot change what a parallel branch sees.
+    input cannot change what a parallel branch sees. A TrainBatch becomes its
+    list of collated micro-batches.
     """
+    inputs = [i.micro_batches() if isinstance(i, TrainBatch) else i for i in inputs]
     if len(inputs) == 1:
         (only,) = inputs
         if isinstance(only, dict):
@@ -84,7 +87,13 @@ class LocalExecutor:
         self.config = config
         self.modules: list[BaseModule] = []
 
-    def setup(self, modules: Sequence[BaseModule]) -> None:
+    def setup(
+        self,
+        modules: Sequence[BaseModule],
+        *,
+        sync_pairs: Sequence[tuple[BaseModule, BaseModule]] = (),
+    ) -> None:
+        del sync_pairs  # one process: every pair is colocated
         self.modules = list(modules)
         for module in self.modules:
             module.bind(self.config)
@@ -100,6 +109,20 @@ class LocalExecutor:
 
     def fetch(self, handle: Any) -> Any:
         return handle
+
+    def samples(self, handle: Any, *, label: str) -> list[Any]:
+        if handle is None:
+            raise ValueError(
+                f"{label} returned None but its output is the env flow's result; return a "
+                "dict of batched values"
+            )
+        return split_samples(handle)
+
+    def materialize(self, samples: list[Any]) -> list[Any]:
+        return samples
+
+    def release(self) -> None:
+        """Nothing is stored apart from the values themselves."""
 
     def hook(self, name: str) -> None:
         for module in self.modules:

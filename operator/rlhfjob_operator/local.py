@@ -1,0 +1,245 @@
+"""``rlhfjob run job.yaml``: the job's plan as local processes, the embedded default.
+
+Each worker of ``plan.plan_job`` becomes ``python -m rlhfjob.worker`` with the
+same environment contract a pod gets (``MASTER_ADDR`` is 127.0.0.1, the
+rendezvous port a free one). The driver's output passes through as it is (its
+progress bar and episode lines); every other worker's lines are prefixed with
+``[<role>-<replica>]``.
+
+Failure policy, as the operator's: when any process fails, every other one is
+stopped (process groups, SIGTERM then SIGKILL) and the gang is restarted from
+its last checkpoint with exponential backoff, up to ``max_restarts``
+(default ``spec.runPolicy.backoffLimit``); a permanent failure (exit 78) is
+never retried. No process is left behind, whatever happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from rlhfjob_operator.plan import EXIT_PERMANENT, JobPlan, Worker, plan_job
+from rlhfjob_operator.spec import Entrypoint, RLHFJob, SpecError, load_job
+
+__all__ = ["EXIT_RETRYABLE", "RunResult", "entrypoint_path", "free_port", "run_job"]
+
+EXIT_RETRYABLE = 75
+_POLL_S = 0.05
+_GRACE_S = 5.0
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a local run ended: the exit code to return and the restarts it took."""
+
+    code: int
+    restarts: int
+    message: str
+
+
+def entrypoint_path(entry: Entrypoint, spec_path: str) -> Path | None:
+    """The entrypoint file (None for a module): relative paths are looked up next to the
+    spec, then in the working directory. SpecError names the field when it is missing."""
+    if entry.file is None:
+        return None
+    path = Path(entry.file)
+    if not path.is_absolute():
+        beside = Path(spec_path).resolve().parent / path
+        path = beside if beside.is_file() else Path.cwd() / path
+    if not path.is_file():
+        raise SpecError(
+            f"spec.entrypoint.file {entry.file!r} does not exist (looked next to {spec_path} "
+            "and in the working directory)"
+        )
+    return path
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (bound and released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _pump(stream: IO[bytes], prefix: str, out: IO[str]) -> None:
+    for raw in iter(stream.readline, b""):
+        out.write(f"[{prefix}] {raw.decode(errors='replace')}")
+        out.flush()
+    stream.close()
+
+
+@dataclass
+class _Proc:
+    worker: Worker
+    popen: subprocess.Popen[bytes]
+    pump: threading.Thread | None
+
+    def describe(self) -> str:
+        w = self.worker
+        return f"{w.hostname} (role {w.role}, replica {w.replica}, pid {self.popen.pid})"
+
+
+def _start(
+    plan: JobPlan,
+    *,
+    spec_path: str,
+    checkpoint_dir: str,
+    generation: int,
+    python: str,
+    out: IO[str],
+) -> list[_Proc]:
+    procs = []
+    for worker in plan.workers:
+        env = dict(os.environ)
+        env.update(
+            plan.env(
+                worker,
+                master_addr="127.0.0.1",
+                spec_path=spec_path,
+                checkpoint_dir=checkpoint_dir,
+                restart_generation=generation,
+                metrics_port=0,
+            )
+        )
+        env["PYTHONUNBUFFERED"] = "1"
+        if worker.is_driver:
+            popen = subprocess.Popen(
+                [python, "-m", "rlhfjob.worker"], env=env, start_new_session=True
+            )
+            procs.append(_Proc(worker, popen, None))
+            continue
+        popen = subprocess.Popen(
+            [python, "-m", "rlhfjob.worker"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        assert popen.stdout is not None
+        pump = threading.Thread(
+            target=_pump, args=(popen.stdout, worker.hostname, out), daemon=True
+        )
+        pump.start()
+        procs.append(_Proc(worker, popen, pump))
+    return procs
+
+
+def _signal_all(procs: list[_Proc], sig: int) -> None:
+    for proc in procs:
+        if proc.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.popen.pid, sig)
+
+
+def _stop_all(procs: list[_Proc]) -> None:
+    """SIGTERM every process group, SIGKILL what is left after a grace period, reap all."""
+    _signal_all(procs, signal.SIGTERM)
+    deadline = time.monotonic() + _GRACE_S
+    while time.monotonic() < deadline and any(p.popen.poll() is None for p in procs):
+        time.sleep(_POLL_S)
+    _signal_all(procs, signal.SIGKILL)
+    for proc in procs:
+        proc.popen.wait()
+        # The group may hold children of the worker: kill them even after it exited.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.popen.pid, signal.SIGKILL)
+        if proc.pump is not None:
+            proc.pump.join(timeout=_GRACE_S)
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"
+
+
+def _watch(procs: list[_Proc], *, timeout: float | None) -> tuple[int, str]:
+    """Wait until the driver ends or anything fails; returns (code, message)."""
+    driver = procs[0]
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        code = driver.popen.poll()
+        if code is not None:
+            # The driver's graceful shutdown waits for every worker; give them a moment.
+            end = time.monotonic() + _GRACE_S
+            while time.monotonic() < end and any(p.popen.poll() is None for p in procs[1:]):
+                time.sleep(_POLL_S)
+            if code == 0:
+                return 0, "the driver succeeded"
+            return code, f"the driver {driver.describe()} {_exit_text(code)}"
+        for proc in procs[1:]:
+            wcode = proc.popen.poll()
+            # Workers end with 0 once the driver shuts RPC down, just before the driver does.
+            if wcode not in (None, 0):
+                return (
+                    wcode if wcode == EXIT_PERMANENT else EXIT_RETRYABLE,
+                    f"worker {proc.describe()} {_exit_text(wcode)} while the job ran",
+                )
+        if deadline is not None and time.monotonic() > deadline:
+            return EXIT_RETRYABLE, f"the job ran past its {timeout:.0f}s deadline"
+        time.sleep(_POLL_S)
+
+
+def run_job(
+    manifest: str | Path | RLHFJob,
+    *,
+    spec_path: str | None = None,
+    checkpoint_dir: str | None = None,
+    max_restarts: int | None = None,
+    timeout: float | None = None,
+    python: str = sys.executable,
+    out: IO[str] = sys.stdout,
+    err: IO[str] = sys.stderr,
+) -> RunResult:
+    """Run the job's plan as local processes until the driver ends; restart on failures.
+
+    ``checkpoint_dir`` defaults to ``spec.runtime.data_checkpoint_path``;
+    restarts resume from it. ``timeout`` bounds each attempt.
+    """
+    job = load_job(manifest)
+    if spec_path is None:
+        if not isinstance(manifest, (str, Path)):
+            raise ValueError("run_job needs spec_path when given a parsed RLHFJob")
+        spec_path = str(Path(manifest).resolve())
+    entrypoint_path(job.spec.entrypoint, spec_path)  # fail before starting anything
+    ckpt = checkpoint_dir or job.spec.runtime.data_checkpoint_path or ""
+    restarts_allowed = job.spec.run_policy.backoff_limit if max_restarts is None else max_restarts
+    generation = 0
+    while True:
+        plan = plan_job(job, master_port=free_port())
+        procs = _start(
+            plan,
+            spec_path=spec_path,
+            checkpoint_dir=ckpt,
+            generation=generation,
+            python=python,
+            out=out,
+        )
+        try:
+            code, message = _watch(procs, timeout=timeout)
+        finally:
+            _stop_all(procs)
+        if code == 0:
+            return RunResult(0, generation, message)
+        print(f"rlhfjob run: {message}", file=err, flush=True)
+        if code == EXIT_PERMANENT or generation >= restarts_allowed:
+            why = "a permanent failure" if code == EXIT_PERMANENT else "no restarts left"
+            return RunResult(code, generation, f"{message} ({why})")
+        delay = min(2.0**generation, 60.0)
+        generation += 1
+        print(
+            f"rlhfjob run: restarting the gang from the last checkpoint in {delay:.0f}s "
+            f"(restart {generation} of {restarts_allowed})",
+            file=err,
+            flush=True,
+        )
+        time.sleep(delay)

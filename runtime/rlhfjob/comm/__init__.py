@@ -1,0 +1,1 @@
+"""Process bootstrap, the RPC transport and bucketed parameter broadcast."""

@@ -1,0 +1,117 @@
+"""Entry point of every process of a job: ``python -m rlhfjob.worker``.
+
+The role comes from the environment contract (``rlhfjob_operator.plan``).
+The driver runs the user's entrypoint (``spec.entrypoint``) as ``__main__``;
+its ``Engine.learn()`` drives the model workers over RPC. A model worker
+imports the same entrypoint as ``__mp_main__`` (as multiprocessing's spawn
+does), so classes defined there unpickle in the worker; top-level code runs
+until ``Engine.learn()``, which stops the import there. Guard the training
+code with ``if __name__ == "__main__":`` to skip it in workers entirely.
+
+Exit codes: 0 success; 78 (``EXIT_PERMANENT``) a failure a restart cannot fix
+(bad spec, a flow or config error, an exception in user code); 75
+(``EXIT_RETRYABLE``) a peer died or never came, or the rendezvous was lost: a
+restart of the gang can succeed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import sys
+import traceback
+import types
+
+from rlhfjob_operator.local import entrypoint_path
+from rlhfjob_operator.spec import Entrypoint, SpecError, load_job
+
+
+def _load_code(entry: Entrypoint, spec_path: str) -> tuple[types.CodeType, str]:
+    path = entrypoint_path(entry, spec_path)
+    if path is not None:
+        sys.path.insert(0, str(path.parent))
+        return compile(path.read_text(), str(path), "exec"), str(path)
+    assert entry.module is not None
+    spec = importlib.util.find_spec(entry.module)
+    if spec is None or spec.loader is None:
+        raise SpecError(f"spec.entrypoint.module {entry.module!r} cannot be imported")
+    code = spec.loader.get_code(entry.module)  # type: ignore[attr-defined]
+    if code is None:
+        raise SpecError(f"spec.entrypoint.module {entry.module!r} has no code to run")
+    return code, spec.origin or entry.module
+
+
+def _exec_entrypoint(entry: Entrypoint, spec_path: str, *, as_main: bool) -> None:
+    from rlhfjob import context
+
+    code, filename = _load_code(entry, spec_path)
+    module = types.ModuleType("__main__" if as_main else "__mp_main__")
+    module.__file__ = filename
+    module.__dict__["__builtins__"] = __builtins__
+    # Pickles of classes defined in the entrypoint name __main__: make it resolve here too.
+    sys.modules["__main__"] = module
+    sys.modules["__mp_main__"] = module
+    sys.argv = [filename, *entry.args]
+    with contextlib.suppress(context.StopEntrypoint):
+        exec(code, module.__dict__)
+
+
+def main() -> int:
+    from rlhfjob import context
+    from rlhfjob.comm import bootstrap
+    from rlhfjob.executor.rpc import WorkerFailed, WorkerRuntime
+
+    try:
+        env = bootstrap.WorkerEnv.from_environ()
+        job = load_job(env.spec_path)
+    except (ValueError, SpecError) as exc:
+        print(f"rlhfjob worker: {exc}", file=sys.stderr)
+        return bootstrap.EXIT_PERMANENT
+    context.env, context.job = env, job
+    if not env.is_driver:
+        context.role = "worker"
+        try:
+            _exec_entrypoint(job.spec.entrypoint, env.spec_path, as_main=False)
+        except BaseException:
+            print(f"rlhfjob {env.name}: importing the entrypoint failed:", file=sys.stderr)
+            traceback.print_exc()
+            return bootstrap.EXIT_PERMANENT
+    try:
+        context.peers = bootstrap.start(env)
+    except bootstrap.StartupError as exc:
+        print(f"rlhfjob {env.name}: {exc}", file=sys.stderr)
+        return bootstrap.EXIT_RETRYABLE
+    bootstrap.watch(lambda msg: bootstrap.fail_fast(msg, code=bootstrap.EXIT_RETRYABLE))
+    if not env.is_driver:
+        WorkerRuntime.current = WorkerRuntime(env)
+        bootstrap.stop(graceful=True)  # returns once the driver is done
+        return 0
+    context.role = "driver"
+    try:
+        _exec_entrypoint(job.spec.entrypoint, env.spec_path, as_main=True)
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            bootstrap.fail_fast(
+                f"the entrypoint exited with {exc.code}", code=bootstrap.EXIT_PERMANENT
+            )
+    except WorkerFailed as exc:
+        print(f"rlhfjob: {exc}", file=sys.stderr)
+        bootstrap.fail_fast(
+            f"job {env.job_name} failed: {str(exc).splitlines()[0]}",
+            code=bootstrap.EXIT_RETRYABLE if exc.retryable else bootstrap.EXIT_PERMANENT,
+        )
+    except BaseException as exc:
+        traceback.print_exc()
+        bootstrap.fail_fast(
+            f"job {env.job_name} failed in the entrypoint: {type(exc).__name__}: {exc}",
+            code=bootstrap.EXIT_PERMANENT,
+        )
+    sys.stdout.flush()
+    bootstrap.stop(graceful=True)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    raise SystemExit(main())

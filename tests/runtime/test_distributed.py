@@ -1,0 +1,177 @@
+"""`rlhfjob run`: each model in its own process, the same results as in-process, clear failures."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import rlhfjob_run, worker_pids, write_job
+
+from rlhfjob import checkpoint as ckpt
+from rlhfjob_operator.spec import JobConfig
+
+RUNTIME = dict(
+    num_episode=3,
+    sample_per_episode=8,
+    generation_batch_size=4,
+    train_micro_batch_size=2,
+    train_global_batch_size=4,
+    num_training_epoch=2,
+    save_episode_interval=3,
+)
+MODELS = {"actor": {}, "scorer": {}, "learner": {"trainable": True}}
+
+
+def in_process(tmp_path, runtime, models):
+    sys.path.insert(0, os.path.dirname(__file__))
+    import toyjob
+
+    config = JobConfig.model_validate(
+        {"runtime": {**runtime, "data_checkpoint_path": str(tmp_path / "inproc")}, "models": models}
+    )
+    engine, _ = toyjob.build(config)
+    engine.learn(progress=False)
+    return ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path / "inproc"))[0]
+
+
+def distributed(tmp_path, name, runtime, models):
+    path = write_job(
+        tmp_path, name, {**runtime, "data_checkpoint_path": str(tmp_path / "dist")}, models
+    )
+    proc = rlhfjob_run(path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc, ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path / "dist"))[0]
+
+
+def flat(states):
+    out = {}
+    for name, saved in states.items():
+        for key, value in saved["state"].get("model", {}).items():
+            out[f"{name}.{key}"] = value
+    return out
+
+
+def test_same_weights_bitwise_as_in_process(tmp_path, job_name):
+    proc, remote = distributed(tmp_path, job_name, RUNTIME, MODELS)
+    local = in_process(tmp_path, RUNTIME, MODELS)
+    a, b = flat(local), flat(remote)
+    assert a.keys() == b.keys() and a
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert torch.equal(
+        local["learner"]["state"]["optimizer"]["state"][0]["exp_avg"],
+        remote["learner"]["state"]["optimizer"]["state"][0]["exp_avg"],
+    )
+    # What the user sees: the driver's episode lines, and prefixed worker output.
+    assert proc.stdout.count("episode ") >= 3
+    assert "samples/s" in proc.stdout
+
+
+def test_two_trainer_replicas_match_within_tolerance(tmp_path, job_name):
+    models = {**MODELS, "learner": {"trainable": True, "num_replica": 2}}
+    _, remote = distributed(tmp_path, job_name, RUNTIME, models)
+    local = in_process(tmp_path, RUNTIME, MODELS)
+    a, b = flat(local), flat(remote)
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-5), key
+
+
+def test_two_inference_replicas_take_batches_in_turn(tmp_path, job_name):
+    models = {**MODELS, "actor": {"num_replica": 2}}
+    proc, remote = distributed(tmp_path, job_name, RUNTIME, models)
+    assert len(remote["actor"]["replica_rng"]) == 2
+    assert "[actor-1]" in proc.stdout or "[actor-1]" in proc.stderr
+
+
+def test_worker_exception_fails_the_driver_with_the_remote_traceback(tmp_path, job_name):
+    models = {**MODELS, "actor": {"args": {"crash_at": 3}}}
+    path = write_job(tmp_path, job_name, {**RUNTIME, "data_checkpoint_path": str(tmp_path)}, models)
+    proc = rlhfjob_run(path)
+    assert proc.returncode == 78, proc.stderr[-3000:]
+    assert "boom at iteration 3" in proc.stderr
+    assert "actor-0 (role actor, replica 0, pid" in proc.stderr
+    assert "toyjob.py" in proc.stderr, "the remote traceback names the user's file"
+
+
+def test_killed_worker_fails_fast_and_names_it(tmp_path, job_name):
+    runtime = {**RUNTIME, "num_episode": 100000, "save_episode_interval": None}
+    path = write_job(tmp_path, job_name, runtime, MODELS)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rlhfjob.cli", "run", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        victim = None
+        while time.monotonic() < deadline and victim is None:
+            for pid in worker_pids(job_name):
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                if b"RLHFJOB_ROLE=learner" in environ:
+                    victim = pid
+            time.sleep(0.2)
+        assert victim is not None
+        time.sleep(3)  # let it train a little
+        os.kill(victim, signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 75, err[-3000:]
+    assert f"learner-0 (role learner, replica 0, pid {victim})" in err
+    assert "SIGKILL" in err
+
+
+def test_unused_model_and_missing_worker_are_refused(tmp_path, job_name):
+    runtime = {**RUNTIME, "save_episode_interval": None}
+    path = write_job(tmp_path, job_name, runtime, {**MODELS, "extra": {}})
+    proc = rlhfjob_run(path)
+    assert proc.returncode == 78
+    assert "config models ['extra'] name no module of this engine" in proc.stderr
+
+
+@pytest.mark.parametrize("missing", ["entry.py"])
+def test_missing_entrypoint_is_a_permanent_error(tmp_path, job_name, missing):
+    runtime = {**RUNTIME, "save_episode_interval": None}
+    path = write_job(tmp_path, job_name, runtime, MODELS, entry=missing)
+    proc = rlhfjob_run(path)
+    assert proc.returncode == 78
+    assert "spec.entrypoint.file" in proc.stderr and "does not exist" in proc.stderr
+
+
+def test_startup_times_out_naming_the_missing_ranks():
+    from rlhfjob.comm import bootstrap
+    from rlhfjob_operator.local import free_port
+
+    env = bootstrap.WorkerEnv(
+        job_name="lonely",
+        role="driver",
+        models=(),
+        replica=0,
+        rank=0,
+        world_size=3,
+        master_addr="127.0.0.1",
+        master_port=free_port(),
+        spec_path="x",
+        checkpoint_dir="",
+        metrics_port=0,
+        restart_generation=0,
+    )
+    with pytest.raises(bootstrap.StartupError, match=r"ranks \[1, 2\] of 3 did not reach"):
+        bootstrap.start(env, startup_timeout=2)
+
+
+def test_worker_env_names_missing_variables():
+    from rlhfjob.comm.bootstrap import WorkerEnv
+
+    with pytest.raises(ValueError, match="RLHFJOB_ROLE is not set"):
+        WorkerEnv.from_environ({"RANK": "0", "WORLD_SIZE": "1"})
+    with pytest.raises(ValueError, match="RANK=3 is outside"):
+        WorkerEnv.from_environ({"RANK": "3", "WORLD_SIZE": "2"})
