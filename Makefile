@@ -25,10 +25,13 @@ demo: $(STAMP) ## Train the PPO example (sorting digits) and print its reward ta
 test: $(STAMP) ## Run the whole test suite
 	$(PY) -m pytest -q
 
-lint: $(STAMP) ## ruff and mypy
+lint: $(STAMP) ## ruff and mypy; the operator must not import torch
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(PY) -c "import sys, pkgutil, importlib, rlhfjob_operator as o; \
+	[importlib.import_module(m.name) for m in pkgutil.walk_packages(o.__path__, 'rlhfjob_operator.')]; \
+	sys.exit('rlhfjob_operator imported torch' if 'torch' in sys.modules else 0)"
 
 # Binaries go to ${RLHFJOB_CACHE:-~/.cache/rlhfjob}, keyed by version; present ones are skipped.
 cluster-bin: $(STAMP) ## Build the test control plane and kubectl/helm into the cache
