@@ -8,8 +8,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
-from cluster import Cluster
 from malformed import base_manifest
 from operator_proc import (
     REPO,
@@ -23,6 +21,8 @@ from operator_proc import (
     wait_for,
     wait_phase,
 )
+
+from cluster import Cluster
 
 GPU = "nvidia.com/gpu"
 
