@@ -136,7 +136,8 @@ class PolicyInference(_LMModule):
 
     def forward_step(self, data: dict[str, Any], iteration: int = 0) -> dict[str, Any]:
         out = self._generate(data, float(self.arg("temperature", 1.0)))
-        self.metrics.add("response_length", out["response_mask"].sum(1).float().mean())
+        if self.arg("eos_token_id", None) is not None:  # otherwise always max_new_tokens
+            self.metrics.add("response_length", out["response_mask"].sum(1).float().mean())
         return out
 
     def eval_step(self, data: dict[str, Any]) -> dict[str, Any]:
