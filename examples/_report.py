@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,9 @@ def parse_args(
         description=(description or "").split("\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--config", default=str(config), help="job config YAML")
+    # Under `rlhfjob run` or a pod, the job's own manifest is the config.
+    default = os.environ.get("RLHFJOB_SPEC") or str(config)
+    parser.add_argument("--config", default=default, help="job config or RLHFJob manifest YAML")
     parser.add_argument("--episodes", type=int, help="override runtime.num_episode")
     parser.add_argument("--seed", type=int, help="override runtime.seed")
     parser.add_argument("--sample-per-episode", type=int, help="override runtime's")
@@ -34,6 +37,8 @@ def parse_args(
 def load_config(args: argparse.Namespace) -> dict[str, Any]:
     """The job config YAML as a dict, with the command line's overrides applied."""
     config = yaml.safe_load(Path(args.config).read_text())
+    if "kind" in config:  # a whole RLHFJob manifest: its spec holds the two sections
+        config = {k: config["spec"][k] for k in ("runtime", "models") if k in config["spec"]}
     runtime = config.setdefault("runtime", {})
     if args.episodes is not None:
         runtime["num_episode"] = args.episodes

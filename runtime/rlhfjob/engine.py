@@ -360,9 +360,13 @@ class _Run:
                 samples = self.ex.materialize(samples)
             self.dataset.set_episode(number, samples, manager)
             summary["train_steps"] = self.train()
+            sync_start, synced = time.perf_counter(), 0
             for src, dst in self.engine._sync_pairs:
                 if number % self.engine.config.model(src.name).sync_frequency == 0:
-                    self.ex.sync(src, dst, bucket_mb=self.rt.coalesced_buffer_mb)
+                    synced += self.ex.sync(src, dst, bucket_mb=self.rt.coalesced_buffer_mb)
+            if synced:
+                summary["sync_seconds"] = time.perf_counter() - sync_start
+                summary["sync_bytes"] = synced
         self.ex.release()
         self.ex.hook("after_episode")
         for name, metrics in self.ex.metrics().items():
@@ -503,7 +507,7 @@ def _format(summary: dict[str, Any], *, total: int | None = None) -> str:
         parts.append(f"episode {summary['episode']}/{total}")
     if "samples_per_s" in summary:
         parts.append(f"{summary['samples_per_s']:.1f} samples/s")
-    skip = {"episode", "samples_per_s", "seconds", "samples", "train_steps"}
+    skip = {"episode", "samples_per_s", "seconds", "samples", "train_steps", "sync_bytes"}
     for key, value in summary.items():
         if key not in skip and isinstance(value, (int, float)):
             parts.append(f"{key} {value:.4g}")

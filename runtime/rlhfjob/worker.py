@@ -23,6 +23,8 @@ import sys
 import traceback
 import types
 
+import torch
+
 from rlhfjob_operator.local import entrypoint_path
 from rlhfjob_operator.spec import Entrypoint, SpecError, load_job
 
@@ -69,6 +71,10 @@ def main() -> int:
         print(f"rlhfjob worker: {exc}", file=sys.stderr)
         return bootstrap.EXIT_PERMANENT
     context.env, context.job = env, job
+    # Intra-op threads from the spec's num_cpu (default 1): processes sharing a host must
+    # not each spin a thread per core.
+    cpus = sum(job.spec.models[m].num_cpu for m in env.models if m in job.spec.models)
+    torch.set_num_threads(max(1, cpus))
     if not env.is_driver:
         context.role = "worker"
         try:
@@ -77,6 +83,9 @@ def main() -> int:
             print(f"rlhfjob {env.name}: importing the entrypoint failed:", file=sys.stderr)
             traceback.print_exc()
             return bootstrap.EXIT_PERMANENT
+    if not env.is_driver:
+        # Ready before RPC starts: the driver may call the moment rendezvous completes.
+        WorkerRuntime.current = WorkerRuntime(env)
     try:
         context.peers = bootstrap.start(env)
     except bootstrap.StartupError as exc:
@@ -84,7 +93,6 @@ def main() -> int:
         return bootstrap.EXIT_RETRYABLE
     bootstrap.watch(lambda msg: bootstrap.fail_fast(msg, code=bootstrap.EXIT_RETRYABLE))
     if not env.is_driver:
-        WorkerRuntime.current = WorkerRuntime(env)
         bootstrap.stop(graceful=True)  # returns once the driver is done
         return 0
     context.role = "driver"

@@ -175,3 +175,22 @@ def test_worker_env_names_missing_variables():
         WorkerEnv.from_environ({"RANK": "0", "WORLD_SIZE": "1"})
     with pytest.raises(ValueError, match="RANK=3 is outside"):
         WorkerEnv.from_environ({"RANK": "3", "WORLD_SIZE": "2"})
+
+
+def test_driver_memory_stays_flat_when_samples_grow_tenfold(tmp_path, job_name):
+    """Samples carry 256 KB each; at 10x that is 160 MB more data, none of it in the driver."""
+
+    def peak(samples: int) -> float:
+        runtime = {**RUNTIME, "num_episode": 2, "sample_per_episode": samples,
+                   "generation_batch_size": 32, "train_micro_batch_size": 32,
+                   "train_global_batch_size": 64, "save_episode_interval": None}
+        models = {**MODELS, "actor": {"args": {"blob": 65536}}}
+        path = write_job(tmp_path, f"{job_name}-{samples}"[:50], runtime, models)
+        proc = rlhfjob_run(path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        line = next(x for x in proc.stdout.splitlines() if x.startswith("driver peak RSS"))
+        return float(line.split()[3])
+
+    small, large = peak(64), peak(640)
+    print(f"driver peak RSS: {small:.0f} MB at 64 samples/episode, {large:.0f} MB at 640")
+    assert large < small * 1.15 + 20, (small, large)

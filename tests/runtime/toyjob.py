@@ -7,8 +7,11 @@ Final weights are compared through the last checkpoint.
 
 from __future__ import annotations
 
+import resource
 import sys
 from pathlib import Path
+
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from toys import Actor, Learner, Scorer, prompts
@@ -17,12 +20,16 @@ from rlhfjob import Engine, Environment, Trainer
 
 
 class Crasher(Actor):
-    """An actor whose forward_step raises on the call named by models.actor.args.crash_at."""
+    """The toy actor, configurable from models.actor.args: ``crash_at`` raises on that
+    call; ``blob`` adds that many floats per sample (bulk that must not reach the driver)."""
 
     def forward_step(self, data, iteration):
         if iteration == self.model_args.get("crash_at"):
             raise RuntimeError(f"boom at iteration {iteration}")
-        return super().forward_step(data, iteration)
+        out = super().forward_step(data, iteration)
+        if self.model_args.get("blob"):
+            out["blob"] = torch.ones(len(data["x"]), int(self.model_args["blob"]))
+        return out
 
 
 def build(config=None) -> tuple[Engine, Learner]:
@@ -44,3 +51,5 @@ def build(config=None) -> tuple[Engine, Learner]:
 
 if __name__ == "__main__":
     build()[0].learn()
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(f"driver peak RSS {peak_kb / 1024:.1f} MB")

@@ -327,8 +327,6 @@ class RpcExecutor:
         self.stored: dict[str, list[int]] = defaultdict(list)
         self.groups: dict[str, Any] = {}
         self.sync_plan: dict[tuple[str, str], tuple[str, list[Peer]] | None] = {}
-        self.sync_bytes = 0
-        self.sync_seconds = 0.0
 
     # --- plumbing ----------------------------------------------------------------
 
@@ -525,9 +523,7 @@ class RpcExecutor:
         return {m: {k: sum(v) / len(v) for k, v in ms.items()} for m, ms in totals.items()}
 
     def sync(self, src: BaseModule, dst: BaseModule, *, bucket_mb: int) -> int:
-        import time
-
-        start = time.perf_counter()
+        del bucket_mb  # the workers' buckets were sized from the config at setup
         plan = self.sync_plan[(src.name, dst.name)]
         if plan is None:
             futures = [
@@ -542,8 +538,6 @@ class RpcExecutor:
             ]
             results = [self._wait(p, f, "parameter sync") for p, f in futures]
             moved = results[0] * len(targets)
-        self.sync_seconds += time.perf_counter() - start
-        self.sync_bytes += moved
         return moved
 
     def state_dicts(self, *, iteration: int) -> dict[str, dict[str, Any]]:
