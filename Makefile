@@ -22,7 +22,7 @@ demo: $(STAMP) ## Train the PPO example (sorting digits) and print its reward ta
 	mkdir -p out
 	$(PY) examples/ppo_sort.py --plot out/ppo_reward.png
 
-test: $(STAMP) ## Run the whole test suite
+test: $(STAMP) cluster-bin ## Run the whole test suite (builds the test control plane first if missing)
 	$(PY) -m pytest -q
 
 lint: $(STAMP) ## ruff and mypy; the operator must not import torch

@@ -360,6 +360,7 @@ class _Run:
                 samples = self.ex.materialize(samples)
             self.dataset.set_episode(number, samples, manager)
             summary["train_steps"] = self.train()
+            self.ex.wait()  # training done everywhere: what follows times the sync alone
             sync_start, synced = time.perf_counter(), 0
             for src, dst in self.engine._sync_pairs:
                 if number % self.engine.config.model(src.name).sync_frequency == 0:

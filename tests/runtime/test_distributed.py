@@ -181,9 +181,15 @@ def test_driver_memory_stays_flat_when_samples_grow_tenfold(tmp_path, job_name):
     """Samples carry 256 KB each; at 10x that is 160 MB more data, none of it in the driver."""
 
     def peak(samples: int) -> float:
-        runtime = {**RUNTIME, "num_episode": 2, "sample_per_episode": samples,
-                   "generation_batch_size": 32, "train_micro_batch_size": 32,
-                   "train_global_batch_size": 64, "save_episode_interval": None}
+        runtime = {
+            **RUNTIME,
+            "num_episode": 2,
+            "sample_per_episode": samples,
+            "generation_batch_size": 32,
+            "train_micro_batch_size": 32,
+            "train_global_batch_size": 64,
+            "save_episode_interval": None,
+        }
         models = {**MODELS, "actor": {"args": {"blob": 65536}}}
         path = write_job(tmp_path, f"{job_name}-{samples}"[:50], runtime, models)
         proc = rlhfjob_run(path)
@@ -194,3 +200,29 @@ def test_driver_memory_stays_flat_when_samples_grow_tenfold(tmp_path, job_name):
     small, large = peak(64), peak(640)
     print(f"driver peak RSS: {small:.0f} MB at 64 samples/episode, {large:.0f} MB at 640")
     assert large < small * 1.15 + 20, (small, large)
+
+
+def test_distributed_resume_equals_an_uninterrupted_run(tmp_path, job_name):
+    where = {"data_checkpoint_path": str(tmp_path / "dist")}
+    first = write_job(
+        tmp_path,
+        job_name,
+        {**RUNTIME, **where, "num_episode": 2, "save_episode_interval": 1},
+        MODELS,
+    )
+    assert rlhfjob_run(first).returncode == 0
+    again = write_job(
+        tmp_path,
+        job_name,
+        {**RUNTIME, **where, "num_episode": 4, "save_episode_interval": 1},
+        MODELS,
+    )
+    proc = rlhfjob_run(again)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in proc.stderr and "(episode 2)" in proc.stderr
+    remote = ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path / "dist"))[0]
+    local = in_process(tmp_path, {**RUNTIME, "num_episode": 4, "save_episode_interval": 4}, MODELS)
+    a, b = flat(local), flat(remote)
+    assert a.keys() == b.keys() and a
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

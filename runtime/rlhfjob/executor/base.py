@@ -43,6 +43,10 @@ class Executor(Protocol):
         """Samples as per-sample dicts on the driver (for a replay sample manager)."""
         ...
 
+    def wait(self) -> None:
+        """Return once every call issued so far has finished (raising the first failure)."""
+        ...
+
     def release(self) -> None:
         """Drop every stored output of the episode that just ended."""
         ...

@@ -121,6 +121,9 @@ class LocalExecutor:
     def materialize(self, samples: list[Any]) -> list[Any]:
         return samples
 
+    def wait(self) -> None:
+        """Calls run when issued: nothing is ever in flight."""
+
     def release(self) -> None:
         """Nothing is stored apart from the values themselves."""
 

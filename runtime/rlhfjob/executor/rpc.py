@@ -497,9 +497,12 @@ class RpcExecutor:
                 pulled[(ref, index)] = sample
         return [pulled[(s.ref, s.index)] if isinstance(s, Row) else s for s in samples]
 
-    def release(self) -> None:
+    def wait(self) -> None:
         for ref in list(self.pending):
             self._done(ref)
+
+    def release(self) -> None:
+        self.wait()
         futures = [
             (self.peers[w], self._submit(self.peers[w], "free", keys))
             for w, keys in self.stored.items()
