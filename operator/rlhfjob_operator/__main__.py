@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -48,6 +49,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _exit_before_start(signum: int, frame: object) -> None:
+    del frame
+    logging.getLogger("rlhfjob_operator").info(
+        "%s before the operator started: exiting", signal.Signals(signum).name
+    )
+    raise SystemExit(0)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(
@@ -67,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("rlhfjob_operator").info(
             "metrics on http://%s:%d/metrics", args.metrics_host, server.server_port
         )
+    # A SIGTERM that lands before kopf installs its own handlers (a pod deleted right after
+    # it started) ends the operator cleanly: nothing has been reconciled yet, and a restart
+    # resumes from kopf's annotations anyway. kopf's handlers replace this one.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_before_start)
     kopf.run(
         registry=registry,
         standalone=args.standalone,
