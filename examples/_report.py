@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["load_config", "parse_args", "plot_rewards", "reward_table"]
+__all__ = ["load_config", "parse_args", "plot_rewards", "reward_table", "run_example"]
 
 
 def parse_args(
@@ -79,3 +81,30 @@ def plot_rewards(
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def run_example(
+    argv: list[str] | None,
+    *,
+    doc: str | None,
+    config: Path,
+    build_engine: Callable[..., Any],
+    reward_key: str,
+    title: str,
+) -> list[dict[str, Any]]:
+    """Parse the flags, build the example's engine, learn, print the table (and plot)."""
+    import torch
+
+    args = parse_args(argv, description=doc, config=config)
+    # Tiny matrices: more threads cost more in synchronisation than they save.
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    engine = build_engine(load_config(args), num_prompts=args.prompts, num_eval=args.eval_prompts)
+    summaries: list[dict[str, Any]] = engine.learn(progress=not args.quiet)
+    elapsed = time.perf_counter() - start
+    print(reward_table(summaries, reward_key=reward_key))
+    print(f"wall time {elapsed:.1f} s")
+    if args.plot:
+        plot_rewards(summaries, args.plot, reward_key=reward_key, title=title)
+        print(f"reward curve written to {args.plot}")
+    return summaries

@@ -14,11 +14,8 @@ The reward is the fraction of response positions holding the right digit, so
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from rlhfjob import Engine, Environment, Evaluator, Trainer
 from rlhfjob.algorithms.ppo import (
@@ -32,7 +29,7 @@ from rlhfjob.algorithms.ppo import (
 from rlhfjob.algorithms.tasks import get_task
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import load_config, parse_args, plot_rewards, reward_table
+from _report import run_example
 
 CONFIG = Path(__file__).with_suffix(".yaml")
 REWARD_KEY = "reward/reward_mean"
@@ -77,20 +74,14 @@ def build_engine(config: dict[str, Any], *, num_prompts: int, num_eval: int) -> 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Run the example; returns the engine's per-episode summaries."""
-    args = parse_args(argv, description=__doc__, config=CONFIG)
-    # Tiny matrices: more threads cost more in synchronisation than they save.
-    torch.set_num_threads(args.threads)
-    config = load_config(args)
-    start = time.perf_counter()
-    engine = build_engine(config, num_prompts=args.prompts, num_eval=args.eval_prompts)
-    summaries = engine.learn(progress=not args.quiet)
-    elapsed = time.perf_counter() - start
-    print(reward_table(summaries, reward_key=REWARD_KEY))
-    print(f"wall time {elapsed:.1f} s")
-    if args.plot:
-        plot_rewards(summaries, args.plot, reward_key=REWARD_KEY, title="PPO: sort the digits")
-        print(f"reward curve written to {args.plot}")
-    return summaries
+    return run_example(
+        argv,
+        doc=__doc__,
+        config=CONFIG,
+        build_engine=build_engine,
+        reward_key=REWARD_KEY,
+        title="PPO: sort the digits",
+    )
 
 
 if __name__ == "__main__":

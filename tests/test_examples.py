@@ -50,10 +50,9 @@ def test_example_reward_rises(name: str, episodes: int, tmp_path: Path) -> None:
 
 def _small_config(name: str, *, episodes: int, checkpoints: Path) -> dict[str, Any]:
     example = load(name)
-    args = example.parse_args(
-        ["--episodes", str(episodes)], description=None, config=example.CONFIG
-    )
-    config = example.load_config(args)
+    report = load("_report")
+    args = report.parse_args(["--episodes", str(episodes)], description=None, config=example.CONFIG)
+    config = report.load_config(args)
     prompts = 8
     config["runtime"].update(
         sample_per_episode=prompts if name == "grpo_sort" else 32,
