@@ -2,7 +2,8 @@
 
 Each worker of ``plan.plan_job`` becomes ``python -m rlhfjob.worker`` with the
 same environment contract a pod gets (``MASTER_ADDR`` is 127.0.0.1, the
-rendezvous port a free one). The driver's output passes through as it is (its
+rendezvous port a free one; the driver's metrics port another, on 127.0.0.1,
+printed to stderr). The driver's output passes through as it is (its
 progress bar and episode lines); every other worker's lines are prefixed with
 ``[<role>-<replica>]``.
 
@@ -33,6 +34,8 @@ from rlhfjob_operator.spec import Entrypoint, RLHFJob, SpecError, load_job
 __all__ = ["EXIT_RETRYABLE", "RunResult", "entrypoint_path", "free_port", "run_job"]
 
 EXIT_RETRYABLE = 75
+# Where the driver binds its metrics server (rlhfjob.metrics reads it): only this host.
+ENV_METRICS_HOST = "RLHFJOB_METRICS_HOST"
 _POLL_S = 0.05
 _GRACE_S = 5.0
 
@@ -94,6 +97,7 @@ def _start(
     spec_path: str,
     checkpoint_dir: str,
     generation: int,
+    metrics_port: int,
     python: str,
     out: IO[str],
 ) -> list[_Proc]:
@@ -107,10 +111,11 @@ def _start(
                 spec_path=spec_path,
                 checkpoint_dir=checkpoint_dir,
                 restart_generation=generation,
-                metrics_port=0,
+                metrics_port=metrics_port if worker.is_driver else 0,
             )
         )
         env["PYTHONUNBUFFERED"] = "1"
+        env[ENV_METRICS_HOST] = "127.0.0.1"
         if worker.is_driver:
             popen = subprocess.Popen(
                 [python, "-m", "rlhfjob.worker"], env=env, start_new_session=True
@@ -216,11 +221,18 @@ def run_job(
     generation = 0
     while True:
         plan = plan_job(job, master_port=free_port())
+        metrics_port = free_port()
+        print(
+            f"rlhfjob run: driver metrics at http://127.0.0.1:{metrics_port}/metrics",
+            file=err,
+            flush=True,
+        )
         procs = _start(
             plan,
             spec_path=spec_path,
             checkpoint_dir=ckpt,
             generation=generation,
+            metrics_port=metrics_port,
             python=python,
             out=out,
         )

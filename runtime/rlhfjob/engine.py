@@ -34,6 +34,7 @@ import torch
 
 from rlhfjob import checkpoint as ckpt
 from rlhfjob import context
+from rlhfjob import metrics as prom
 from rlhfjob.data import EpisodeReplayBuffer, PromptStream, StreamDataset, collate
 from rlhfjob.executor import Executor, LocalExecutor
 from rlhfjob.flow import FlowGraph, run_graph, trace
@@ -326,6 +327,10 @@ class _Run:
         if not resumed:
             for src, dst in self.engine._sync_pairs:
                 self.ex.sync(src, dst, bucket_mb=self.rt.coalesced_buffer_mb)
+        served = prom.for_driver()  # Prometheus metrics, when this process serves them
+        if served is not None:
+            restarts = context.env.restart_generation if context.env is not None else 0
+            served.start(num_episode=self.rt.num_episode, episode=self.episode, restarts=restarts)
         bar = _progress(total=self.rt.num_episode, initial=self.episode, enabled=progress)
         try:
             if (
@@ -338,6 +343,9 @@ class _Run:
             while self.episode < self.rt.num_episode:
                 summary = self.run_episode()
                 self.summaries.append(summary)
+                if served is not None:
+                    served.record_episode(summary, dataset_samples=len(self.dataset.samples))
+                    served.observe_steps(self.ex.step_seconds())
                 _write(bar, _format(summary, total=self.rt.num_episode))
                 if bar is not None:
                     bar.update(1)

@@ -57,6 +57,10 @@ class Executor(Protocol):
 
     def metrics(self) -> dict[str, dict[str, float]]: ...
 
+    def step_seconds(self) -> list[tuple[str, str, float]]:
+        """Model calls finished since the last call, as (module, method, seconds run)."""
+        ...
+
     def sync(self, src: BaseModule, dst: BaseModule, *, bucket_mb: int) -> int:
         """Copy ``src``'s parameters into ``dst``; returns the bytes moved."""
         ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -86,6 +87,7 @@ class LocalExecutor:
     def __init__(self, config: JobConfig) -> None:
         self.config = config
         self.modules: list[BaseModule] = []
+        self.steps: list[tuple[str, str, float]] = []
 
     def setup(
         self,
@@ -105,7 +107,10 @@ class LocalExecutor:
 
     def call(self, node: Node, inputs: Sequence[Any], *, iteration: int | None) -> Any:
         data = merge_inputs(node.label, inputs)
-        return node.module.call_hook(node.method, data, iteration)
+        start = time.perf_counter()
+        out = node.module.call_hook(node.method, data, iteration)
+        self.steps.append((node.module.name, node.method, time.perf_counter() - start))
+        return out
 
     def fetch(self, handle: Any) -> Any:
         return handle
@@ -133,6 +138,10 @@ class LocalExecutor:
 
     def metrics(self) -> dict[str, dict[str, float]]:
         return {m.name: dict(m.get_and_clear_metrics() or {}) for m in self.modules}
+
+    def step_seconds(self) -> list[tuple[str, str, float]]:
+        steps, self.steps = self.steps, []
+        return steps
 
     def sync(self, src: BaseModule, dst: BaseModule, *, bucket_mb: int) -> int:
         # One process: a copy in place is the whole sync; buckets matter only across workers.

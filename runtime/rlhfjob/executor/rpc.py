@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
+import time
 import traceback
 from collections import defaultdict
 from collections.abc import Sequence
@@ -219,12 +220,15 @@ class WorkerRuntime:
 
     def op_call(
         self, name: str, method: str, inputs: list[Any], iteration: int | None, key: int
-    ) -> int | None:
+    ) -> tuple[int | None, float]:
+        """Returns (sample count or None, seconds the call ran once its inputs were in)."""
         module = self.modules[name]
         data = merge_inputs(f"{name}.{method}", [self.resolve(i) for i in inputs])
+        start = time.perf_counter()
         out = module.call_hook(method, data, iteration)
+        seconds = time.perf_counter() - start
         self.value(key).set_result(out)
-        return len(split_samples(out)) if isinstance(out, dict) else None
+        return (len(split_samples(out)) if isinstance(out, dict) else None, seconds)
 
     def op_hook(self, hook: str) -> None:
         for module in self.modules.values():
@@ -324,6 +328,8 @@ class RpcExecutor:
         self.next_key = 0
         self.turn: dict[str, int] = defaultdict(int)
         self.pending: dict[Ref, tuple[Peer, torch.futures.Future[Any]]] = {}
+        self.calls: dict[Ref, tuple[str, str]] = {}  # (module, method) of calls not yet timed
+        self.steps: list[tuple[str, str, float]] = []
         self.stored: dict[str, list[int]] = defaultdict(list)
         self.groups: dict[str, Any] = {}
         self.sync_plan: dict[tuple[str, str], tuple[str, list[Peer]] | None] = {}
@@ -459,12 +465,34 @@ class RpcExecutor:
         fut = self._submit(peer, "call", name, method, inputs, iteration, key)
         ref = Ref(peer.name, key)
         self.pending[ref] = (peer, fut)
+        self.calls[ref] = (name, method)
         self.stored[peer.name].append(key)
         return ref
 
     def _done(self, ref: Ref) -> Any:
         peer, fut = self.pending[ref]
-        return self._wait(peer, fut, "call")
+        count, _seconds = self._wait(peer, fut, "call")
+        return count
+
+    def _time_finished(self) -> None:
+        """Move the run times of finished calls into ``steps`` (failures are raised
+        by whoever waits on them, not here)."""
+        for ref, (module, method) in list(self.calls.items()):
+            fut = self.pending[ref][1]
+            if not fut.done():
+                continue
+            del self.calls[ref]
+            try:
+                result = fut.value()
+            except Exception:  # the transport failed: _wait reports it
+                continue
+            if isinstance(result, tuple):
+                self.steps.append((module, method, result[1]))
+
+    def step_seconds(self) -> list[tuple[str, str, float]]:
+        self._time_finished()
+        steps, self.steps = self.steps, []
+        return steps
 
     def fetch(self, handle: Any) -> Any:
         if not isinstance(handle, Ref):
@@ -510,6 +538,8 @@ class RpcExecutor:
         ]
         for peer, fut in futures:
             self._wait(peer, fut, "free")
+        self._time_finished()
+        self.calls.clear()
         self.pending.clear()
         self.stored.clear()
 
