@@ -41,7 +41,12 @@ cluster-bin: $(STAMP) ## Build the test control plane and kubectl/helm into the 
 
 .PHONY: help venv demo test lint
 
-crds: $(STAMP) ## Regenerate crds/ from the RLHFJob models in operator/rlhfjob_operator/spec.py
+crds: $(STAMP) ## Regenerate crds/ (and the chart's copy) from the RLHFJob models in operator/rlhfjob_operator/spec.py
 	$(PY) -m rlhfjob_operator.crd --out crds/rlhfjobs.rlhf.dev.yaml
+	$(MAKE) chart-crds
 
-.PHONY: crds
+chart-crds: ## Copy crds/ into the Helm chart (helm/rlhfjob/crds/)
+	mkdir -p helm/rlhfjob/crds
+	cp crds/*.yaml helm/rlhfjob/crds/
+
+.PHONY: crds chart-crds

@@ -34,12 +34,21 @@ def free_port() -> int:
 
 
 class Operator:
-    """One operator process watching one namespace; stop() checks it exited cleanly."""
+    """One operator process watching one namespace; stop() checks it exited cleanly.
+    ``kubeconfig`` defaults to the cluster's admin one (a ServiceAccount's, to test RBAC)."""
 
-    def __init__(self, cluster: Cluster, namespace: str, *, backoff: float = 1.0) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        namespace: str,
+        *,
+        backoff: float = 1.0,
+        kubeconfig: Path | None = None,
+    ) -> None:
         self.cluster = cluster
         self.namespace = namespace
         self.backoff = backoff
+        self.kubeconfig = kubeconfig or cluster.kubeconfig
         self.metrics_port = free_port()
         self._log_dir = Path(tempfile.mkdtemp(prefix="rlhfjob-operator-"))
         self.log_path = self._log_dir / "operator.log"
@@ -55,7 +64,7 @@ class Operator:
             "-m",
             "rlhfjob_operator",
             "--kubeconfig",
-            str(self.cluster.kubeconfig),
+            str(self.kubeconfig),
             "--namespace",
             self.namespace,
             "--standalone",
