@@ -27,7 +27,7 @@ import threading
 import time
 import traceback
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -155,26 +155,14 @@ class WorkerRuntime:
 
     def rows(self, samples: Sequence[Any]) -> list[Any]:
         """Per-sample dicts for ``samples`` (Rows or dicts), pulled one request per source."""
-        wanted: dict[Ref, list[int]] = defaultdict(list)
-        for sample in samples:
-            if isinstance(sample, Row):
-                wanted[sample.ref].append(sample.index)
-        pulled: dict[tuple[Ref, int], Any] = {}
-        futures: dict[Ref, torch.futures.Future[Any] | None] = {}
-        for ref, indices in wanted.items():
+
+        def fetch(ref: Ref, indices: list[int]) -> Callable[[], Any]:
             if ref.worker == self.env.name:
-                futures[ref] = None
-            else:
-                futures[ref] = rpc.rpc_async(ref.worker, _fetch, args=(ref.key, indices))
-        for ref, indices in wanted.items():
-            fut = futures[ref]
-            if fut is None:
-                batch = _select(_checked(self.value(ref.key).wait()), indices)
-            else:
-                batch = _checked(fut.wait())
-            for index, sample in zip(indices, split_samples(batch), strict=True):
-                pulled[(ref, index)] = sample
-        return [pulled[(s.ref, s.index)] if isinstance(s, Row) else s for s in samples]
+                return lambda: _select(_checked(self.value(ref.key).wait()), indices)
+            fut = rpc.rpc_async(ref.worker, _fetch, args=(ref.key, indices))
+            return lambda: _checked(fut.wait())
+
+        return _gather_rows(samples, fetch)
 
     # --- operations, run in submission order ----------------------------------
 
@@ -291,6 +279,27 @@ def _select(batch: Any, indices: list[int] | None) -> Any:
         k: v.index_select(0, index) if isinstance(v, torch.Tensor) else [v[i] for i in indices]
         for k, v in batch.items()
     }
+
+
+def _gather_rows(
+    samples: Sequence[Any], fetch: Callable[[Ref, list[int]], Callable[[], Any]]
+) -> list[Any]:
+    """``samples`` with every Row replaced by its per-sample dict, in order.
+
+    ``fetch(ref, indices)`` starts one request for those rows of ``ref``'s batch
+    and returns a function that waits for the batch; every request is started
+    before any is waited for. Entries that are not Rows pass through.
+    """
+    wanted: dict[Ref, list[int]] = defaultdict(list)
+    for sample in samples:
+        if isinstance(sample, Row):
+            wanted[sample.ref].append(sample.index)
+    waits = {ref: fetch(ref, indices) for ref, indices in wanted.items()}
+    pulled: dict[tuple[Ref, int], Any] = {}
+    for ref, indices in wanted.items():
+        for index, sample in zip(indices, split_samples(waits[ref]()), strict=True):
+            pulled[(ref, index)] = sample
+    return [pulled[(s.ref, s.index)] if isinstance(s, Row) else s for s in samples]
 
 
 def _runtime() -> WorkerRuntime:
@@ -511,19 +520,12 @@ class RpcExecutor:
         return [Row(handle, i) for i in range(count)]
 
     def materialize(self, samples: list[Any]) -> list[Any]:
-        wanted: dict[Ref, list[int]] = defaultdict(list)
-        for s in samples:
-            if isinstance(s, Row):
-                wanted[s.ref].append(s.index)
-        pulled = {}
-        for ref, indices in wanted.items():
+        def fetch(ref: Ref, indices: list[int]) -> Callable[[], Any]:
             peer = self.peers[ref.worker]
-            batch = self._wait(
-                peer, rpc.rpc_async(peer.name, _fetch, args=(ref.key, indices)), "fetch"
-            )
-            for index, sample in zip(indices, split_samples(batch), strict=True):
-                pulled[(ref, index)] = sample
-        return [pulled[(s.ref, s.index)] if isinstance(s, Row) else s for s in samples]
+            fut = rpc.rpc_async(peer.name, _fetch, args=(ref.key, indices))
+            return lambda: self._wait(peer, fut, "fetch")
+
+        return _gather_rows(samples, fetch)
 
     def wait(self) -> None:
         for ref in list(self.pending):
