@@ -41,6 +41,13 @@ the runtime reads them, the names do not change):
     0 on the first start, +1 whenever the gang is re-created (after a failure
     or a resume from suspend): a worker resumes from the last checkpoint when
     it is above 0 and runtime.enable_resume_training is set.
+``RLHFJOB_JOB_SECRET``
+    The job's rendezvous secret: every process proves it knows it before any
+    other starts torch RPC with it, and signs its RPC messages with it (see
+    ``rlhfjob.comm.bootstrap``). Not in :meth:`JobPlan.env`, whose values are
+    literals: a pod takes it from the Secret ``<job>-rendezvous`` (key
+    ``token``) through ``valueFrom.secretKeyRef``, ``rlhfjob run`` makes a
+    fresh one for every start of the gang.
 
 Exit codes a launcher acts on: 0 is success (the driver's ends the job);
 :data:`EXIT_PERMANENT` (78, sysexits' EX_CONFIG) is a failure a restart cannot
@@ -70,6 +77,7 @@ __all__ = [
     "DRIVER_ROLE",
     "ENV_CHECKPOINT_DIR",
     "ENV_JOB_NAME",
+    "ENV_JOB_SECRET",
     "ENV_METRICS_PORT",
     "ENV_MODELS",
     "ENV_REPLICA",
@@ -93,6 +101,7 @@ ENV_SPEC = "RLHFJOB_SPEC"
 ENV_CHECKPOINT_DIR = "RLHFJOB_CHECKPOINT_DIR"
 ENV_METRICS_PORT = "RLHFJOB_METRICS_PORT"
 ENV_RESTART_GENERATION = "RLHFJOB_RESTART_GENERATION"
+ENV_JOB_SECRET = "RLHFJOB_JOB_SECRET"
 
 DEFAULT_MASTER_PORT = 29500
 DEFAULT_METRICS_PORT = 9090
