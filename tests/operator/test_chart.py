@@ -146,7 +146,10 @@ def test_rendered_objects_match_kubernetes_schemas(
         assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     for role in by_kind(docs, "ClusterRole"):
         for rule in role["rules"]:
-            assert "secrets" not in rule["resources"] and "*" not in rule["resources"]
+            # Secrets: create the job's rendezvous token, and nothing else.
+            if "secrets" in rule["resources"]:
+                assert rule["resources"] == ["secrets"] and rule["verbs"] == ["create"], rule
+            assert "*" not in rule["resources"]
             assert "*" not in rule["verbs"]
 
 
@@ -214,6 +217,7 @@ def test_chart_service_account_runs_a_job_and_no_more(
             ("create", "pods"),
             ("delete", "pods"),
             ("create", "networkpolicies.networking.k8s.io"),
+            ("create", "secrets"),
         ):
             assert can(verb, what, "-n", namespace), f"{verb} {what}"
             assert not can(verb, what, "-n", other), f"{verb} {what} outside its namespace"
@@ -224,6 +228,9 @@ def test_chart_service_account_runs_a_job_and_no_more(
             ("get", "secrets"),
             ("list", "secrets"),
             ("watch", "secrets"),
+            ("update", "secrets"),
+            ("patch", "secrets"),
+            ("delete", "secrets"),
             ("create", "rlhfjobs.rlhf.dev"),
             ("update", "pods"),
             ("patch", "pods"),
@@ -252,14 +259,16 @@ def test_chart_service_account_runs_a_job_and_no_more(
             wait_phase(control_plane, namespace, "ppo-sort", "Running", timeout=90)
             assert len(pods(control_plane, namespace, "ppo-sort")) == 6
             kinds = control_plane.kubectl_run(
-                "get", "services,configmaps,networkpolicies", "-n", namespace,
+                "get", "services,configmaps,networkpolicies,secrets", "-n", namespace,
                 "-l", "rlhf.dev/job=ppo-sort", "-o", "name",
             ).stdout.split()  # fmt: skip
             assert {k.split("/")[0] for k in kinds} >= {
                 "service",
                 "configmap",
                 "networkpolicy.networking.k8s.io",
+                "secret",
             }, kinds
+            assert "secret/ppo-sort-rendezvous" in kinds, kinds
             log = op.log()
         assert "403" not in log and "Forbidden" not in log, log[-5000:]
     finally:

@@ -177,7 +177,12 @@ class KubeClient:
 
     @staticmethod
     def _collection(api_version: str, kind: str, namespace: str) -> str:
-        plural = {"Pod": "pods", "Service": "services", "ConfigMap": "configmaps"}.get(kind)
+        plural = {
+            "Pod": "pods",
+            "Service": "services",
+            "ConfigMap": "configmaps",
+            "Secret": "secrets",
+        }.get(kind)
         if plural is not None:
             return f"/api/v1/namespaces/{namespace}/{plural}"
         if kind == "NetworkPolicy":

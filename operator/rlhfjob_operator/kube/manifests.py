@@ -15,6 +15,12 @@ job's own pods: the rendezvous port and torch RPC's listeners, which TensorPipe
 opens on ephemeral ports, so they cannot be listed; and (2) the metrics port
 from anywhere, so Prometheus in another namespace can scrape it (it serves
 read-only metrics). Nothing else reaches the pods.
+
+The job's rendezvous token lives in a Secret of its own (``<job>-rendezvous``,
+key ``token``), immutable, owned by the job; pods read it as
+``RLHFJOB_JOB_SECRET`` through ``secretKeyRef``, so it never appears in a pod
+spec, and the operator, which may create Secrets but not read them, never
+needs it again.
 """
 
 from __future__ import annotations
@@ -25,15 +31,17 @@ import yaml
 
 from rlhfjob_operator.kube.names import (
     LABEL_JOB,
+    SECRET_KEY,
     common_labels,
     configmap_name,
     job_selector,
     network_policy_name,
     pod_labels,
     pod_name,
+    secret_name,
     service_name,
 )
-from rlhfjob_operator.plan import GPU_RESOURCE, WORKER_COMMAND, JobPlan, Worker
+from rlhfjob_operator.plan import ENV_JOB_SECRET, GPU_RESOURCE, WORKER_COMMAND, JobPlan, Worker
 from rlhfjob_operator.spec import API_VERSION, KIND, RLHFJob
 
 __all__ = [
@@ -44,6 +52,7 @@ __all__ = [
     "build_gang",
     "build_network_policy",
     "build_pod",
+    "build_secret",
     "build_service",
     "master_addr",
     "owner_reference",
@@ -116,6 +125,11 @@ def _checkpoint_volume(job: RLHFJob) -> dict[str, Any]:
     return {"name": "checkpoint", "emptyDir": empty}
 
 
+def _secret_env(job: RLHFJob) -> dict[str, Any]:
+    ref = {"name": secret_name(job.name), "key": SECRET_KEY}
+    return {"name": ENV_JOB_SECRET, "valueFrom": {"secretKeyRef": ref}}
+
+
 def build_pod(job: RLHFJob, plan: JobPlan, worker: Worker, *, generation: int) -> dict[str, Any]:
     """The pod of one worker for restart ``generation``."""
     spec = job.spec
@@ -138,6 +152,7 @@ def build_pod(job: RLHFJob, plan: JobPlan, worker: Worker, *, generation: int) -
         "image": worker.image,
         "command": list(WORKER_COMMAND),
         "env": [{"name": k, "value": v} for k, v in env.items()]
+        + [_secret_env(job)]
         + [{"name": e.name, "value": e.value} for e in spec.env],
         "ports": ports,
         "resources": _resources(worker),
@@ -219,6 +234,22 @@ def build_configmap(job: RLHFJob) -> dict[str, Any]:
         "kind": "ConfigMap",
         "metadata": _meta(job, configmap_name(job.name), common_labels(job.name)),
         "data": {SPEC_FILE: yaml.safe_dump(job.manifest(), sort_keys=False)},
+    }
+
+
+def build_secret(job: RLHFJob, token: str) -> dict[str, Any]:
+    """The job's rendezvous Secret holding ``token`` (the caller draws it at random).
+
+    Immutable: the pods of a gang must all read the same token, so nobody may
+    change it under them; a new one comes only with a new Secret.
+    """
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _meta(job, secret_name(job.name), common_labels(job.name)),
+        "type": "Opaque",
+        "immutable": True,
+        "stringData": {SECRET_KEY: token},
     }
 
 

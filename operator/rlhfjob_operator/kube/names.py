@@ -17,12 +17,14 @@ __all__ = [
     "LABEL_JOB",
     "LABEL_REPLICA",
     "LABEL_ROLE",
+    "SECRET_KEY",
     "common_labels",
     "configmap_name",
     "job_selector",
     "network_policy_name",
     "pod_labels",
     "pod_name",
+    "secret_name",
     "service_name",
 ]
 
@@ -34,6 +36,8 @@ LABEL_GENERATION = "rlhf.dev/generation"
 # operator also scrapes the driver's metrics): episodes done, last checkpoint.
 ANNOTATION_EPISODE = "rlhf.dev/episode"
 ANNOTATION_LAST_CHECKPOINT = "rlhf.dev/last-checkpoint"
+# The key of the job's rendezvous Secret that holds its token.
+SECRET_KEY = "token"
 _COMMON = {"app.kubernetes.io/name": "rlhfjob", "app.kubernetes.io/managed-by": "rlhfjob-operator"}
 
 
@@ -48,6 +52,11 @@ def configmap_name(job: str) -> str:
 
 def network_policy_name(job: str) -> str:
     return job
+
+
+def secret_name(job: str) -> str:
+    """The Secret holding the job's rendezvous token (RLHFJOB_JOB_SECRET in every pod)."""
+    return f"{job}-rendezvous"
 
 
 def pod_name(job: str, worker: Worker, *, generation: int) -> str:
@@ -71,5 +80,5 @@ def pod_labels(job: str, worker: Worker, *, generation: int) -> dict[str, str]:
 
 
 def common_labels(job: str) -> dict[str, str]:
-    """Labels of the job's Service, ConfigMap and NetworkPolicy."""
+    """Labels of the job's Service, ConfigMap, NetworkPolicy and Secret."""
     return {**_COMMON, LABEL_JOB: job}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from rlhfjob_operator.kube.manifests import (
     build_configmap,
     build_gang,
     build_network_policy,
+    build_secret,
     build_service,
 )
 from rlhfjob_operator.kube.names import job_selector
@@ -183,7 +185,11 @@ class Reconciler:
             self.client.delete_job(namespace, name, uid=meta["uid"])
 
     def _create(self, job: RLHFJob, plan: JobPlan, decision: Decision) -> None:
+        # The Secret before the pods that read it. A fresh token each time, but it only
+        # lands when the Secret is absent (409: the job's earlier token stays): the
+        # operator cannot read Secrets back, and needs not.
         for obj in (
+            build_secret(job, secrets.token_urlsafe(32)),
             build_configmap(job),
             build_service(job, plan),
             build_network_policy(job, plan),

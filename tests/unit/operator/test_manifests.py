@@ -44,7 +44,8 @@ def _job(edit: Any = None) -> RLHFJob:
 
 
 def _env(pod: dict[str, Any]) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+    # Literal values only: RLHFJOB_JOB_SECRET comes through valueFrom.
+    return {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"] if "value" in e}
 
 
 def test_one_pod_per_worker_named_by_generation() -> None:
