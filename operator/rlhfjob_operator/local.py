@@ -7,6 +7,12 @@ printed to stderr). The driver's output passes through as it is (its
 progress bar and episode lines); every other worker's lines are prefixed with
 ``[<role>-<replica>]``.
 
+Every start of the gang draws a fresh ``RLHFJOB_JOB_SECRET`` that only its
+processes get, so no process of another run, or of an earlier start of this
+one, passes the rendezvous. Their gloo and TensorPipe listeners bind to the
+loopback interface (``GLOO_SOCKET_IFNAME`` and ``TP_SOCKET_IFNAME`` are ``lo``
+unless set), so nothing off this host reaches them.
+
 Failure policy, as the operator's: when any process fails, every other one is
 stopped (process groups, SIGTERM then SIGKILL) and the gang is restarted from
 its last checkpoint with exponential backoff, up to ``max_restarts``
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -28,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from rlhfjob_operator.plan import EXIT_PERMANENT, JobPlan, Worker, plan_job
+from rlhfjob_operator.plan import ENV_JOB_SECRET, EXIT_PERMANENT, JobPlan, Worker, plan_job
 from rlhfjob_operator.spec import Entrypoint, RLHFJob, SpecError, load_job
 
 __all__ = ["EXIT_RETRYABLE", "RunResult", "entrypoint_path", "free_port", "run_job"]
@@ -98,6 +105,7 @@ def _start(
     checkpoint_dir: str,
     generation: int,
     metrics_port: int,
+    secret: str,
     python: str,
     out: IO[str],
 ) -> list[_Proc]:
@@ -116,6 +124,9 @@ def _start(
         )
         env["PYTHONUNBUFFERED"] = "1"
         env[ENV_METRICS_HOST] = "127.0.0.1"
+        env[ENV_JOB_SECRET] = secret
+        for ifname in ("GLOO_SOCKET_IFNAME", "TP_SOCKET_IFNAME"):
+            env.setdefault(ifname, "lo")
         if worker.is_driver:
             popen = subprocess.Popen(
                 [python, "-m", "rlhfjob.worker"], env=env, start_new_session=True
@@ -233,6 +244,7 @@ def run_job(
             checkpoint_dir=ckpt,
             generation=generation,
             metrics_port=metrics_port,
+            secret=secrets.token_urlsafe(32),
             python=python,
             out=out,
         )
