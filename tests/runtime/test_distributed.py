@@ -163,6 +163,7 @@ def test_startup_times_out_naming_the_missing_ranks():
         checkpoint_dir="",
         metrics_port=0,
         restart_generation=0,
+        secret="s" * 32,
     )
     with pytest.raises(bootstrap.StartupError, match=r"ranks \[1, 2\] of 3 did not reach"):
         bootstrap.start(env, startup_timeout=2)
