@@ -38,7 +38,15 @@ from typing import IO
 from rlhfjob_operator.plan import ENV_JOB_SECRET, EXIT_PERMANENT, JobPlan, Worker, plan_job
 from rlhfjob_operator.spec import Entrypoint, RLHFJob, SpecError, load_job
 
-__all__ = ["EXIT_RETRYABLE", "RunResult", "entrypoint_path", "free_port", "run_job"]
+__all__ = [
+    "EXIT_RETRYABLE",
+    "RunResult",
+    "entrypoint_path",
+    "free_port",
+    "run_job",
+    "shm_prefix",
+    "sweep_shm",
+]
 
 EXIT_RETRYABLE = 75
 # Where the driver binds its metrics server (rlhfjob.metrics reads it): only this host.
@@ -78,6 +86,30 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def shm_prefix(job_name: str, master_port: int) -> str:
+    """The name prefix of one gang's shared-memory segments (``rlhfjob.comm.shm``).
+
+    ``_`` never occurs in a job name (a DNS subdomain), so no job's prefix starts another's;
+    the rendezvous port tells apart two gangs of one name on one host.
+    """
+    return f"rlhfjob_{job_name}_{master_port}_"
+
+
+def sweep_shm(prefix: str, root: Path = Path("/dev/shm")) -> list[str]:
+    """Unlink ``root``'s segments named ``prefix``*; returns their names.
+
+    Workers unlink their own at exit; this catches what a SIGKILLed one could not.
+    """
+    swept = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in root.iterdir():
+            if entry.name.startswith(prefix):
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+                    swept.append(entry.name)
+    return swept
 
 
 def _pump(stream: IO[bytes], prefix: str, out: IO[str]) -> None:
@@ -252,6 +284,7 @@ def run_job(
             code, message = _watch(procs, timeout=timeout)
         finally:
             _stop_all(procs)
+            sweep_shm(shm_prefix(plan.job_name, plan.master_port))
         if code == 0:
             return RunResult(0, generation, message)
         print(f"rlhfjob run: {message}", file=err, flush=True)

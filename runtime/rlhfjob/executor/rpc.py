@@ -15,6 +15,16 @@ the in-process executor) while fetches are served concurrently by RPC
 threads. A value is kept until the driver releases it at the end of the
 episode.
 
+Transports: the driver sends operations over a control channel per worker
+(``rlhfjob.comm.channel``: one TCP connection, a few tens of microseconds a
+message, where a torch RPC costs about a millisecond); setup and checkpoint
+states, which carry weights, take torch RPC. A call's result comes back with
+its output when that is small (under 64 KiB pickled), so fetching it costs
+nothing more. A worker pulls its inputs from a producer that shares its
+/dev/shm over the channel too, large tensors through shared memory
+(``rlhfjob.comm.shm``: one copy, straight into the consumer's pooled slot);
+from other hosts through torch RPC (TensorPipe).
+
 Deadlock freedom: a call only waits on outputs of calls issued before it,
 which come earlier in every worker's order.
 """
@@ -22,7 +32,10 @@ which come earlier in every worker's order.
 from __future__ import annotations
 
 import dataclasses
+import io
+import math
 import os
+import pickle
 import threading
 import time
 import traceback
@@ -34,8 +47,10 @@ import torch
 import torch.distributed as dist
 import torch.distributed.rpc as rpc
 
+from rlhfjob.comm import shm
 from rlhfjob.comm.bootstrap import Peer, WorkerEnv
 from rlhfjob.comm.broadcast import all_reduce_mean, broadcast_tensors
+from rlhfjob.comm.channel import Client, Pickler, Reply, Server, connect, reachable_ip
 from rlhfjob.data import TrainBatch, split_samples
 from rlhfjob.executor.local import (
     copy_parameters,
@@ -45,9 +60,21 @@ from rlhfjob.executor.local import (
 )
 from rlhfjob.flow import Node
 from rlhfjob.module import BaseModule
+from rlhfjob_operator.local import shm_prefix
 from rlhfjob_operator.spec import JobConfig
 
 __all__ = ["Ref", "Row", "RpcExecutor", "WorkerFailed", "WorkerRuntime"]
+
+# Operations whose arguments or results carry weights: torch RPC moves their tensors
+# without pickling them. Every other operation takes the control channel.
+_RPC_OPS = frozenset({"setup", "state", "load"})
+# A call's output at most this large (pickled) comes back with the call's reply.
+_INLINE_BYTES = 64 << 10
+_CONNECT_S = 30.0
+# (address of its control server, its /dev/shm domain) by worker name.
+Directory = dict[str, tuple[tuple[str, int], str]]
+# What a submission returns: a reply on the control channel, or a torch RPC future.
+Pending = Reply | torch.futures.Future[Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,12 +129,96 @@ class WorkerRuntime:
         self.modules: dict[str, BaseModule] = {}
         self.values: dict[int, torch.futures.Future[Any]] = {}
         self.lock = threading.Lock()
-        self.jobs: dict[int, tuple[str, tuple[Any, ...], torch.futures.Future[Any]]] = {}
+        self.jobs: dict[int, tuple[str, tuple[Any, ...], Callable[[Any], None]]] = {}
         self.next_seq = 0
         self.ready = threading.Condition(self.lock)
         self.groups: dict[str, Any] = {}
         self.bucket_bytes = 100 * 2**20
+        self.server: Server | None = None
+        self.secret = b""
+        self.directory: Directory = {}
+        self.clients: dict[str, Client] = {}
+        self.domain = shm.domain()
+        self.pool = shm.Pool(f"{shm_prefix(env.job_name, env.master_port)}{env.rank}_")
+        self.writer = shm.Writer()
         threading.Thread(target=self._loop, name="rlhfjob-exec", daemon=True).start()
+
+    # --- the control channel -------------------------------------------------------
+
+    def start_control(self, secret: bytes) -> tuple[tuple[str, int], str]:
+        """Serve the control channel (once); returns its address and this /dev/shm's domain."""
+        with self.lock:
+            if self.server is None:
+                self.secret = secret
+                host = reachable_ip(self.env.master_addr)
+                self.server = Server(host, secret, self.handle)
+            elif secret != self.secret:
+                raise ValueError("the control channel was started with another secret")
+        return self.server.address, self.domain
+
+    def handle(self, request: tuple[Any, ...], reply: Callable[[Any], None]) -> None:
+        """One request of the control channel: a submission, or a pull of a stored value."""
+        kind = request[0]
+        if kind == "submit":
+            _, seq, op, args = request
+            self.submit(seq, op, args, reply)
+            return
+        _, key, indices = request[:3]
+        value = self.value(key).wait()  # this connection's thread waits; others go on
+        if isinstance(value, _Failure):
+            reply((value, []))
+            return
+        skeleton, sources, markers = shm.layout(value, indices)
+        if kind == "layout":
+            reply((skeleton, markers))
+        elif kind == "fill":
+            targets, dropped = request[3], request[4]
+            self.writer.forget(dropped)
+            for source, marker, target in zip(sources, markers, targets, strict=True):
+                self.writer.write(source, marker, indices, target)
+            reply(None)
+        else:
+            raise ValueError(f"unknown control request {kind!r}")
+
+    def _client(self, worker: str) -> Client | None:
+        """The channel to ``worker`` when it shares this /dev/shm, else None (torch RPC)."""
+        entry = self.directory.get(worker)
+        if entry is None or not self.domain or entry[1] != self.domain:
+            return None
+        with self.lock:
+            client = self.clients.get(worker)
+        if client is None:
+            client = Client(connect(entry[0], self.secret, timeout=_CONNECT_S), worker)
+            with self.lock:
+                client = self.clients.setdefault(worker, client)
+        return client
+
+    def pull(self, ref: Ref, indices: list[int] | None) -> Callable[[], Any]:
+        """Start fetching ``ref``'s value (rows ``indices``); returns a function waiting for it."""
+        client = self._client(ref.worker)
+        if client is None:
+            fut = rpc.rpc_async(ref.worker, _fetch, args=(ref.key, indices))
+            return lambda: _checked(fut.wait())
+        first = client.request(("layout", ref.key, indices))
+
+        def finish() -> Any:
+            skeleton, markers = first.wait()
+            _checked(skeleton)
+            if not markers:
+                return skeleton
+            slots = [self.pool.alloc(math.prod(m.shape) * m.dtype.itemsize) for m in markers]
+            try:
+                targets = [(slot.name, slot.size) for slot in slots]
+                dropped = self.pool.dropped_for(ref.worker)
+                client.request(("fill", ref.key, indices, targets, dropped)).wait()
+            except BaseException:
+                for slot in slots:
+                    self.pool.release(slot)
+                raise
+            tensors = [self.pool.tensor(s, m) for s, m in zip(slots, markers, strict=True)]
+            return shm.rebuild(skeleton, tensors)
+
+        return finish
 
     def value(self, key: int) -> torch.futures.Future[Any]:
         with self.lock:
@@ -115,12 +226,13 @@ class WorkerRuntime:
                 self.values[key] = torch.futures.Future()
             return self.values[key]
 
-    def submit(self, seq: int, op: str, args: tuple[Any, ...]) -> torch.futures.Future[Any]:
-        done: torch.futures.Future[Any] = torch.futures.Future()
+    def submit(
+        self, seq: int, op: str, args: tuple[Any, ...], done: Callable[[Any], None]
+    ) -> None:
+        """Queue operation ``seq``; ``done(result)`` is called on the exec thread when it ran."""
         with self.ready:
             self.jobs[seq] = (op, args, done)
             self.ready.notify()
-        return done
 
     def _loop(self) -> None:
         while True:
@@ -140,7 +252,7 @@ class WorkerRuntime:
                 )
             if isinstance(result, _Failure) and op == "call":
                 self.value(args[4]).set_result(result)
-            done.set_result(result)
+            done(result)
 
     # --- fetching inputs -----------------------------------------------------
 
@@ -148,7 +260,7 @@ class WorkerRuntime:
         if isinstance(item, Ref):
             if item.worker == self.env.name:
                 return _checked(self.value(item.key).wait())
-            return _checked(rpc.rpc_sync(item.worker, _fetch, args=(item.key, None)))
+            return self.pull(item, None)()
         if isinstance(item, TrainBatch):
             return item.micro_batches(self.rows(item.samples))
         return item
@@ -159,8 +271,7 @@ class WorkerRuntime:
         def fetch(ref: Ref, indices: list[int]) -> Callable[[], Any]:
             if ref.worker == self.env.name:
                 return lambda: _select(_checked(self.value(ref.key).wait()), indices)
-            fut = rpc.rpc_async(ref.worker, _fetch, args=(ref.key, indices))
-            return lambda: _checked(fut.wait())
+            return self.pull(ref, indices)
 
         return _gather_rows(samples, fetch)
 
@@ -172,7 +283,9 @@ class WorkerRuntime:
         config: JobConfig,
         groups: list[tuple[str, list[int], str]],
         replicated: dict[str, str],
+        directory: Directory,
     ) -> None:
+        self.directory = directory
         self.bucket_bytes = config.runtime.coalesced_buffer_mb * 2**20
         for name, ranks, backend in groups:
             group = dist.new_group(ranks, backend=backend)
@@ -208,15 +321,17 @@ class WorkerRuntime:
 
     def op_call(
         self, name: str, method: str, inputs: list[Any], iteration: int | None, key: int
-    ) -> tuple[int | None, float]:
-        """Returns (sample count or None, seconds the call ran once its inputs were in)."""
+    ) -> tuple[int | None, float, bytes | None]:
+        """Returns (sample count or None, seconds the call ran once its inputs were in, the
+        output pickled when it is small, else None)."""
         module = self.modules[name]
         data = merge_inputs(f"{name}.{method}", [self.resolve(i) for i in inputs])
         start = time.perf_counter()
         out = module.call_hook(method, data, iteration)
         seconds = time.perf_counter() - start
         self.value(key).set_result(out)
-        return (len(split_samples(out)) if isinstance(out, dict) else None, seconds)
+        count = len(split_samples(out)) if isinstance(out, dict) else None
+        return (count, seconds, _pickled_if_small(out))
 
     def op_hook(self, hook: str) -> None:
         for module in self.modules.values():
@@ -256,6 +371,37 @@ class WorkerRuntime:
         with self.lock:
             for key in keys:
                 self.values.pop(key, None)
+
+
+class _TooBig(Exception):
+    pass
+
+
+class _Capped(io.BytesIO):
+    def write(self, data: Any) -> int:
+        if self.tell() + len(data) > _INLINE_BYTES:
+            raise _TooBig
+        return super().write(data)
+
+
+def _pickled_if_small(value: Any) -> bytes | None:
+    """``value`` pickled when that takes at most ``_INLINE_BYTES``, else None.
+
+    Large tensors are refused before pickling; otherwise the pickler stops at
+    the limit, so a large output costs at most that much work. An output
+    that cannot be pickled is not inlined (the driver's fetch then reports it).
+    """
+    items = value.values() if isinstance(value, dict) else (value,)
+    if any(isinstance(v, torch.Tensor) and v.nbytes > _INLINE_BYTES for v in items):
+        return None
+    buffer = _Capped()
+    try:
+        Pickler(buffer).dump(value)
+    except _TooBig:
+        return None
+    except Exception:  # unpicklable: the driver's fetch over RPC says so
+        return None
+    return buffer.getvalue()
 
 
 class _Upstream(Exception):
@@ -311,7 +457,13 @@ def _runtime() -> WorkerRuntime:
 
 @rpc.functions.async_execution
 def _submit(seq: int, op: str, args: tuple[Any, ...]) -> torch.futures.Future[Any]:
-    return _runtime().submit(seq, op, args)
+    done: torch.futures.Future[Any] = torch.futures.Future()
+    _runtime().submit(seq, op, args, done.set_result)
+    return done
+
+
+def _start_control(secret: bytes) -> tuple[tuple[str, int], str]:
+    return _runtime().start_control(secret)
 
 
 @rpc.functions.async_execution
@@ -336,21 +488,43 @@ class RpcExecutor:
         self.seq: dict[str, int] = defaultdict(int)
         self.next_key = 0
         self.turn: dict[str, int] = defaultdict(int)
-        self.pending: dict[Ref, tuple[Peer, torch.futures.Future[Any]]] = {}
+        self.pending: dict[Ref, tuple[Peer, Pending]] = {}
         self.calls: dict[Ref, tuple[str, str]] = {}  # (module, method) of calls not yet timed
         self.steps: list[tuple[str, str, float]] = []
         self.stored: dict[str, list[int]] = defaultdict(list)
         self.groups: dict[str, Any] = {}
         self.sync_plan: dict[tuple[str, str], tuple[str, list[Peer]] | None] = {}
+        self.clients: dict[str, Client] = {}
+        self.directory: Directory = {}
 
     # --- plumbing ----------------------------------------------------------------
 
-    def _submit(self, peer: Peer, op: str, *args: Any) -> torch.futures.Future[Any]:
+    def _open_channels(self) -> None:
+        """Start every worker's control server and connect to it; the secret goes over RPC."""
+        secret = os.urandom(32)
+        futures = [(p, rpc.rpc_async(p.name, _start_control, args=(secret,))) for p in self.workers]
+        for peer, fut in futures:
+            self.directory[peer.name] = self._wait(peer, fut, "starting the control channel")
+        for peer in self.workers:
+            address = self.directory[peer.name][0]
+            try:
+                conn = connect(address, secret, timeout=_CONNECT_S)
+            except (OSError, ConnectionError) as exc:
+                raise WorkerFailed(
+                    f"cannot reach the control channel of {peer.describe()} at {address}: {exc}",
+                    retryable=True,
+                ) from None
+            self.clients[peer.name] = Client(conn, peer.name)
+
+    def _submit(self, peer: Peer, op: str, *args: Any) -> Pending:
         seq = self.seq[peer.name]
         self.seq[peer.name] = seq + 1
+        client = self.clients.get(peer.name)
+        if client is not None and op not in _RPC_OPS:
+            return client.request(("submit", seq, op, args))
         return rpc.rpc_async(peer.name, _submit, args=(seq, op, args))
 
-    def _wait(self, peer: Peer, fut: torch.futures.Future[Any], what: str) -> Any:
+    def _wait(self, peer: Peer, fut: Pending, what: str) -> Any:
         """The result of ``fut``; WorkerFailed with the remote traceback, or naming a lost peer."""
         try:
             result = fut.wait()
@@ -410,6 +584,7 @@ class RpcExecutor:
             gname = f"sync/{src.name}/{dst.name}"
             groups.append((gname, sorted({s[0].rank, *(p.rank for p in d)}), backend))
             self.sync_plan[(src.name, dst.name)] = (gname, [s[0], *d])
+        self._open_channels()
         by_name = {m.name: m for m in modules}
         futures = [
             (
@@ -421,6 +596,7 @@ class RpcExecutor:
                     self.config,
                     groups,
                     replicated.get(peer.name, {}),
+                    self.directory,
                 ),
             )
             for peer in self.workers
@@ -480,7 +656,7 @@ class RpcExecutor:
 
     def _done(self, ref: Ref) -> Any:
         peer, fut = self.pending[ref]
-        count, _seconds = self._wait(peer, fut, "call")
+        count, _seconds, _inline = self._wait(peer, fut, "call")
         return count
 
     def _time_finished(self) -> None:
@@ -506,8 +682,10 @@ class RpcExecutor:
     def fetch(self, handle: Any) -> Any:
         if not isinstance(handle, Ref):
             return handle
-        self._done(handle)
-        peer = self.peers[handle.worker]
+        peer, fut = self.pending[handle]
+        _count, _seconds, inline = self._wait(peer, fut, "call")
+        if inline is not None:
+            return pickle.loads(inline)
         return self._wait(peer, rpc.rpc_async(peer.name, _fetch, args=(handle.key, None)), "fetch")
 
     def samples(self, handle: Any, *, label: str) -> list[Any]:
@@ -601,4 +779,7 @@ class RpcExecutor:
             self._wait(peer, fut, "load checkpoint")
 
     def shutdown(self) -> None:
-        """The process bootstrap shuts RPC down; nothing is held here."""
+        """Close the control channels; the process bootstrap shuts RPC down."""
+        for client in self.clients.values():
+            client.close()
+        self.clients.clear()
