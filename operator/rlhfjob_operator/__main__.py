@@ -4,24 +4,27 @@
 
 Credentials: ``--kubeconfig``, else in-cluster (a pod's ServiceAccount), else
 $KUBECONFIG / ~/.kube/config. Serves metrics on ``--metrics-port`` (0: off).
+
+SIGTERM or SIGINT at any moment after the interpreter has started stops the
+operator with exit code 0: during the imports and setup (no handler has run,
+nothing to undo), while kopf starts, or while it runs (kopf finishes what it is
+doing). A launcher that starts it with those signals blocked (the tests do) has
+them delivered once the handler is in place, so not even the interpreter's own
+start-up is a window in which a stop kills the process instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import signal
 import sys
 from pathlib import Path
+from types import FrameType
 
-import kopf
-
-from rlhfjob_operator import metrics
-from rlhfjob_operator.kube.client import KubeClient, load_configuration
-from rlhfjob_operator.kube.handlers import build_registry
-from rlhfjob_operator.kube.reconcile import Backoff
-from rlhfjob_operator.kube.reconciler import Reconciler
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,20 +52,76 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _exit_before_start(signum: int, frame: object) -> None:
-    del frame
-    logging.getLogger("rlhfjob_operator").info(
-        "%s before the operator started: exiting", signal.Signals(signum).name
-    )
-    raise SystemExit(0)
+class StopRequest:
+    """Remembers a stop signal until kopf's own handlers take over.
+
+    Before kopf's loop runs, the handler only records the signal (raising from a
+    signal handler would land in whatever import or setup code runs then) and the
+    operator exits before starting kopf. While kopf starts, it cancels kopf's
+    task through ``call_soon_threadsafe``, the one loop call that is safe from a
+    signal handler; kopf stops its tasks on cancellation as on its own signals.
+    (Not kopf's ``stop_flag``: a stop by kopf's signal handlers then leaves the
+    flag's waiter pending and costs a 5 s wait for "hung" tasks.) asyncio resets
+    the signals to SIG_DFL as kopf's loop closes: :meth:`ignore_further` covers
+    the last moments of the exit.
+    """
+
+    def __init__(self) -> None:
+        self.signal: signal.Signals | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def install(self) -> None:
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, self._handle)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        del frame
+        self.signal = signal.Signals(signum)
+        if self._loop is not None and self._task is not None:
+            self._loop.call_soon_threadsafe(self._task.cancel)
+
+    def cancels_current_task(self) -> bool:
+        """From now on a signal cancels the running task; False if one came already."""
+        task = asyncio.current_task()
+        assert task is not None, "called outside a task"
+        self._loop, self._task = asyncio.get_running_loop(), task
+        return self.signal is None
+
+    def ignore_further(self) -> None:
+        self._loop = self._task = None
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def main(argv: list[str] | None = None) -> int:
+    # First of all: kopf, kubernetes and pydantic take a second or more to import on a
+    # busy node, and SIGTERM's default action would kill the process meanwhile.
+    stop = StopRequest()
+    stop.install()
     args = parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    try:
+        return _operate(args, stop)
+    finally:
+        stop.ignore_further()
+
+
+def _operate(args: argparse.Namespace, stop: StopRequest) -> int:
+    # Imported only now, with the stop handler in place (see main).
+    import kopf
+
+    from rlhfjob_operator import metrics
+    from rlhfjob_operator.kube.client import KubeClient, load_configuration
+    from rlhfjob_operator.kube.handlers import build_registry
+    from rlhfjob_operator.kube.reconcile import Backoff
+    from rlhfjob_operator.kube.reconciler import Reconciler
+
+    log = logging.getLogger("rlhfjob_operator")
     if args.kubeconfig is not None:
         # kopf's login_via_client reads the same file through the official client.
         os.environ["KUBECONFIG"] = str(args.kubeconfig)
@@ -73,21 +132,27 @@ def main(argv: list[str] | None = None) -> int:
     registry = build_registry(reconciler, timer_interval=args.timer_interval)
     if args.metrics_port:
         server = metrics.serve(args.metrics_port, args.metrics_host)
-        logging.getLogger("rlhfjob_operator").info(
-            "metrics on http://%s:%d/metrics", args.metrics_host, server.server_port
+        log.info("metrics on http://%s:%d/metrics", args.metrics_host, server.server_port)
+    if stop.signal is not None:
+        log.info("%s before the operator started: exiting", stop.signal.name)
+        return 0
+
+    async def operate() -> None:
+        if not stop.cancels_current_task():
+            return
+        await kopf.operator(
+            registry=registry,
+            standalone=args.standalone,
+            namespaces=args.namespace,
+            clusterwide=args.all_namespaces or not args.namespace,
+            liveness_endpoint=args.liveness,
         )
-    # A SIGTERM that lands before kopf installs its own handlers (a pod deleted right after
-    # it started) ends the operator cleanly: nothing has been reconciled yet, and a restart
-    # resumes from kopf's annotations anyway. kopf's handlers replace this one.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _exit_before_start)
-    kopf.run(
-        registry=registry,
-        standalone=args.standalone,
-        namespaces=args.namespace,
-        clusterwide=args.all_namespaces or not args.namespace,
-        liveness_endpoint=args.liveness,
-    )
+
+    try:
+        asyncio.run(operate())
+    except asyncio.CancelledError:
+        # A stop signal while kopf started, before its own handlers took over.
+        log.info("stop signal while kopf started: stopped")
     return 0
 
 

@@ -79,15 +79,22 @@ class Operator:
             "--backoff-max",
             str(self.backoff * 4),
         ]
-        self.proc = subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=self.cluster.env(),
-            cwd=REPO,
-            start_new_session=True,
-        )
-        log.close()
+        # Stop signals blocked across exec (the child inherits the mask; the operator
+        # unblocks them once its handler is installed): a stop() at any moment, even
+        # during the interpreter's own start-up, reaches the operator's handler.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        try:
+            self.proc = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.cluster.env(),
+                cwd=REPO,
+                start_new_session=True,
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            log.close()
         return self
 
     def kill(self) -> None:

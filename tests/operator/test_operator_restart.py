@@ -79,6 +79,28 @@ def test_operator_killed_mid_creation_creates_no_duplicates(
         op.cleanup()
 
 
+def test_operator_stopped_at_any_moment_of_its_start_exits_cleanly(
+    cluster: Cluster, namespace: str
+) -> None:
+    """SIGTERM while it imports, while kopf starts or while it reconciles: exit 0 every time.
+    (A restarted operator stopped during its imports used to die of SIGTERM's default
+    action, exit -15: the killed-mid-creation test hit it when the killed operator had
+    already set Running, so nothing between restart and stop waited for the new one.)"""
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    delays = [0.0, *sorted(rng.uniform(0.0, 3.0) for _ in range(5))]
+    print(f"seed {seed}: SIGTERM {', '.join(f'{d:.2f}' for d in delays)} s after start")
+    apply(cluster, namespace, _wide("stopped", replicas=2))  # something to reconcile
+    for delay in delays:
+        op = Operator(cluster, namespace).start()
+        try:
+            time.sleep(delay)
+            code = op.stop()
+            assert code == 0, f"SIGTERM {delay:.2f}s after start: exit {code}\n{op.log()[-4000:]}"
+        finally:
+            op.cleanup()
+
+
 def test_operator_killed_mid_restart_restarts_the_gang_once(
     cluster: Cluster, namespace: str
 ) -> None:
