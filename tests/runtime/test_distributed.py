@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import rlhfjob_run, worker_pids, write_job
 
+from conftest import rlhfjob_run, worker_pids, write_job
 from rlhfjob import checkpoint as ckpt
 from rlhfjob_operator.spec import JobConfig
 

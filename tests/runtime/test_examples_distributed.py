@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import rlhfjob_run
 
+from conftest import rlhfjob_run
 from rlhfjob import checkpoint as ckpt
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -240,20 +240,23 @@ class SignedStore(dist.Store):
     ``wait`` and ``delete_key`` look at presence only: presence proves nothing,
     the value is verified when read.
 
-    ``get`` of a value that fails the check waits, up to ``patience`` seconds,
-    for a genuine writer to overwrite it (a stranger may write first), then
-    raises :class:`RendezvousRefused` naming the key; every refusal is kept in
+    ``get`` of a value that fails the check says so on stderr (as ``name``) and
+    waits, up to ``patience`` seconds, for a genuine writer to overwrite it (a
+    stranger may write first), then raises :class:`RendezvousRefused` naming
+    the key; every refusal is kept in
     ``refused`` so that errors torch raises around a refused read can be told
     apart. ``clone`` is not implemented (gloo and TensorPipe never call it):
     torch then fails saying so.
     """
 
-    def __init__(self, inner: dist.Store, key: bytes, *, patience: float) -> None:
+    def __init__(self, inner: dist.Store, key: bytes, *, patience: float, name: str) -> None:
         super().__init__()
         # Any: torch's stubs type values as str; the bindings take and give bytes.
         self._inner: Any = inner
         self._key = key
         self._patience = patience
+        self._name = name
+        self._reported: set[str] = set()
         self.refused: list[str] = []
 
     def _mac(self, name: str, nonce: bytes, payload: bytes) -> bytes:
@@ -305,6 +308,15 @@ class SignedStore(dist.Store):
                 return payload
             if time.monotonic() > deadline:
                 raise self._refuse(key, raw)
+            if key not in self._reported:
+                self._reported.add(key)
+                print(
+                    f"rlhfjob {self._name}: refused the value of rendezvous key {key!r} "
+                    f"({len(raw)} bytes): it is not signed with this job's secret; waiting up "
+                    f"to {self._patience:.0f}s for its real writer",
+                    file=sys.stderr,
+                    flush=True,
+                )
             time.sleep(0.05)
 
     def add(self, key: str, value: int) -> int:
@@ -465,10 +477,10 @@ def _gather_peers(store: SignedStore, env: WorkerEnv, *, deadline: float) -> lis
                 claim = _claim(raw)
                 if rank == 0 and not env.is_driver:
                     raise RendezvousRefused(
-                        f"{env.name}: the driver's record at the rendezvous {where} ({claim}) "
+                        f"the driver's record at the rendezvous {where} ({claim}) "
                         f"is not signed with this process's {ENV_JOB_SECRET}: this process was "
-                        "not started with the job's secret, or that address is another job's "
-                        "rendezvous; not joining"
+                        "not started with this gang's secret (or belongs to an earlier gang), "
+                        "or that address is another job's rendezvous; not joining"
                     )
                 if refused.get(rank) != claim:
                     refused[rank] = claim
@@ -560,7 +572,7 @@ def start(env: WorkerEnv, *, startup_timeout: float = 120.0, rpc_timeout: float 
             f"{env.name} could not reach the driver's rendezvous at "
             f"{env.master_addr}:{env.master_port} within {startup_timeout:.0f}s: {exc}"
         ) from exc
-    store = SignedStore(tcp, job_key(env, "rendezvous"), patience=startup_timeout)
+    store = SignedStore(tcp, job_key(env, "rendezvous"), patience=startup_timeout, name=env.name)
     # The C++ side holds these stores by reference only: keep the Python objects alive.
     _state.update(store=store, tcp=tcp)
     store.set(f"peer/{env.rank}", _record(env))
@@ -602,11 +614,11 @@ def start(env: WorkerEnv, *, startup_timeout: float = 120.0, rpc_timeout: float 
         undo()
         if store.refused:
             raise RendezvousRefused(
-                f"{env.name}: starting gloo and RPC stopped: refused {store.refused[0]}: it is "
+                f"starting gloo and RPC stopped: refused {store.refused[0]}: it is "
                 f"not signed with this job's secret ({ENV_JOB_SECRET})"
             ) from exc
         raise StartupError(
-            f"{env.name}: starting gloo and RPC with the other {env.world_size - 1} processes "
+            f"starting gloo and RPC with the other {env.world_size - 1} processes "
             f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         ) from exc
     rpc._set_rpc_timeout(rpc_timeout)
@@ -631,6 +643,7 @@ def watch(on_lost: Callable[[str], None]) -> None:
         ),
         job_key(env, "rendezvous"),
         patience=0,
+        name=env.name,
     )
     _state["heartbeat_store"] = client
 

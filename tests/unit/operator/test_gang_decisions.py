@@ -209,8 +209,7 @@ def test_restart_env_carries_the_generation() -> None:
     sim.gone()
     sim.step(60)
     env = {
-        e["name"]: e.get("value")
-        for e in sim.pods["job-driver-g1"]["spec"]["containers"][0]["env"]
+        e["name"]: e.get("value") for e in sim.pods["job-driver-g1"]["spec"]["containers"][0]["env"]
     }
     assert env["RLHFJOB_RESTART_GENERATION"] == "1"
 
