@@ -25,6 +25,18 @@ demo: $(STAMP) ## Train the PPO example (sorting digits) and print its reward ta
 test: $(STAMP) cluster-bin ## Run the whole test suite (builds the test control plane first if missing)
 	$(PY) -m pytest -q
 
+# Ray and py-spy come only with the bench extra; the runtime never imports them.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(VENV)/bin/pip install -q -e '.[bench]'
+	touch $@
+
+bench: $(BENCH_STAMP) ## Benchmarks against Ray, raw TensorPipe, gloo and memcpy: prints tables (out/bench.md)
+	mkdir -p out
+	$(PY) bench/run.py --out out/bench.md
+
+.PHONY: bench
+
 lint: $(STAMP) ## ruff and mypy; the operator must not import torch
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

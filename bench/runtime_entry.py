@@ -1,48 +1,75 @@
-"""Entrypoint of the runtime benchmark jobs (bench/runtime_bench.py starts them).
+"""Entrypoint of the benchmark jobs that bench/run.py starts with ``rlhfjob run``.
 
-``transfer MB``: a producer worker makes one MB-sized tensor per batch and a
-consumer worker on the same host takes it as input; the consumer reports the
-time from the producer's return to its own start (the worker-to-worker hop).
-``sync MB``: a trainer and its inference twin in two workers, parameter sync
-of an MB-sized model after every (empty) training step.
-``ppo``: the PPO example's engine (examples/ppo_sort.py), in-process when run
-with plain python, distributed under ``rlhfjob run``.
-Each job prints its per-episode summaries as one JSON line starting ``BENCH``.
+Modes (the first argument):
+
+``calls SYNC ASYNC``: the driver makes SYNC small calls one after the other
+(each waits for its result) and then ASYNC calls at once, through the RPC
+executor to one worker.
+``transfer``: a producer worker returns one tensor per episode, of the size
+the prompt names (MB); a consumer worker on the same host takes it as input
+and reports the hop: from the producer's return to the consumer's call
+starting with the tensor in hand.
+``sync``: a trainer and its inference twin(s), each ``mb`` MB in 16
+parameters; parameter sync after every (empty) training step.
+``pipeline MS [stages]``: four models whose steps sleep MS ms, chained in the
+env flow; ``stages`` makes every call wait for the one before it (no overlap
+between batches: what a stage-by-stage run does with one replica per model).
+``memory``: a producer's samples carry 256 KB each; a trainer pulls them;
+the driver reports its peak RSS.
+``ppo ...``: the PPO example's engine (examples/ppo_sort.py), in-process when
+run with plain python, distributed under ``rlhfjob run``.
+
+Each job prints one JSON line starting ``BENCH``.
 """
 
 from __future__ import annotations
 
 import json
+import resource
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from rlhfjob import BaseModule, Engine, Environment, Trainer
+from rlhfjob import BaseModule, Engine, Environment, Trainer, context
+from rlhfjob.executor.rpc import RpcExecutor
+from rlhfjob_operator.spec import JobConfig
+
+
+class Echo(BaseModule):
+    def forward_step(self, data):
+        return data
 
 
 class Producer(BaseModule):
+    def setup(self):
+        self.made: dict[int, torch.Tensor] = {}
+
     def forward_step(self, data):
-        floats = int(self.model_args["mb"] * 2**20 // 4)
-        out = {
-            "t": torch.ones(1, floats),
-            "done_at": torch.tensor([time.time()], dtype=torch.float64),
-        }
-        return {**data, **out}
+        mb = int(data["mb"][0])
+        if mb not in self.made:  # made once per size: the hop is timed, not the making
+            self.made[mb] = torch.full((1, mb * 2**18), float(mb))
+        return {"t": self.made[mb], "done_at": torch.tensor([time.time()], dtype=torch.float64)}
 
 
 class Consumer(BaseModule):
     def setup(self):
-        self.hops: list[float] = []
+        self.hops: list[tuple[int, float]] = []
 
     def forward_step(self, data):
-        self.hops.append(time.time() - float(data["done_at"][0]))
-        return {"n": torch.tensor([data["t"].numel()])}
+        hop = time.time() - float(data["done_at"][0])
+        t = data["t"]
+        mb = t.numel() // 2**18
+        if float(t[0, -1]) != float(mb):  # read after the clock stopped: it must be the data
+            raise RuntimeError(f"consumer got wrong data for {mb} MB")
+        self.hops.append((mb, hop))
+        return {"n": torch.tensor([t.numel()])}
 
     def get_and_clear_metrics(self):
         hops, self.hops = self.hops, []
-        return {"hop_s": sorted(hops)[len(hops) // 2]} if hops else {}
+        return {f"hop_s/{mb}": hop for mb, hop in hops}
 
 
 class Big(BaseModule):
@@ -61,31 +88,111 @@ class Big(BaseModule):
         pass
 
 
-def build(mode: str) -> Engine:
+class Sleeper(BaseModule):
+    def forward_step(self, data):
+        time.sleep(self.model_args["ms"] / 1000)
+        return {**data}
+
+
+class Blob(BaseModule):
+    def forward_step(self, data):
+        return {**data, "blob": torch.ones(len(data["i"]), 65536)}  # 256 KB a sample
+
+
+class Sink(BaseModule):
+    def train_step(self, data):
+        pass
+
+
+class StageByStage(RpcExecutor):
+    """Every call waits for the one before it to finish: no two calls overlap."""
+
+    def call(self, node: Any, inputs: Any, *, iteration: int | None) -> Any:
+        ref = super().call(node, inputs, iteration=iteration)
+        self._done(ref)
+        return ref
+
+
+def _job_config() -> JobConfig:
+    return JobConfig(runtime=context.job.spec.runtime, models=context.job.spec.models)
+
+
+def calls(sync_n: int, async_n: int) -> dict[str, float]:
+    echo = Echo("echo")
+    node = Environment(lambda b: echo.forward_step(b)).graph.nodes[0]
+    ex = RpcExecutor(_job_config(), context.peers)
+    ex.setup([echo])
+    small = {"x": torch.tensor([1.0])}
+    out: dict[str, float] = {}
+    try:
+        for _ in range(3):  # warm up, then take the best of three rounds
+            start = time.perf_counter()
+            for _ in range(sync_n):
+                if ex.fetch(ex.call(node, [small], iteration=None))["x"].item() != 1.0:
+                    raise RuntimeError("echo returned something else")
+            ex.release()
+            sync_s = (time.perf_counter() - start) / sync_n
+            start = time.perf_counter()
+            for _ in range(async_n):
+                ex.call(node, [small], iteration=None)
+            ex.wait()
+            rate = async_n / (time.perf_counter() - start)
+            ex.release()
+            out["sync_s"] = min(out.get("sync_s", sync_s), sync_s)
+            out["calls_per_s"] = max(out.get("calls_per_s", rate), rate)
+    finally:
+        ex.shutdown()
+    return out
+
+
+def build(mode: str, args: list[str]) -> Engine:
     if mode == "transfer":
         producer, consumer = Producer("producer"), Consumer("consumer")
-        return Engine(Environment(lambda b: consumer.forward_step(producer.forward_step(b))))
+        engine = Engine(Environment(lambda b: consumer.forward_step(producer.forward_step(b))))
+        sizes = [int(s) for s in args[0].split(",")]
+        return engine.set_dataset([{"mb": torch.tensor(mb)} for mb in sizes])
     if mode == "sync":
         inference, trainer = Big("inference"), Big("trainer")
+        return (
+            Engine(
+                Environment(lambda b: inference.forward_step(b)),
+                Trainer(lambda b: trainer.train_step(b)),
+            )
+            .set_parameter_sync(trainer, inference)
+            .set_dataset([{"i": torch.tensor(i)} for i in range(4)])
+        )
+    if mode == "pipeline":
+        m0, m1, m2, m3 = (Sleeper(f"m{i}") for i in range(4))
+
+        def chain(b: Any) -> Any:
+            return m3.forward_step(m2.forward_step(m1.forward_step(m0.forward_step(b))))
+
+        stages = len(args) > 1 and args[1] == "stages"
+        executor = StageByStage(_job_config(), context.peers) if stages else None
+        engine = Engine(Environment(chain), executor=executor)
+        return engine.set_dataset([{"i": torch.tensor(i)} for i in range(64)])
+    if mode == "memory":
+        blob, sink = Blob("blob"), Sink("sink")
         return Engine(
-            Environment(lambda b: inference.forward_step(b)),
-            Trainer(lambda b: trainer.train_step(b)),
-        ).set_parameter_sync(trainer, inference)
-    raise ValueError(mode)
+            Environment(lambda b: blob.forward_step(b)), Trainer(lambda b: sink.train_step(b))
+        ).set_dataset([{"i": torch.tensor(i)} for i in range(64)])
+    raise ValueError(f"unknown mode {mode!r}")
 
 
 def main(argv: list[str]) -> None:
     mode = argv[0]
+    result: Any
     if mode == "ppo":
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
         import ppo_sort
 
-        summaries = ppo_sort.main(["--quiet", *argv[1:]])
+        result = ppo_sort.main(["--quiet", *argv[1:]])
+    elif mode == "calls":
+        result = calls(int(argv[1]), int(argv[2]))
     else:
-        engine = build(mode)
-        engine.set_dataset([{"i": torch.tensor(i)} for i in range(4)])
-        summaries = engine.learn(progress=False)
-    print("BENCH " + json.dumps(summaries, default=float))
+        result = build(mode, argv[1:]).learn(progress=False)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("BENCH " + json.dumps({"result": result, "driver_peak_rss_mb": peak_mb}, default=float))
 
 
 if __name__ == "__main__":

@@ -235,3 +235,14 @@ def test_small_outputs_ride_the_call_reply():
     assert _pickled_if_small({"names": ["y" * 1000] * 100}) is None
     assert _pickled_if_small({"f": lambda: 1}) is None  # unpicklable: fetched over RPC
     assert pickle.loads(_pickled_if_small(None)) is None
+
+
+def test_the_runtime_never_imports_ray():
+    """Ray is the bench extra's baseline only."""
+    code = (
+        "import sys, pkgutil, importlib, rlhfjob as r; "
+        "[importlib.import_module(m.name) for m in pkgutil.walk_packages(r.__path__, 'rlhfjob.')]; "
+        "sys.exit('rlhfjob imported ray' if 'ray' in sys.modules else 0)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,0 +1,106 @@
+"""Parameter sync: rlhfjob's bucketed broadcast against one flat gloo broadcast (the limit).
+
+``python bench/sync_bench.py MB REPLICAS BUCKETS_MB`` starts 1 + REPLICAS gloo
+processes on 127.0.0.1 holding a GPT-shaped model of about MB MB (blocks of
+qkv/proj/fc matrices, their biases and layer norms, d=1024) and times, best
+of three after a warm-up, with barriers around each:
+
+- ``flat``: one preallocated tensor of the model's size, one ``dist.broadcast``;
+- ``rlhfjob``: ``rlhfjob.comm.broadcast.broadcast_tensors`` on the parameters
+  with the default 100 MB buckets (what a sync pair's workers run);
+- ``per-parameter``: one ``dist.broadcast`` per parameter;
+- ``bucket N``: ``broadcast_tensors`` with N MB buckets, for each N of BUCKETS_MB.
+
+Rank 0 prints one ``RESULT`` JSON line: seconds by method, and the bytes moved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from rlhfjob.comm.broadcast import broadcast_tensors
+
+D = 1024
+DEFAULT_BUCKET_MB = 100
+
+
+def gpt_parameters(megabytes: int, *, fill: float) -> list[torch.Tensor]:
+    """Parameters shaped like a GPT's (an embedding, then blocks) until about ``megabytes``."""
+    shapes: list[tuple[int, ...]] = [(8192, D)]
+    block = [(3 * D, D), (3 * D,), (D, D), (D,), (4 * D, D), (4 * D,), (D, 4 * D), (D,)]
+    block += [(D,)] * 4  # two layer norms
+    while sum(_numel(s) for s in shapes) * 4 < megabytes * 2**20:
+        shapes += block
+    return [torch.full(s, fill) for s in shapes]
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _timed(fn: Callable[[], object], repeats: int = 3) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        dist.barrier()
+        start = time.perf_counter()
+        fn()
+        dist.barrier()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _flat(nbytes: int, rank: int) -> float:
+    flat = torch.full((nbytes // 4,), float(rank == 0))  # freed on return: memory for the rest
+    return _timed(lambda: dist.broadcast(flat, 0))
+
+
+def _rank(rank: int, world: int, port: int, megabytes: int, buckets: list[int]) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    params = gpt_parameters(megabytes, fill=float(rank == 0))
+    nbytes = sum(p.numel() * 4 for p in params)
+    seconds: dict[str, float] = {"flat": _flat(nbytes, rank)}
+
+    def rlhfjob(bucket_mb: int) -> Callable[[], object]:
+        return lambda: broadcast_tensors(params, src=0, group=None, bucket_bytes=bucket_mb << 20)
+
+    seconds["rlhfjob"] = _timed(rlhfjob(DEFAULT_BUCKET_MB))
+    if not all(bool((p == 1.0).all()) for p in params):
+        raise RuntimeError(f"rank {rank}: parameters differ from the source after the sync")
+    seconds["per-parameter"] = _timed(lambda: [dist.broadcast(p, 0) for p in params])
+    for mb in buckets:
+        seconds[f"bucket {mb}"] = _timed(rlhfjob(mb))
+    if rank == 0:
+        result = {"seconds": seconds, "bytes": nbytes, "params": len(params)}
+        print("RESULT " + json.dumps(result), flush=True)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def main(argv: list[str]) -> None:
+    megabytes, replicas = int(argv[0]), int(argv[1])
+    buckets = [int(b) for b in argv[2].split(",")] if len(argv) > 2 and argv[2] else []
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    mp.spawn(_rank, args=(replicas + 1, port, megabytes, buckets), nprocs=replicas + 1)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
