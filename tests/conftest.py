@@ -56,6 +56,10 @@ COUNTED: dict[str, tuple[str, int]] = {
         "manifest, API server",
         1,
     ),
+    "tests/operator/test_operator_lifecycle.py::test_a_spec_only_pydantic_refuses_fails_with_a_reason": (  # noqa: E501
+        "spec, operator",
+        1,
+    ),
     "tests/unit/test_config.py::test_bad_config_is_refused_naming_the_key": (
         "config, ChatLearn rules",
         1,
