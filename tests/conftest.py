@@ -28,7 +28,7 @@ import pytest
 CATEGORIES = {
     "manifest, pydantic": "load_job (rlhfjob run, rlhfjob validate, the operator)",
     "manifest, API server": "kube-apiserver: the CRD's schema and CEL rules",
-    "manifest, generated": "load_job; the API server too, for the first of each kind",
+    "manifest, generated": "load_job (the schema mutations also go to the API server)",
     "spec, operator": "the operator: phase Failed, condition InvalidSpec, a Warning Event",
     "config, ChatLearn rules": "load_job_config / Engine(config=...)",
     "config or manifest file": "load_job / load_job_config: the path named",
