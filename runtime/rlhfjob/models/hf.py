@@ -25,7 +25,8 @@ def load_hf_causal_lm(path: str | Path, *, dtype: str = "float32") -> HFCausalLM
     """Load ``AutoModelForCausalLM`` from a local directory, wrapped in the adapter.
 
     Raises ValueError naming ``path`` when it is not an existing directory (a
-    hub id such as ``gpt2`` is refused too: nothing is downloaded), or
+    hub id such as ``gpt2`` is refused too: nothing is downloaded) or has no
+    ``config.json``, or
     ``dtype`` naming the allowed ones. ImportError says how to install
     transformers when it is missing.
     """
@@ -34,6 +35,11 @@ def load_hf_causal_lm(path: str | Path, *, dtype: str = "float32") -> HFCausalLM
         raise ValueError(
             f"model_path {str(path)!r} is not a local directory; save the model there first "
             "(model.save_pretrained(path)) — models are never downloaded"
+        )
+    if not (local / "config.json").is_file():
+        raise ValueError(
+            f"model_path {str(path)!r} has no config.json, so it is not a saved Hugging Face "
+            "model; save one there with model.save_pretrained(path)"
         )
     if dtype not in _DTYPES:
         raise ValueError(f"dtype {dtype!r} is not one of {sorted(_DTYPES)}")
