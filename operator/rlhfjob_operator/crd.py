@@ -163,6 +163,7 @@ def build_crd() -> dict[str, Any]:
                     "additionalPrinterColumns": [
                         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
                         {"name": "Episode", "type": "integer", "jsonPath": ".status.episode"},
+                        {"name": "Reward", "type": "number", "jsonPath": ".status.reward"},
                         {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts"},
                         {
                             "name": "Age",

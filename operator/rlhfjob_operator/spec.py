@@ -779,6 +779,9 @@ class RLHFJobStatus(_Kube):
     replicas: int = Field(0, ge=0, description="Pods of the job, driver included.")
     ready_replicas: int = Field(0, ge=0)
     episode: int | None = Field(None, ge=0, description="Episodes completed, as the driver says.")
+    reward: float | None = Field(
+        None, description="Mean reward of the driver's last episode (its reward_mean metric)."
+    )
     num_episode: int | None = Field(None, ge=0)
     last_checkpoint: str | None = Field(None, description="Path or episode of the last checkpoint.")
     restarts: int = Field(0, ge=0, description="Gang restarts after a failure.")

@@ -23,10 +23,12 @@ models start from their trainers' weights.
 from __future__ import annotations
 
 import math
+import os
 import random
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,6 +41,7 @@ from rlhfjob.data import EpisodeReplayBuffer, PromptStream, StreamDataset, colla
 from rlhfjob.executor import Executor, LocalExecutor
 from rlhfjob.flow import FlowGraph, run_graph, trace
 from rlhfjob.module import BaseModule
+from rlhfjob_operator.progress import ENV_TERMINATION_LOG, TERMINATION_LOG, from_summary
 from rlhfjob_operator.spec import JobConfig, load_job_config
 
 __all__ = ["Engine", "Environment", "Evaluator", "Trainer"]
@@ -266,9 +269,12 @@ class Engine:
         try:
             executor.setup(self.modules, sync_pairs=self._sync_pairs)
             run = _Run(self, executor)
-            return run.learn(progress=progress)
+            summaries = run.learn(progress=progress)
         finally:
             executor.shutdown()
+        if context.role == "driver":
+            _report_end(summaries, num_episode=self.config.runtime.num_episode)
+        return summaries
 
 
 class _Run:
@@ -478,6 +484,19 @@ class _Run:
         ckpt.restore_rng(state["rng"])
         print(f"resumed from {latest} (episode {self.episode})", file=sys.stderr)
         return True
+
+
+def _report_end(summaries: list[dict[str, Any]], *, num_episode: int) -> None:
+    """The driver's last episode and reward as its container's termination message
+    (``rlhfjob_operator.progress``), for the job's status. No file there (a local
+    run: no kubelet mounted one) means nobody reads it: nothing is written."""
+    path = Path(os.environ.get(ENV_TERMINATION_LOG) or TERMINATION_LOG)
+    if not summaries or not path.is_file():
+        return
+    try:
+        path.write_text(from_summary(summaries[-1], num_episode=num_episode).message())
+    except OSError as exc:  # the job's result stands; only its status misses the figures
+        print(f"rlhfjob: could not write the termination message {path}: {exc}", file=sys.stderr)
 
 
 def _default_executor(config: JobConfig) -> Executor:

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from rlhfjob_operator import progress
 from rlhfjob_operator.kube.names import (
     ANNOTATION_EPISODE,
     ANNOTATION_LAST_CHECKPOINT,
@@ -170,6 +171,8 @@ def _active(pods: Iterable[Pod]) -> tuple[str, ...]:
 
 
 def _progress(status: RLHFJobStatus, driver: Pod | None) -> None:
+    """Episode and reward from the driver: its pod's annotations, or the termination
+    message it ended with (``rlhfjob_operator.progress``), which wins."""
     if driver is None:
         return
     notes = driver["metadata"].get("annotations") or {}
@@ -178,6 +181,11 @@ def _progress(status: RLHFJobStatus, driver: Pod | None) -> None:
         status.episode = int(episode)
     if notes.get(ANNOTATION_LAST_CHECKPOINT):
         status.last_checkpoint = notes[ANNOTATION_LAST_CHECKPOINT]
+    for cs in (driver.get("status") or {}).get("containerStatuses") or []:
+        ended = progress.parse(((cs.get("state") or {}).get("terminated") or {}).get("message"))
+        if ended is not None:
+            status.episode = ended.episode
+            status.reward = ended.reward
 
 
 def _counts(status: RLHFJobStatus, job: RLHFJob, plan: JobPlan, current: Mapping[str, Pod]) -> None:

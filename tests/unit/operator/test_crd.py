@@ -83,6 +83,7 @@ def test_versions_columns_and_status_subresource() -> None:
     assert columns == {
         "Phase": ".status.phase",
         "Episode": ".status.episode",
+        "Reward": ".status.reward",
         "Restarts": ".status.restarts",
         "Age": ".metadata.creationTimestamp",
     }
