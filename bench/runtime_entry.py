@@ -25,6 +25,7 @@ Each job prints one JSON line starting ``BENCH``.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
@@ -117,6 +118,12 @@ def _job_config() -> JobConfig:
     return JobConfig(runtime=context.job.spec.runtime, models=context.job.spec.models)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (same host), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def calls(sync_n: int, async_n: int) -> dict[str, float]:
     echo = Echo("echo")
     node = Environment(lambda b: echo.forward_step(b)).graph.nodes[0]
@@ -124,6 +131,7 @@ def calls(sync_n: int, async_n: int) -> dict[str, float]:
     ex.setup([echo])
     small = {"x": torch.tensor([1.0])}
     out: dict[str, float] = {}
+    worker_pid = next(p.pid for p in context.peers if p.rank == 1)
     try:
         for _ in range(3):  # warm up, then take the best of three rounds
             start = time.perf_counter()
@@ -132,11 +140,14 @@ def calls(sync_n: int, async_n: int) -> dict[str, float]:
                     raise RuntimeError("echo returned something else")
             ex.release()
             sync_s = (time.perf_counter() - start) / sync_n
+            cpu = _cpu_seconds(worker_pid), time.process_time()
             start = time.perf_counter()
             for _ in range(async_n):
                 ex.call(node, [small], iteration=None)
             ex.wait()
             rate = async_n / (time.perf_counter() - start)
+            out["worker_cpu_per_call_s"] = (_cpu_seconds(worker_pid) - cpu[0]) / async_n
+            out["driver_cpu_per_call_s"] = (time.process_time() - cpu[1]) / async_n
             ex.release()
             out["sync_s"] = min(out.get("sync_s", sync_s), sync_s)
             out["calls_per_s"] = max(out.get("calls_per_s", rate), rate)

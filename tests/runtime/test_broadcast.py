@@ -17,10 +17,10 @@ F32, CPU = torch.float32, torch.device("cpu")
 def test_plan_sends_large_tensors_alone_and_coalesces_small_ones():
     sizes = [(100, F32, CPU), (200, F32, CPU), (DIRECT_BYTES, F32, CPU), (300, F32, CPU)]
     sizes += [(50, torch.float16, CPU), (60, torch.float16, CPU)]
+    # The small ones around a large one share a bucket; a change of dtype starts another.
     assert plan_buckets(sizes, bucket_bytes=10_000, direct_bytes=DIRECT_BYTES) == [
-        [0, 1],
         [2],
-        [3],
+        [0, 1, 3],
         [4, 5],
     ]
     # Without direct_bytes (gradients' all-reduce) only the bucket size splits.
@@ -28,9 +28,9 @@ def test_plan_sends_large_tensors_alone_and_coalesces_small_ones():
     # A bucket smaller than DIRECT_BYTES: anything of a whole bucket goes alone.
     assert plan_buckets(sizes[:4], bucket_bytes=250, direct_bytes=DIRECT_BYTES) == [
         [0],
-        [1],
         [2],
         [3],
+        [1],
     ]
 
 

@@ -33,11 +33,16 @@ def plan_buckets(
     bucket_bytes: int,
     direct_bytes: int | None = None,
 ) -> list[list[int]]:
-    """Indices of ``sizes`` (bytes, dtype, device) grouped into buckets, in order.
+    """Indices of ``sizes`` (bytes, dtype, device) grouped into buckets.
 
     A bucket holds consecutive tensors of one dtype and device up to
-    ``bucket_bytes``; a tensor larger than that gets a bucket of its own, and
-    so does one of at least ``direct_bytes`` when given.
+    ``bucket_bytes``; a tensor larger than that gets a bucket of its own.
+    With ``direct_bytes``, a tensor of at least that (or of a whole bucket)
+    gets its own bucket where it stands, and the small tensors between such
+    ones keep filling one bucket: a model's biases and norms, which sit
+    between its matrices, then make a few collectives, not one each. Every
+    index appears once; every rank that plans the same sizes gets the same
+    order.
     """
     buckets: list[list[int]] = []
     current: list[int] = []
@@ -45,9 +50,6 @@ def plan_buckets(
     key: tuple[torch.dtype, torch.device] | None = None
     for index, (nbytes, dtype, device) in enumerate(sizes):
         if direct_bytes is not None and nbytes >= min(direct_bytes, bucket_bytes):
-            if current:
-                buckets.append(current)
-                current, used, key = [], 0, None
             buckets.append([index])
             continue
         if current and ((dtype, device) != key or used + nbytes > bucket_bytes):

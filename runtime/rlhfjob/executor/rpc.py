@@ -226,9 +226,7 @@ class WorkerRuntime:
                 self.values[key] = torch.futures.Future()
             return self.values[key]
 
-    def submit(
-        self, seq: int, op: str, args: tuple[Any, ...], done: Callable[[Any], None]
-    ) -> None:
+    def submit(self, seq: int, op: str, args: tuple[Any, ...], done: Callable[[Any], None]) -> None:
         """Queue operation ``seq``; ``done(result)`` is called on the exec thread when it ran."""
         with self.ready:
             self.jobs[seq] = (op, args, done)
