@@ -91,6 +91,15 @@ def calls(tmp: Path) -> list[Row]:
                 ratio >= 10 if target else None,
             )
         )
+    rows.append(
+        Row(
+            "CPU time of one async call (where the time goes)",
+            f"driver {ours['driver_cpu_per_call_s'] * 1e6:.0f} us, "
+            f"worker {ours['worker_cpu_per_call_s'] * 1e6:.0f} us",
+            "",
+            None,
+        )
+    )
     return rows
 
 

@@ -246,3 +246,19 @@ def test_the_runtime_never_imports_ray():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_a_full_dev_shm_refuses_the_slot_and_leaves_no_segment(monkeypatch):
+    """Reserved at alloc, so a full /dev/shm is an OSError there (the fetch then takes torch
+    RPC), never a SIGBUS in the writer later."""
+    import errno
+
+    def full(fd, offset, size):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    pool = shm.Pool(f"rlhfjob_t{os.getpid()}full_0_")
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(OSError, match="No space"):
+        pool.alloc(2**20)
+    assert not [p for p in shm.SHM_ROOT.iterdir() if p.name.startswith(pool.prefix)]
+    pool.close()

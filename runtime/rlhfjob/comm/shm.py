@@ -171,6 +171,7 @@ class Pool:
         atexit.register(self.close)
 
     def alloc(self, nbytes: int) -> _Slot:
+        """A slot of at least ``nbytes``; OSError when /dev/shm has no room for it."""
         size = _slot_size(nbytes)
         with self._lock:
             free = self._free.get(size)
@@ -182,10 +183,16 @@ class Pool:
             self._count += 1
         fd = os.open(SHM_ROOT / name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
-            os.ftruncate(fd, size)
+            # Reserve the pages now: a full /dev/shm (64 MiB in many containers) then fails
+            # here with ENOSPC, where a sparse segment would SIGBUS the writer later.
+            os.posix_fallocate(fd, 0, size)
             mm = mmap.mmap(fd, size)
-        finally:
+        except OSError:
             os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(SHM_ROOT / name)
+            raise
+        os.close(fd)
         slot = _Slot(name, size, mm)
         with self._lock:
             self._live[name] = slot

@@ -206,7 +206,14 @@ class WorkerRuntime:
             _checked(skeleton)
             if not markers:
                 return skeleton
-            slots = [self.pool.alloc(math.prod(m.shape) * m.dtype.itemsize) for m in markers]
+            slots: list[Any] = []
+            try:
+                for m in markers:
+                    slots.append(self.pool.alloc(math.prod(m.shape) * m.dtype.itemsize))
+            except OSError:  # /dev/shm is full: this value takes torch RPC instead
+                for slot in slots:
+                    self.pool.release(slot)
+                return _checked(rpc.rpc_sync(ref.worker, _fetch, args=(ref.key, indices)))
             try:
                 targets = [(slot.name, slot.size) for slot in slots]
                 dropped = self.pool.dropped_for(ref.worker)
