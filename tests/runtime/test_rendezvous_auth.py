@@ -10,6 +10,7 @@ pickles into the rendezvous, a TensorPipe agent calling a worker's RPC port.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import pickle
@@ -155,6 +156,22 @@ def gang(tmp_path: Path, job_name: str) -> Iterator[Gang]:
         g.kill()
 
 
+def listening_on(port: int) -> set[str]:
+    """The local addresses with a TCP socket listening on ``port`` (Linux /proc/net)."""
+    found = set()
+    for table, size in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        with contextlib.suppress(FileNotFoundError), open(table) as rows:
+            for row in list(rows)[1:]:
+                local, state = row.split()[1], row.split()[3]
+                host, hex_port = local.split(":")
+                if state == "0A" and int(hex_port, 16) == port and len(host) == size:
+                    raw = bytes.fromhex(host)
+                    # /proc/net prints each 32-bit word in host (little-endian) order.
+                    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+                    found.add(str(ipaddress.ip_address(words)))
+    return found
+
+
 def wait_for(predicate, what: str, timeout: float = TIMEOUT) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -168,6 +185,8 @@ def test_a_worker_with_the_wrong_secret_is_refused_and_the_job_still_runs(
 ) -> None:
     driver = gang.start(gang.driver, secret=SECRET, tag="driver")
     gang.wait_for_store()
+    # A local job's rendezvous listens on loopback only (TCPStore alone takes every interface).
+    assert listening_on(gang.plan.master_port) == {"127.0.0.1"}
     rogue = gang.start(gang.worker, secret=WRONG, tag="rogue")
     assert rogue.wait() == 75, rogue.text()[-3000:]
     assert "the driver's record at the rendezvous" in rogue.text()

@@ -520,22 +520,21 @@ def _gather_peers(store: SignedStore, env: WorkerEnv, *, deadline: float) -> lis
 
 
 def _listen_fd(env: WorkerEnv) -> int | None:
-    """A listening socket for the driver's store on loopback when MASTER_ADDR is loopback
-    (TCPStore itself listens on every interface); None: let TCPStore listen everywhere."""
+    """A listening socket on loopback for the driver's store when MASTER_ADDR is a loopback
+    address (TCPStore itself listens on every interface); None: let TCPStore listen
+    everywhere. No name is looked up: a pod's MASTER_ADDR may not resolve yet."""
+    host = "127.0.0.1" if env.master_addr == "localhost" else env.master_addr
     try:
-        infos = socket.getaddrinfo(env.master_addr, env.master_port, type=socket.SOCK_STREAM)
-    except socket.gaierror:
+        address = ipaddress.ip_address(host)
+    except ValueError:
         return None
-    try:
-        if not all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos):
-            return None
-    except ValueError:  # a scoped IPv6 address: not loopback
+    if not address.is_loopback:
         return None
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address[:2])
+        sock.bind((str(address), env.master_port))
         sock.listen(1024)
     except OSError:
         sock.close()
