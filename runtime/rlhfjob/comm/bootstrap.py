@@ -243,10 +243,9 @@ class SignedStore(dist.Store):
     ``get`` of a value that fails the check says so on stderr (as ``name``) and
     waits, up to ``patience`` seconds, for a genuine writer to overwrite it (a
     stranger may write first), then raises :class:`RendezvousRefused` naming
-    the key; every refusal is kept in
-    ``refused`` so that errors torch raises around a refused read can be told
-    apart. ``clone`` is not implemented (gloo and TensorPipe never call it):
-    torch then fails saying so.
+    the key; every refusal is kept in ``refused``, so that the errors torch
+    raises around a refused read can be told apart. ``clone`` is not
+    implemented (gloo and TensorPipe never call it): torch then fails saying so.
     """
 
     def __init__(self, inner: dist.Store, key: bytes, *, patience: float, name: str) -> None:
