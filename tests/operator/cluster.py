@@ -428,9 +428,13 @@ def _now_micro() -> str:
 class PodHandler(Protocol):
     """What the test kubelet does with the pods bound to its nodes.
 
-    Both methods run on the kubelet's watch thread, once per pod (by uid);
-    they must return quickly (start a thread or process for long work) and
-    report through `kubelet.mark_running` / `kubelet.finish_pod`.
+    Each method is called once per pod (by uid). `start` runs on the kubelet's
+    watch thread and must return quickly (start a thread or process for long
+    work); it reports through `kubelet.mark_running` / `kubelet.finish_pod` /
+    `kubelet.mark_waiting`. `stop` goes to the handler that started the pod
+    (even if `TestKubelet.using` has switched handlers since) on a thread of its
+    own: it may block until the pod's containers are gone, as a kubelet does
+    before it confirms a deletion, but must be bounded.
     """
 
     def start(self, kubelet: TestKubelet, pod: Any) -> None:
@@ -470,10 +474,11 @@ class TestKubelet:
       controller keeps them schedulable;
     - pods: watches pods bound to its nodes and hands each new one to
       `handler` (default `MarkRunning`); finishes the deletion of pods that
-      are being deleted (what a real kubelet confirms with a grace-0 delete),
-      so ownerReference cascades and namespace deletion complete.
+      are being deleted (what a real kubelet confirms with a grace-0 delete,
+      after the handler stopped them), so ownerReference cascades and
+      namespace deletion complete.
 
-    `finish_pod` and `mark_running` may be called from any thread.
+    `finish_pod`, `mark_running` and `mark_waiting` may be called from any thread.
     """
 
     __test__ = False  # not a pytest test class despite the name
@@ -494,11 +499,13 @@ class TestKubelet:
         self.node_names = frozenset(n.name for n in self.nodes)
         self.handler: PodHandler = handler or MarkRunning()
         self.errors: list[str] = []  # handler and API errors, for tests to assert on
-        self._started: set[str] = set()  # pod uids handed to the handler
+        # pod uid -> the handler that started it (None: moved on by a test directly)
+        self._started: dict[str, PodHandler | None] = {}
         self._finalized: set[str] = set()  # pod uids whose deletion we confirmed
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._stoppers: list[threading.Thread] = []  # one per pod being deleted
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -513,7 +520,9 @@ class TestKubelet:
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
         deadline = time.monotonic() + timeout
-        for t in self._threads:
+        with self._lock:
+            stoppers, self._stoppers = self._stoppers, []
+        for t in [*self._threads, *stoppers]:
             t.join(timeout=max(0.1, deadline - time.monotonic()))
         self._threads.clear()
 
@@ -529,11 +538,12 @@ class TestKubelet:
 
     # -- what tests call ---------------------------------------------------
 
-    def mark_running(self, namespace: str, name: str) -> None:
-        """All containers started and ready; phase Running on 127.0.0.1."""
+    def mark_running(self, namespace: str, name: str, *, pod_ip: str = NODE_IP) -> None:
+        """All containers started and ready; phase Running at `pod_ip` (the node's
+        address by default) on the node 127.0.0.1."""
         pod = self.core.read_namespaced_pod(name, namespace)
         with self._lock:
-            self._started.add(pod.metadata.uid)
+            self._started.setdefault(pod.metadata.uid, None)
         now = _now()
         statuses = [
             self._container_status(pod, c, running={"startedAt": now}) for c in pod.spec.containers
@@ -548,8 +558,8 @@ class TestKubelet:
             "phase": "Running",
             "hostIP": NODE_IP,
             "hostIPs": [{"ip": NODE_IP}],
-            "podIP": NODE_IP,
-            "podIPs": [{"ip": NODE_IP}],
+            "podIP": pod_ip,
+            "podIPs": [{"ip": pod_ip}],
             "startTime": now,
             "conditions": self._conditions(ready=True),
             "containerStatuses": statuses,
@@ -557,6 +567,23 @@ class TestKubelet:
         if init:
             status["initContainerStatuses"] = init
         self._patch_status(pod, status)
+
+    def mark_waiting(self, namespace: str, name: str, *, reason: str, message: str) -> None:
+        """Every container is waiting (e.g. CreateContainerConfigError: a Secret it
+        needs is missing); the pod stays Pending, as a kubelet retrying it."""
+        pod = self.core.read_namespaced_pod(name, namespace)
+        statuses = [
+            self._container_status(pod, c, waiting={"reason": reason, "message": message})
+            for c in pod.spec.containers
+        ]
+        self._patch_status(
+            pod,
+            {
+                "phase": "Pending",
+                "conditions": self._conditions(ready=False),
+                "containerStatuses": statuses,
+            },
+        )
 
     def finish_pod(
         self,
@@ -574,7 +601,7 @@ class TestKubelet:
         just as a real kubelet does."""
         pod = self.core.read_namespaced_pod(name, namespace)
         with self._lock:
-            self._started.add(pod.metadata.uid)
+            self._started.setdefault(pod.metadata.uid, None)
         codes = {
             c.name: (exit_code.get(c.name, 0) if isinstance(exit_code, Mapping) else exit_code)
             for c in pod.spec.containers
@@ -640,6 +667,7 @@ class TestKubelet:
         *,
         running: dict[str, Any] | None = None,
         terminated: dict[str, Any] | None = None,
+        waiting: dict[str, Any] | None = None,
         restart_count: int = 0,
     ) -> dict[str, Any]:
         return {
@@ -652,7 +680,7 @@ class TestKubelet:
             "restartCount": restart_count,
             # Nulls delete the other states in the strategic merge patch: a
             # container is in exactly one state.
-            "state": {"waiting": None, "running": running, "terminated": terminated},
+            "state": {"waiting": waiting, "running": running, "terminated": terminated},
         }
 
     def _patch_status(self, pod: Any, status: dict[str, Any]) -> None:
@@ -806,41 +834,51 @@ class TestKubelet:
                 if uid in self._finalized:
                     return
                 self._finalized.add(uid)
-                started = uid in self._started
-            self._confirm_deletion(pod, started=started)
+                handler = self._started.get(uid)
+            self._in_thread(pod, lambda: self._confirm_deletion(pod, handler))
             return
         with self._lock:
             if uid in self._started:
                 return
-            self._started.add(uid)
+            handler = self._started[uid] = self.handler
         if pod.status.phase != "Pending":
+            with self._lock:
+                self._started[uid] = None
             return  # already moved on (by finish_pod, or before a restart)
         try:
-            self.handler.start(self, pod)
+            handler.start(self, pod)
         except Exception as e:
             self._error(f"handler.start {pod.metadata.namespace}/{pod.metadata.name}: {e!r}")
 
     def _forget(self, pod: Any) -> None:
         uid = pod.metadata.uid
         with self._lock:
-            started = uid in self._started
+            handler = self._started.pop(uid, None)
             finalized = uid in self._finalized
-            self._started.discard(uid)
             self._finalized.discard(uid)
-        if started and not finalized and pod.spec.node_name in self.node_names:
+        if handler is not None and not finalized and pod.spec.node_name in self.node_names:
             # Deleted with grace 0 by someone else: the handler still stops it.
-            try:
-                self.handler.stop(self, pod)
-            except Exception as e:
-                self._error(f"handler.stop {pod.metadata.namespace}/{pod.metadata.name}: {e!r}")
+            self._in_thread(pod, lambda: self._stop_with(handler, pod))
 
-    def _confirm_deletion(self, pod: Any, *, started: bool) -> None:
+    def _in_thread(self, pod: Any, work: Callable[[], None]) -> None:
+        """Stopping may take a pod's grace period: off the watch thread, one per pod."""
+        t = threading.Thread(
+            target=work, name=f"test-kubelet-stop-{pod.metadata.name}", daemon=True
+        )
+        with self._lock:
+            self._stoppers = [s for s in self._stoppers if s.is_alive()] + [t]
+        t.start()
+
+    def _stop_with(self, handler: PodHandler, pod: Any) -> None:
+        try:
+            handler.stop(self, pod)
+        except Exception as e:
+            self._error(f"handler.stop {pod.metadata.namespace}/{pod.metadata.name}: {e!r}")
+
+    def _confirm_deletion(self, pod: Any, handler: PodHandler | None) -> None:
         ref = f"{pod.metadata.namespace}/{pod.metadata.name}"
-        if started:
-            try:
-                self.handler.stop(self, pod)
-            except Exception as e:
-                self._error(f"handler.stop {ref}: {e!r}")
+        if handler is not None:
+            self._stop_with(handler, pod)
         try:
             self.core.delete_namespaced_pod(
                 pod.metadata.name,
@@ -1311,6 +1349,66 @@ class ControlPlane:
             if taints & {"node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"}:
                 return False
         return True
+
+
+class Missing(Exception):
+    """What a session needs is not built or installed; the message says what to run."""
+
+
+_shared_lock = threading.Lock()
+_shared: dict[str, Any] = {"cluster": None, "users": 0, "close": None}
+
+
+@contextlib.contextmanager
+def session_cluster() -> Iterator[Cluster]:
+    """The cluster of this test session, shared by every test directory that asks
+    (tests/operator, tests/e2e): the one KUBECONFIG names, else our control plane on
+    loopback, started by the first caller and stopped when the last is done.
+
+    Raises Missing when binaries are missing (run make cluster-bin).
+    RLHFJOB_CLUSTER_LOGS=<dir> keeps the components' logs there.
+    """
+    with _shared_lock:
+        if _shared["cluster"] is None:
+            _shared["cluster"], _shared["close"] = _open_session_cluster()
+        _shared["users"] += 1
+        cluster = _shared["cluster"]
+    try:
+        yield cluster
+    finally:
+        with _shared_lock:
+            _shared["users"] -= 1
+            if _shared["users"] == 0:
+                close, _shared["cluster"], _shared["close"] = _shared["close"], None, None
+                close()
+
+
+def _open_session_cluster() -> tuple[Cluster, Callable[[], None]]:
+    external = os.environ.get("KUBECONFIG")
+    if external:
+        tools = [p for p in missing_binaries() if p.parent == tools_bin_dir()]
+        if tools and not all(shutil.which(p.name) for p in tools):
+            raise Missing(f"missing {', '.join(map(str, tools))}: run make cluster-bin")
+        home = Path(tempfile.mkdtemp(prefix="rlhfjob-tools-"))
+        try:
+            cluster = Cluster.from_kubeconfig(Path(external), home)
+        except BaseException:
+            shutil.rmtree(home, ignore_errors=True)
+            raise
+
+        def close_external() -> None:
+            try:
+                cluster.api_client.close()
+            finally:
+                shutil.rmtree(home, ignore_errors=True)
+
+        return cluster, close_external
+    missing = missing_binaries()
+    if missing:
+        raise Missing(f"missing {', '.join(map(str, missing))}: run make cluster-bin")
+    logs = os.environ.get("RLHFJOB_CLUSTER_LOGS")  # keep component logs for debugging
+    cp = ControlPlane(keep_logs_in=Path(logs) if logs else None)
+    return cp.start(), cp.stop
 
 
 _DIR_PREFIX = "rlhfjob-cp-"
