@@ -1,0 +1,197 @@
+"""SIGKILL a worker or the driver: the gang restarts from its last checkpoint and ends with
+the weights of an uninterrupted run, bitwise (CPU).
+
+- On Kubernetes: the small job applied with kubectl, its pods real processes, its
+  checkpoints on a PersistentVolumeClaim; a random process of the gang is killed
+  at a random point (while it starts, or after a random checkpoint), the
+  operator restarts the gang, the job Succeeds. Seeds are printed.
+- With `rlhfjob run`, the same restart policy: the driver is held at points
+  inside a checkpoint save (before it gathers the workers' states, at each file
+  it writes, before the rename that completes it) and the driver or a worker
+  is killed right there; the previous checkpoint stays usable and the run
+  still ends with the uninterrupted weights.
+
+Figures (kills survived, runs with identical weights) are printed, never timed.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from gangs import REPO, RUNTIME, Checkpoints, differing, episode_of, final_weights, gang_manifest
+from operator_proc import apply, running_operator, wait_for, wait_phase
+from podrunner import PodRunner
+
+from cluster import Cluster
+
+RUNS = 10
+VICTIMS = ("driver", "actor-scorer-0", "learner-0")
+
+
+def _reference(cluster: Cluster, namespace: str, checkpoints: Checkpoints) -> dict[str, Any]:
+    apply(cluster, namespace, gang_manifest("reference", claim=checkpoints.claim))
+    wait_phase(cluster, namespace, "reference", "Succeeded", timeout=300)
+    return final_weights(checkpoints.path / "reference")
+
+
+def _kill_once(
+    cluster: Cluster,
+    namespace: str,
+    pods: PodRunner,
+    checkpoints: Checkpoints,
+    *,
+    name: str,
+    rng: random.Random,
+) -> str:
+    """Apply the job, SIGKILL one of its processes at a random point; how it went."""
+    victim = rng.choice(VICTIMS)
+    after = rng.randrange(0, RUNTIME["num_episode"] - 2)  # 0: before the first checkpoint
+    delay = rng.uniform(0.0, 1.0 if after == 0 else 0.3)
+    root = checkpoints.path / name
+    apply(cluster, namespace, gang_manifest(name, claim=checkpoints.claim))
+    pod = f"{name}-{victim}-g0"
+    wait_for(lambda: pods.pid(namespace, pod), what=f"{pod} running", timeout=300)
+    if after:
+        wait_for(lambda: episode_of(root) >= after, what=f"checkpoint {after}", timeout=300)
+    time.sleep(delay)
+    pid = pods.pid(namespace, pod)
+    assert pid is not None, f"{pod} ended before the kill (after checkpoint {after})"
+    os.kill(pid, signal.SIGKILL)
+    return f"{victim} killed {delay:.2f}s after " + (
+        f"checkpoint {after}" if after else "its process started"
+    )
+
+
+def test_random_kills_resume_from_the_last_checkpoint_bitwise(
+    cluster: Cluster, namespace: str, pods: PodRunner, checkpoints: Checkpoints
+) -> None:
+    with running_operator(cluster, namespace, backoff=1.0):
+        reference = _reference(cluster, namespace, checkpoints)
+        survived, identical, lines = 0, 0, []
+        for run in range(RUNS):
+            seed = random.randrange(2**32)
+            name = f"kill-{run}"
+            what = _kill_once(
+                cluster, namespace, pods, checkpoints, name=name, rng=random.Random(seed)
+            )
+            status = wait_phase(cluster, namespace, name, "Succeeded", timeout=300)["status"]
+            restarts = status["restarts"]
+            survived += restarts >= 1
+            diff = differing(reference, final_weights(checkpoints.path / name))
+            identical += not diff
+            lines.append(
+                f"  run {run} seed {seed}: {what}; {restarts} restart(s), "
+                f"{'identical weights' if not diff else f'DIFFERENT: {diff[:3]}'}"
+            )
+            cluster.kubectl_run("delete", "rlhfjob", name, "-n", namespace, "--wait=false")
+        wait_for(lambda: not pods.running(namespace), what="every pod process gone", timeout=120)
+    print("\n" + "\n".join(lines))
+    print(
+        f"operator: {survived}/{RUNS} kills survived (gang restarted from its last checkpoint), "
+        f"{identical}/{RUNS} runs with final weights bitwise equal to an uninterrupted run"
+    )
+    assert survived == RUNS
+    assert identical == RUNS
+
+
+# -- rlhfjob run: kills inside a checkpoint save --------------------------------------
+
+SAVE_EPISODE = 3  # checkpoints 1 and 2 exist: the killed save is the third
+# (point, victim): 0 before the gather, 1-3 the module files, 4 engine state, 5 COMPLETE,
+# 6 the rename into place.
+SAVE_KILLS = [
+    (0, "learner"),
+    (0, "driver"),
+    (1, "driver"),
+    (3, "actor-scorer"),
+    (4, "driver"),
+    (5, "driver"),
+    (6, "driver"),
+]
+
+
+def _local_manifest(path: Path, name: str, ckpt_dir: Path, args: list[str]) -> Path:
+    manifest = gang_manifest(name, claim=None, args=args, backoff_limit=1)
+    manifest["spec"]["entrypoint"]["file"] = str(REPO / "tests" / "e2e" / "gangjob.py")
+    manifest["spec"]["runtime"]["data_checkpoint_path"] = str(ckpt_dir)
+    out = path / f"{name}.yaml"
+    out.write_text(yaml.safe_dump(manifest))
+    return out
+
+
+def _pids(job_name: str, role: str) -> list[int]:
+    """Live processes of ``job_name`` with RLHFJOB_ROLE ``role`` (from their environment)."""
+    wanted = {f"RLHFJOB_JOB_NAME={job_name}".encode(), f"RLHFJOB_ROLE={role}".encode()}
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = set((entry / "environ").read_bytes().split(b"\0"))
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if wanted <= environ and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    where = tmp_path_factory.mktemp("uninterrupted")
+    path = _local_manifest(where, "e2e-uninterrupted", where / "ckpt", [])
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlhfjob.cli", "run", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return final_weights(where / "ckpt")
+
+
+@pytest.mark.parametrize(("point", "victim"), SAVE_KILLS)
+def test_kill_inside_a_distributed_save_keeps_the_previous_checkpoint(
+    tmp_path: Path, uninterrupted: dict[str, Any], point: int, victim: str
+) -> None:
+    name = f"e2e-save-{point}-{victim}-{os.getpid()}"[:50]
+    held, ckpt_dir = tmp_path / "held", tmp_path / "ckpt"
+    held.mkdir()
+    args = ["--pause-save", f"{SAVE_EPISODE}:{point}", "--pause-dir", str(held)]
+    path = _local_manifest(tmp_path, name, ckpt_dir, args)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rlhfjob.cli", "run", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        wait_for(lambda: (held / "paused").exists(), what="the save held", timeout=300)
+        assert episode_of(ckpt_dir) == SAVE_EPISODE - 1
+        (pid,) = _pids(name, victim)
+        os.kill(pid, signal.SIGKILL)
+        (held / "resume").write_text("")  # a surviving driver carries on
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=30)
+    assert proc.returncode == 0, err[-3000:]
+    assert "restarting the gang from the last checkpoint" in err
+    resumed = [line for line in err.splitlines() if line.startswith("resumed from")]
+    assert len(resumed) == 1, err[-3000:]
+    print(f"\nkilled {victim} at save point {point} of episode {SAVE_EPISODE}: {resumed[0]}")
+    # The killed save left nothing half-done behind, and the run ends where an
+    # uninterrupted one does.
+    assert not [p.name for p in ckpt_dir.iterdir() if p.name.startswith(".")]
+    assert differing(uninterrupted, final_weights(ckpt_dir)) == []

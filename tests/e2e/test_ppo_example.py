@@ -1,0 +1,113 @@
+"""`kubectl apply -f examples/k8s/ppo-sort.yaml` trains to Succeeded: real pods, real PPO.
+
+The example's manifest as it ships, shortened (fewer episodes and prompts) so
+that it fits a test; the pods the operator creates run as processes (the test
+kubelet's PodRunner). Its progress is read where a user reads it: the driver's
+Prometheus endpoint (at the driver pod's IP) while it trains, and the job's
+columns in `kubectl get rlhfjobs` once it has Succeeded.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+from gangs import REPO
+from operator_proc import job, running_operator, wait_for
+from prometheus_client.parser import text_string_to_metric_families
+
+from cluster import Cluster
+
+EXAMPLE = REPO / "examples" / "k8s" / "ppo-sort.yaml"
+EPISODES = 8
+
+
+def shortened(path: Path) -> Path:
+    manifest = yaml.safe_load(EXAMPLE.read_text())
+    spec = manifest["spec"]
+    spec["entrypoint"]["args"] = ["--quiet", "--prompts", "256", "--eval-prompts", "32"]
+    spec["runtime"].update(
+        num_episode=EPISODES,
+        sample_per_episode=32,
+        generation_batch_size=16,
+        train_micro_batch_size=16,
+        train_global_batch_size=32,
+        eval_episode_interval=EPISODES,
+        enable_eval_before_training=False,
+        save_episode_interval=EPISODES,
+    )
+    spec["runPolicy"]["backoffLimit"] = 0  # a failure here is a bug, not something to retry
+    out = path / "ppo-sort.yaml"
+    out.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    return out
+
+
+def driver_metrics(cluster: Cluster, namespace: str, pod: str) -> dict[str, float]:
+    """rlhfjob_episode and rlhfjob_reward_mean{module="reward"} from the driver's /metrics."""
+    found = cluster.kubectl_run("get", "pod", pod, "-n", namespace, "-o", "json", check=False)
+    if found.returncode != 0:
+        return {}
+    status = yaml.safe_load(found.stdout).get("status") or {}
+    if status.get("phase") != "Running" or not status.get("podIP"):
+        return {}
+    url = f"http://{status['podIP']}:9090/metrics"  # the pod's metrics containerPort
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "rlhfjob_episode":
+                out["episode"] = sample.value
+            if sample.name == "rlhfjob_reward_mean" and sample.labels.get("module") == "reward":
+                out["reward"] = sample.value
+    return out
+
+
+def test_ppo_example_applied_with_kubectl_trains_to_succeeded(
+    cluster: Cluster, namespace: str, pods: Any, tmp_path: Path
+) -> None:
+    name, driver = "ppo-sort", "ppo-sort-driver-g0"
+    with running_operator(cluster, namespace, backoff=1.0):
+        t0 = time.perf_counter()
+        cluster.kubectl_run("apply", "-n", namespace, "-f", str(shortened(tmp_path)))
+        seen: dict[str, float] = {}
+
+        def finished() -> bool:
+            seen.update(driver_metrics(cluster, namespace, driver))
+            phase = (job(cluster, namespace, name).get("status") or {}).get("phase")
+            assert phase not in ("Failed", "Restarting"), job(cluster, namespace, name)["status"]
+            return phase == "Succeeded"
+
+        try:
+            wait_for(finished, what="the PPO job Succeeded", timeout=900)
+        finally:
+            print(f"--- driver log ---\n{pods.log(namespace, driver)[-6000:]}")
+        took = time.perf_counter() - t0
+        table = cluster.kubectl_run("get", "rlhfjobs", "-n", namespace).stdout
+        status = job(cluster, namespace, name)["status"]
+        cluster.kubectl_run(
+            "delete", "rlhfjob", name, "-n", namespace, "--wait=true", "--timeout=240s", timeout=250
+        )
+        wait_for(lambda: not pods.running(namespace), what="every pod process gone")
+    print(f"\n{table}PPO example (shortened to {EPISODES} episodes), 6 pods: {took:.0f} s")
+    print(f"driver metrics while it trained: {seen}")
+
+    header, row = table.splitlines()[:2]
+    columns = dict(zip(header.split(), row.split(), strict=False))
+    assert columns["PHASE"] == "Succeeded"
+    assert int(columns["EPISODE"]) == EPISODES == status["episode"]
+    assert float(columns["REWARD"]) == status["reward"]
+    assert 0.0 < status["reward"] <= 1.0  # the sort task's reward: fraction of digits right
+    # The driver's own endpoint showed training under way, reward included.
+    assert 1 <= seen.get("episode", 0) <= EPISODES, seen
+    assert 0.0 < seen["reward"] <= 1.0
+    # The driver printed the example's reward table, one row per episode.
+    log = pods.log(namespace, driver)
+    assert "episode  reward  eval/reward" in log
+    assert f"\n{EPISODES:>7}  " in log
