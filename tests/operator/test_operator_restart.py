@@ -4,6 +4,7 @@ gets its pods (printed, never asserted)."""
 from __future__ import annotations
 
 import copy
+import json
 import random
 import time
 from typing import Any
@@ -134,6 +135,122 @@ def test_operator_killed_mid_restart_restarts_the_gang_once(
         raise
     finally:
         op.cleanup()
+
+
+KINDS = ("Pod", "Service", "ConfigMap", "Secret", "NetworkPolicy")
+CHAOS_RUNS = 20
+SCENARIOS = ("create", "restart", "succeed", "delete")
+
+
+def _owned(cluster: Cluster, namespace: str, name: str) -> list[dict[str, Any]]:
+    """Everything labelled as the job's, of every kind the operator creates."""
+    kinds = "pods,services,configmaps,secrets,networkpolicies"
+    found = cluster.kubectl_run(
+        "get", kinds, "-n", namespace, "-l", f"rlhf.dev/job={name}", "-o", "json"
+    ).stdout
+    return list(json.loads(found)["items"])
+
+
+def _check(
+    cluster: Cluster, namespace: str, name: str, *, phase: str, restarts: int
+) -> dict[str, Any]:
+    """No duplicate, no orphan, the status right: what a restarted operator must leave."""
+    obj = job(cluster, namespace, name)
+    status = obj["status"]
+    assert (status["phase"], status["restarts"], status["restartGeneration"]) == (
+        phase,
+        restarts,
+        restarts,
+    ), status
+    gen = status["restartGeneration"]
+    live = [
+        p
+        for p in pods(cluster, namespace, name)
+        if not p["metadata"].get("deletionTimestamp")
+        and p["status"].get("phase") not in ("Succeeded", "Failed")
+    ]
+    names = sorted(p["metadata"]["name"] for p in live)
+    if phase == "Running":
+        wanted = [f"{name}-driver-g{gen}"] + [f"{name}-policy-{i}-g{gen}" for i in range(3)]
+        assert names == sorted(wanted), names  # the gang, once: no duplicate, none missing
+        assert status["readyReplicas"] == status["replicas"] == 4
+    else:
+        assert names == [], names  # a finished job runs nothing
+    for item in _owned(cluster, namespace, name):
+        owners = item["metadata"].get("ownerReferences") or []
+        assert [o["uid"] for o in owners if o.get("controller")] == [obj["metadata"]["uid"]], (
+            f"{item['kind']} {item['metadata']['name']} is not owned by the job"
+        )
+    return obj
+
+
+def test_operator_killed_at_random_points_of_reconciliation(
+    cluster: Cluster, namespace: str
+) -> None:
+    """SIGKILL the operator at a random moment after each of the changes it reconciles
+    (a job created, a pod failed, the driver succeeded, the job deleted), start it again:
+    each time the gang exists once, nothing is orphaned, the status says what happened."""
+    kubelet = cluster.kubelet
+    if kubelet is None:
+        pytest.skip("needs the test kubelet")
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    print(f"seed {seed}")
+    op = Operator(cluster, namespace, backoff=0.5).start()
+    kills, lines = 0, []
+    try:
+        for run in range(CHAOS_RUNS):
+            scenario, name = SCENARIOS[run % len(SCENARIOS)], f"chaos-{run}"
+            apply(cluster, namespace, _wide(name, replicas=3, backoffLimit=3))
+            if scenario != "create":
+                wait_phase(cluster, namespace, name, "Running", timeout=90)
+            if scenario == "restart":
+                kubelet.finish_pod(namespace, f"{name}-policy-{rng.randrange(3)}-g0", 1)
+            elif scenario == "succeed":
+                kubelet.finish_pod(namespace, f"{name}-driver-g0", 0)
+            elif scenario == "delete":
+                cluster.kubectl_run("delete", "rlhfjob", name, "-n", namespace, "--wait=false")
+            delay = rng.uniform(0.0, 1.5)
+            time.sleep(delay)
+            op.kill()
+            kills += 1
+            op.start()
+            if scenario == "delete":
+                wait_for(
+                    lambda n=name: not _owned(cluster, namespace, n), what=f"{name}'s objects gone"
+                )
+                gone = cluster.kubectl_run("get", "rlhfjob", name, "-n", namespace, check=False)
+                assert gone.returncode != 0 and "NotFound" in gone.stderr
+            else:
+                phase = "Succeeded" if scenario == "succeed" else "Running"
+                restarts = 1 if scenario == "restart" else 0
+                wait_phase(cluster, namespace, name, phase, timeout=90)
+                wait_for(
+                    lambda n=name, p=phase, r=restarts: _settled(cluster, namespace, n, p, r),
+                    what=f"{name} settled",
+                )
+                _check(cluster, namespace, name, phase=phase, restarts=restarts)
+                cluster.kubectl_run("delete", "rlhfjob", name, "-n", namespace, "--wait=false")
+            lines.append(f"  {name}: {scenario}, operator killed {delay:.2f} s later: ok")
+        assert op.stop() == 0
+    except BaseException:
+        print(op.log()[-8000:])
+        raise
+    finally:
+        op.cleanup()
+    print("\n".join(lines))
+    print(
+        f"operator restarts: {kills}/{CHAOS_RUNS} survived (no duplicate, no orphan, status right)"
+    )
+
+
+def _settled(cluster: Cluster, namespace: str, name: str, phase: str, restarts: int) -> bool:
+    """The restarted operator finished what the killed one left: _check passes."""
+    try:
+        _check(cluster, namespace, name, phase=phase, restarts=restarts)
+    except AssertionError:
+        return False
+    return True
 
 
 def test_sixteen_replicas_apply_to_pods_created(
