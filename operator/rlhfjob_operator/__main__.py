@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
 def _operate(args: argparse.Namespace, stop: StopRequest) -> int:
     # Imported only now, with the stop handler in place (see main).
     import kopf
+    import yaml
+    from kubernetes.config import ConfigException
 
     from rlhfjob_operator import metrics
     from rlhfjob_operator.kube.client import KubeClient, load_configuration
@@ -125,7 +127,17 @@ def _operate(args: argparse.Namespace, stop: StopRequest) -> int:
     if args.kubeconfig is not None:
         # kopf's login_via_client reads the same file through the official client.
         os.environ["KUBECONFIG"] = str(args.kubeconfig)
-    client = KubeClient(load_configuration(args.kubeconfig))
+    try:
+        configuration = load_configuration(args.kubeconfig)
+    except (ConfigException, yaml.YAMLError, OSError) as exc:
+        where = args.kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+        print(
+            f"rlhfjob operator: no cluster credentials from {where}: {exc}; pass --kubeconfig "
+            "with a valid kubeconfig, or run in a pod with a ServiceAccount",
+            file=sys.stderr,
+        )
+        return 2
+    client = KubeClient(configuration)
     reconciler = Reconciler(
         client, backoff=Backoff(base_seconds=args.backoff_base, cap_seconds=args.backoff_max)
     )
