@@ -32,6 +32,8 @@ from typing import Any
 import torch
 
 __all__ = [
+    "ADOPT",
+    "NOTHING",
     "Client",
     "Connection",
     "Pickler",
@@ -48,7 +50,9 @@ _NONCE = 32
 _HANDSHAKE_S = 10.0
 # Larger than any control message: frames above it are refused as corrupt.
 _MAX_FRAME = 1 << 34
-_NOTHING = object()  # recv(block=False) found no whole frame
+NOTHING = object()  # recv(block=False) found no whole frame
+# The first request of a connection whose reader becomes the server's ``adopt`` callback.
+ADOPT = ("adopt",)
 
 
 def reachable_ip(peer_host: str) -> str:
@@ -182,7 +186,7 @@ class Connection:
     def recv(self, *, block: bool = True) -> Any:
         """The next object; EOFError when the peer closed the connection.
 
-        With ``block=False``, returns ``_NOTHING`` when no whole frame has arrived yet.
+        With ``block=False``, returns ``NOTHING`` when no whole frame has arrived yet.
         """
         while True:
             if len(self._buffer) >= _HEADER.size:
@@ -199,7 +203,7 @@ class Connection:
             try:
                 size = self.sock.recv_into(self._chunk, 0, 0 if block else socket.MSG_DONTWAIT)
             except BlockingIOError:
-                return _NOTHING
+                return NOTHING
             if not size:
                 raise EOFError("the peer closed the connection")
             self._buffer += self._view[:size]
@@ -217,15 +221,23 @@ class Server:
     request)`` frames and calls ``handler(request, reply)``; the handler calls
     ``reply(value)`` once, now or later from any thread, and ``(id, True, value)``
     goes back. An exception from the handler goes back as ``(id, False, text)``.
+    A connection whose first request is ``ADOPT`` is handed to ``adopt(conn)``
+    instead, which reads it from then on (saving a thread switch a request).
     Connections that fail the challenge or stay silent past the handshake
     timeout are closed unanswered.
     """
 
     def __init__(
-        self, host: str, secret: bytes, handler: Callable[[Any, Callable[[Any], None]], None]
+        self,
+        host: str,
+        secret: bytes,
+        handler: Callable[[Any, Callable[[Any], None]], None],
+        *,
+        adopt: Callable[[Connection], None] | None = None,
     ) -> None:
         self._secret = secret
         self._handler = handler
+        self._adopt = adopt
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.bind((host, 0))
         self._sock.listen(64)
@@ -262,6 +274,9 @@ class Server:
         try:
             while True:
                 rid, request = conn.recv()
+                if request == ADOPT and self._adopt is not None:
+                    self._adopt(conn)  # its reader now; this thread is done
+                    return
 
                 def reply(value: Any, _rid: int = rid) -> None:
                     try:
@@ -361,7 +376,7 @@ class Client:
                 if reply._set:
                     return
                 self._reading = True
-            frame: Any = _NOTHING
+            frame: Any = NOTHING
             try:
                 frame = self._conn.recv(block=block)
             except (EOFError, OSError) as exc:
@@ -369,12 +384,12 @@ class Client:
             finally:
                 with self._cond:
                     self._reading = False
-                    if frame is not _NOTHING:
+                    if frame is not NOTHING:
                         rid, ok, value = frame
                         got = self._open.pop(rid)
                         got._resolve(value, None if ok else RemoteError(value))
                     self._cond.notify_all()
-            if frame is _NOTHING and not block:
+            if frame is NOTHING and not block:
                 return
 
     def _fail(self, message: str) -> None:

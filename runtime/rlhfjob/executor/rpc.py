@@ -31,11 +31,13 @@ which come earlier in every worker's order.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import math
 import os
 import pickle
+import select
 import threading
 import time
 import traceback
@@ -50,7 +52,17 @@ import torch.distributed.rpc as rpc
 from rlhfjob.comm import shm
 from rlhfjob.comm.bootstrap import Peer, WorkerEnv
 from rlhfjob.comm.broadcast import all_reduce_mean, broadcast_tensors
-from rlhfjob.comm.channel import Client, Pickler, Reply, Server, connect, reachable_ip
+from rlhfjob.comm.channel import (
+    ADOPT,
+    NOTHING,
+    Client,
+    Connection,
+    Pickler,
+    Reply,
+    Server,
+    connect,
+    reachable_ip,
+)
 from rlhfjob.data import TrainBatch, split_samples
 from rlhfjob.executor.local import (
     copy_parameters,
@@ -141,6 +153,12 @@ class WorkerRuntime:
         self.domain = shm.domain()
         self.pool = shm.Pool(f"{shm_prefix(env.job_name, env.master_port)}{env.rank}_")
         self.writer = shm.Writer()
+        # The driver's connection, read by the exec thread itself between operations; the
+        # pipe wakes it when an operation comes by torch RPC instead.
+        self.driver: Connection | None = None
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         threading.Thread(target=self._loop, name="rlhfjob-exec", daemon=True).start()
 
     # --- the control channel -------------------------------------------------------
@@ -151,7 +169,7 @@ class WorkerRuntime:
             if self.server is None:
                 self.secret = secret
                 host = reachable_ip(self.env.master_addr)
-                self.server = Server(host, secret, self.handle)
+                self.server = Server(host, secret, self.handle, adopt=self._adopt)
             elif secret != self.secret:
                 raise ValueError("the control channel was started with another secret")
         return self.server.address, self.domain
@@ -238,14 +256,66 @@ class WorkerRuntime:
         with self.ready:
             self.jobs[seq] = (op, args, done)
             self.ready.notify()
+            reading = self.driver is not None
+        if reading and threading.current_thread().name != "rlhfjob-exec":
+            with contextlib.suppress(BlockingIOError):
+                os.write(self._wake_w, b"\0")
+
+    def _adopt(self, conn: Connection) -> None:
+        with self.ready:
+            self.driver = conn
+            self.ready.notify()
+
+    def _take(self) -> tuple[str, tuple[Any, ...], Callable[[Any], None]] | None:
+        """The next operation in order, or None after waiting for more (reading the
+        driver's connection, if there is one, meanwhile)."""
+        with self.ready:
+            if self.next_seq in self.jobs:
+                self.next_seq += 1
+                return self.jobs.pop(self.next_seq - 1)
+            conn = self.driver
+            if conn is None:
+                self.ready.wait()
+                return None
+        try:
+            while (frame := conn.recv(block=False)) is not NOTHING:
+                self._take_frame(conn, frame)
+            with self.ready:
+                if self.next_seq in self.jobs:
+                    return None
+            select.select([conn.sock.fileno(), self._wake_r], [], [])
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._wake_r, 4096)
+        except (EOFError, OSError):  # the driver closed its side: back to RPC alone
+            with self.ready:
+                if self.driver is conn:
+                    self.driver = None
+            conn.close()
+        return None
+
+    def _take_frame(self, conn: Connection, frame: tuple[int, Any]) -> None:
+        rid, request = frame
+
+        def reply(value: Any) -> None:
+            try:
+                conn.send((rid, True, value))
+            except OSError:
+                pass  # the driver is gone; the heartbeat ends this worker
+            except Exception as exc:  # an unpicklable result: say so instead
+                conn.send((rid, False, f"cannot send the reply: {exc!r}"))
+
+        if request[0] != "submit":
+            conn.send((rid, False, f"the driver's channel takes submissions, not {request[0]!r}"))
+            return
+        _, seq, op, args = request
+        self.submit(seq, op, args, reply)
 
     def _loop(self) -> None:
         while True:
-            with self.ready:
-                while self.next_seq not in self.jobs:
-                    self.ready.wait()
-                op, args, done = self.jobs.pop(self.next_seq)
-                self.next_seq += 1
+            job = self._take()
+            if job is None:
+                continue
+            op, args, done = job
             try:
                 result = getattr(self, f"op_{op}")(*args)
             except _Upstream as exc:
@@ -519,6 +589,7 @@ class RpcExecutor:
                     f"cannot reach the control channel of {peer.describe()} at {address}: {exc}",
                     retryable=True,
                 ) from None
+            conn.send((-1, ADOPT))  # the worker's exec thread reads this connection itself
             self.clients[peer.name] = Client(conn, peer.name)
 
     def _submit(self, peer: Peer, op: str, *args: Any) -> Pending:
