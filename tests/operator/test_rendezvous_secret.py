@@ -1,6 +1,6 @@
 """The job's rendezvous Secret with the real operator: created once, before the pods that
-read it by reference, kept across a gang restart (create-if-absent), and collected with
-the job."""
+read it by reference (pods that run non-root on a read-only root filesystem), kept across
+a gang restart (create-if-absent), and collected with the job."""
 
 from __future__ import annotations
 
@@ -52,6 +52,11 @@ def test_the_secret_is_made_once_read_by_reference_and_collected_with_the_job(
                 "valueFrom": {"secretKeyRef": {"name": "sealed-rendezvous", "key": "token"}},
             }
             assert token not in str(pod), "the token is in a pod spec"
+            # As the API server keeps them: non-root, read-only root filesystem.
+            assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+            context = pod["spec"]["containers"][0]["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True
+            assert context["allowPrivilegeEscalation"] is False
 
         # A gang restart re-creates the pods, not the Secret: same object, same token.
         kubelet.finish_pod(namespace, "sealed-reward-0-g0", 1)
