@@ -17,7 +17,10 @@ Failure policy, as the operator's: when any process fails, every other one is
 stopped (process groups, SIGTERM then SIGKILL) and the gang is restarted from
 its last checkpoint with exponential backoff, up to ``max_restarts``
 (default ``spec.runPolicy.backoffLimit``); a permanent failure (exit 78) is
-never retried. No process is left behind, whatever happens.
+never retried. No process is left behind, whatever happens, and no file:
+every process gets a ``TMPDIR`` of its own (as a pod gets a /tmp emptyDir),
+removed once its gang has stopped, so what a SIGKILLed process could not
+clean up (torch.distributed's import-time TemporaryDirectory, say) goes too.
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -138,12 +143,16 @@ def _start(
     generation: int,
     metrics_port: int,
     secret: str,
+    scratch: Path,
     python: str,
     out: IO[str],
 ) -> list[_Proc]:
     procs = []
     for worker in plan.workers:
         env = dict(os.environ)
+        tmp = scratch / worker.hostname
+        tmp.mkdir()
+        env["TMPDIR"] = str(tmp)
         env.update(
             plan.env(
                 worker,
@@ -270,21 +279,26 @@ def run_job(
             file=err,
             flush=True,
         )
-        procs = _start(
-            plan,
-            spec_path=spec_path,
-            checkpoint_dir=ckpt,
-            generation=generation,
-            metrics_port=metrics_port,
-            secret=secrets.token_urlsafe(32),
-            python=python,
-            out=out,
-        )
+        scratch = Path(tempfile.mkdtemp(prefix=f"rlhfjob-{plan.job_name}-"))
         try:
-            code, message = _watch(procs, timeout=timeout)
+            procs = _start(
+                plan,
+                spec_path=spec_path,
+                checkpoint_dir=ckpt,
+                generation=generation,
+                metrics_port=metrics_port,
+                secret=secrets.token_urlsafe(32),
+                scratch=scratch,
+                python=python,
+                out=out,
+            )
+            try:
+                code, message = _watch(procs, timeout=timeout)
+            finally:
+                _stop_all(procs)
+                sweep_shm(shm_prefix(plan.job_name, plan.master_port))
         finally:
-            _stop_all(procs)
-            sweep_shm(shm_prefix(plan.job_name, plan.master_port))
+            shutil.rmtree(scratch, ignore_errors=True)
         if code == 0:
             return RunResult(0, generation, message)
         print(f"rlhfjob run: {message}", file=err, flush=True)
