@@ -71,7 +71,9 @@ class SpecError(ValueError):
 
 
 class _Closed(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: "3" is not 3 and "yes" is not true, as for the API server (its schema types
+    # are exact), so a spec is refused or accepted the same way by every launcher.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 def _runtime_cel(schema: dict[str, Any], cls: type[BaseModel]) -> None:
@@ -207,6 +209,7 @@ class RuntimeSpec(_Closed):
 class _Kube(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,  # as _Closed: exact types, like the API server
         validate_assignment=True,
         alias_generator=AliasGenerator(alias=to_camel),
         validate_by_alias=True,

@@ -59,6 +59,11 @@ BAD = [
     ),
     ({"models": {"policy": {"sync_frequency": 0}}}, "models.policy.sync_frequency"),
     ({"runtime": {"seed": "abc"}}, "runtime.seed"),
+    # Exact types, as the API server's schema: no coercion of strings.
+    ({"runtime": {"num_episode": "3"}}, "runtime.num_episode: Input should be a valid integer"),
+    ({"runtime": {"data_shuffle": "yes"}}, "runtime.data_shuffle: Input should be a valid boolean"),
+    ({"models": {"policy": {"num_replica": "2"}}}, "models.policy.num_replica: Input should be"),
+    ({"models": {"policy": {"trainable": 1}}}, "models.policy.trainable: Input should be"),
 ]
 
 
