@@ -573,8 +573,12 @@ def start(env: WorkerEnv, *, startup_timeout: float = 120.0, rpc_timeout: float 
     store = SignedStore(tcp, job_key(env, "rendezvous"), patience=startup_timeout, name=env.name)
     # The C++ side holds these stores by reference only: keep the Python objects alive.
     _state.update(store=store, tcp=tcp)
-    store.set(f"peer/{env.rank}", _record(env))
-    peers = _gather_peers(store, env, deadline=deadline)
+    try:
+        store.set(f"peer/{env.rank}", _record(env))
+        peers = _gather_peers(store, env, deadline=deadline)
+    except BaseException:
+        _state.clear()  # the store dies with its last reference: a driver's listener closes
+        raise
 
     def handler(url: str, **kwargs: Any) -> Iterator[tuple[dist.Store, int, int]]:
         del url, kwargs
