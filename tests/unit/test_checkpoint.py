@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import copy
 import os
+import random
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from toys import Actor, Learner, Scorer, prompts
 
 from rlhfjob import Engine, Environment, Trainer
 from rlhfjob import checkpoint as ckpt
+from rlhfjob.checkpoint import RNGStream
 
 RUNTIME = dict(
     sample_per_episode=8,
@@ -170,3 +174,32 @@ def test_kill_during_save_keeps_the_previous_checkpoint(tmp_path, kill_at, mode)
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert leftovers == [], "the next save swept the killed save's temp files"
     assert os.listdir(tmp_path)
+
+
+def _draws(stream: RNGStream) -> tuple[float, float, float]:
+    with stream:
+        return random.random(), float(np.random.rand()), float(torch.rand(()))
+
+
+def test_resident_streams_draw_what_swapped_streams_draw(monkeypatch):
+    """A model worker's streams stay loaded between calls (RNGStream.keep_resident): two
+    streams alternating, a checkpoint read and a load mid-way give the same numbers as
+    the swapping default."""
+
+    def run() -> tuple[list[tuple[float, float, float]], dict]:
+        a, b = RNGStream(1), RNGStream(2)
+        out = [_draws(a), _draws(a), _draws(b), _draws(a)]
+        saved = copy.deepcopy(a.state)  # read while a is (or may be) resident
+        out += [_draws(b), _draws(a)]
+        a.state = saved  # a load: the next draws repeat
+        out += [_draws(a), _draws(b)]
+        return out, b.state
+
+    swapped, b_swapped = run()
+    monkeypatch.setattr(RNGStream, "_resident_mode", True)
+    monkeypatch.setattr(RNGStream, "_resident", None)
+    resident, b_resident = run()
+    assert resident == swapped
+    assert swapped[6] == swapped[5]  # the load rewound a
+    assert b_resident["python"] == b_swapped["python"]
+    assert torch.equal(b_resident["torch"], b_swapped["torch"])
