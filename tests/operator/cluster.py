@@ -17,7 +17,6 @@ by KUBECONFIG the same way (no control plane, no test kubelet).
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import datetime as dt
 import ipaddress
@@ -234,14 +233,13 @@ def write_kubeconfig(
     token: str | None = None,
     user: str = "admin",
 ) -> Path:
-    """A self-contained kubeconfig (certificates inlined) for a cert or a bearer token."""
-
-    def b64(p: Path) -> str:
-        return base64.b64encode(p.read_bytes()).decode()
-
+    """A kubeconfig for a cert or a bearer token. It names the certificate files (which
+    live as long as the control plane) instead of inlining them: the Python client
+    writes inlined ones to temp files that it removes only at exit, which a killed
+    operator never reaches."""
     creds: dict[str, str] = {}
     if client is not None:
-        creds = {"client-certificate-data": b64(client.cert), "client-key-data": b64(client.key)}
+        creds = {"client-certificate": str(client.cert), "client-key": str(client.key)}
     elif token is not None:
         creds = {"token": token}
     doc = {
@@ -250,7 +248,7 @@ def write_kubeconfig(
         "clusters": [
             {
                 "name": "rlhfjob-test",
-                "cluster": {"server": server, "certificate-authority-data": b64(ca_cert)},
+                "cluster": {"server": server, "certificate-authority": str(ca_cert)},
             }
         ],
         "users": [{"name": user, "user": creds}],

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -82,13 +83,17 @@ class Operator:
         # Stop signals blocked across exec (the child inherits the mask; the operator
         # unblocks them once its handler is installed): a stop() at any moment, even
         # during the interpreter's own start-up, reaches the operator's handler.
+        # A TMPDIR of its own, as its pod's /tmp emptyDir: what a SIGKILLed operator
+        # leaves there goes with cleanup().
+        tmp = self._log_dir / f"tmp-{self.starts}"
+        tmp.mkdir()
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
         try:
             self.proc = subprocess.Popen(
                 argv,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=self.cluster.env(),
+                env=self.cluster.env() | {"TMPDIR": str(tmp)},
                 cwd=REPO,
                 start_new_session=True,
             )
@@ -134,9 +139,7 @@ class Operator:
         try:
             self.stop()
         finally:
-            for p in self._log_dir.iterdir():
-                p.unlink()
-            self._log_dir.rmdir()
+            shutil.rmtree(self._log_dir, ignore_errors=True)
 
 
 @contextmanager
