@@ -17,26 +17,18 @@ so. Missing binaries fail the session under CI=true and skip it locally.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
-from gangs import Checkpoints
-from kubernetes import client as k8s
+from gangs import Checkpoints, checkpoint_claim, fresh_namespace, running_pods
 from operator_proc import install_crd
 from podrunner import PodRunner
 
-from cluster import Cluster, Missing, session_cluster, wait_until
-
-REPO = Path(__file__).resolve().parents[2]
-# Passed on to pod processes, so that the suite's leftover check sees them.
-SESSION_MARKERS = ("RLHFJOB_TEST_SESSION",)
+from cluster import Cluster, Missing, session_cluster
 
 
 @pytest.fixture(scope="session")
@@ -57,70 +49,17 @@ def cluster() -> Iterator[Cluster]:
 
 @pytest.fixture
 def namespace(cluster: Cluster) -> Iterator[str]:
-    name = cluster.create_namespace("e2e-")
-    try:
+    with fresh_namespace(cluster) as name:
         yield name
-    finally:
-        cluster.delete_namespace(name)
 
 
 @pytest.fixture
 def pods(cluster: Cluster) -> Iterator[PodRunner]:
-    kubelet = cluster.kubelet
-    assert kubelet is not None
-    errors = len(kubelet.errors)
-    runner = PodRunner(REPO, inherit=SESSION_MARKERS)
-    try:
-        with kubelet.using(runner):
-            yield runner
-    finally:
-        left = runner.running()
-        runner.close()
-    assert not left, f"pods still running after the test: {left}"
-    assert kubelet.errors[errors:] == []
+    with running_pods(cluster) as runner:
+        yield runner
 
 
 @pytest.fixture
 def checkpoints(cluster: Cluster, namespace: str) -> Iterator[Checkpoints]:
-    core = k8s.CoreV1Api(cluster.api_client)
-    path = Path(tempfile.mkdtemp(prefix="rlhfjob-pv-"))
-    pv = f"e2e-{uuid.uuid4().hex[:10]}"
-    core.create_persistent_volume(
-        {
-            "metadata": {"name": pv},
-            "spec": {
-                "capacity": {"storage": "1Gi"},
-                "accessModes": ["ReadWriteMany"],
-                "persistentVolumeReclaimPolicy": "Retain",
-                "storageClassName": "",
-                "hostPath": {"path": str(path), "type": "Directory"},
-                # Only this test's claim may take it.
-                "claimRef": {"namespace": namespace, "name": "checkpoints"},
-            },
-        }
-    )
-    try:
-        core.create_namespaced_persistent_volume_claim(
-            namespace,
-            {
-                "metadata": {"name": "checkpoints"},
-                "spec": {
-                    "accessModes": ["ReadWriteMany"],
-                    "storageClassName": "",
-                    "volumeName": pv,
-                    "resources": {"requests": {"storage": "1Gi"}},
-                },
-            },
-        )
-        wait_until(
-            lambda: (
-                core.read_namespaced_persistent_volume_claim("checkpoints", namespace).status.phase
-                == "Bound"
-            ),
-            timeout=60,
-            what="the checkpoint claim Bound (controller-manager's PV controller)",
-        )
-        yield Checkpoints("checkpoints", path)
-    finally:
-        core.delete_persistent_volume(pv)
-        shutil.rmtree(path, ignore_errors=True)
+    with checkpoint_claim(cluster, namespace) as claim:
+        yield claim

@@ -31,8 +31,17 @@ from rlhfjob import checkpoint as ckpt
 _PAUSE_S = 120.0
 
 
+class PacedActor(Actor):
+    """The toy actor, taking at least ``models.actor.args.pause`` seconds a batch: an
+    episode lasts long enough on a fast machine for a kill to land inside the run."""
+
+    def forward_step(self, data: Any, iteration: int) -> Any:
+        time.sleep(float(self.model_args.get("pause", 0)))
+        return super().forward_step(data, iteration)
+
+
 def build(config: Any = None) -> Engine:
-    actor, scorer, learner = Actor("actor"), Scorer("scorer"), Learner("learner")
+    actor, scorer, learner = PacedActor("actor"), Scorer("scorer"), Learner("learner")
 
     def env_flow(batch: Any) -> Any:
         return scorer.forward_step(actor.forward_step(batch))

@@ -1,21 +1,32 @@
-"""What the end-to-end tests share: the small job's manifest, its final weights, waits."""
+"""What the end-to-end tests share: the small job's manifest and final weights, and the
+namespace, pod runner and checkpoint claim the fixtures (of any scope) are made of."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from kubernetes import client as k8s
+from podrunner import PodRunner
 
+from cluster import Cluster, wait_until
 from rlhfjob import checkpoint as ckpt
 
 REPO = Path(__file__).resolve().parents[2]
+# Passed on to pod processes, so that the suite's leftover check sees them.
+SESSION_MARKERS = ("RLHFJOB_TEST_SESSION",)
 ENTRYPOINT = "tests/e2e/gangjob.py"  # relative: the pods' working directory is the repo
 # Small and quick, but long enough to be killed in the middle of: a checkpoint every
 # episode, so a restart resumes from any of them.
 RUNTIME: dict[str, Any] = {
-    "num_episode": 6,
+    "num_episode": 8,
     "sample_per_episode": 8,
     "generation_batch_size": 4,
     "train_micro_batch_size": 2,
@@ -29,7 +40,13 @@ RUNTIME: dict[str, Any] = {
     # kinds of victim, and the gang starts quickly on two cores.
     "colocation": [["actor", "scorer"]],
 }
-MODELS: dict[str, Any] = {"actor": {}, "scorer": {}, "learner": {"trainable": True}}
+# At least 0.1 s an episode (two batches of 0.05 s): time for a kill to land after a
+# checkpoint, however fast the machine.
+MODELS: dict[str, Any] = {
+    "actor": {"args": {"pause": 0.05}},
+    "scorer": {},
+    "learner": {"trainable": True},
+}
 
 
 @dataclass(frozen=True)
@@ -89,3 +106,78 @@ def episode_of(root: Path) -> int:
     """The episode of the newest complete checkpoint, 0 when there is none."""
     latest = ckpt.latest_checkpoint(root)
     return 0 if latest is None else int(latest.name.split("_")[1])
+
+
+@contextmanager
+def fresh_namespace(cluster: Cluster) -> Iterator[str]:
+    name = cluster.create_namespace("e2e-")
+    try:
+        yield name
+    finally:
+        cluster.delete_namespace(name)
+
+
+@contextmanager
+def running_pods(cluster: Cluster) -> Iterator[PodRunner]:
+    """A PodRunner as the kubelet's handler; afterwards none of its processes may be
+    left and the kubelet must have reported no error."""
+    kubelet = cluster.kubelet
+    assert kubelet is not None
+    errors = len(kubelet.errors)
+    runner = PodRunner(REPO, inherit=SESSION_MARKERS)
+    try:
+        with kubelet.using(runner):
+            yield runner
+    finally:
+        left = runner.running()
+        runner.close()
+    assert not left, f"pods still running afterwards: {left}"
+    assert kubelet.errors[errors:] == []
+
+
+@contextmanager
+def checkpoint_claim(cluster: Cluster, namespace: str) -> Iterator[Checkpoints]:
+    """A PersistentVolumeClaim bound (by the real controller-manager) to a hostPath
+    PersistentVolume on a temp dir: checkpoints that outlive pods."""
+    core = k8s.CoreV1Api(cluster.api_client)
+    path = Path(tempfile.mkdtemp(prefix="rlhfjob-pv-"))
+    pv = f"e2e-{uuid.uuid4().hex[:10]}"
+    core.create_persistent_volume(
+        {
+            "metadata": {"name": pv},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteMany"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "",
+                "hostPath": {"path": str(path), "type": "Directory"},
+                # Only this claim may take it.
+                "claimRef": {"namespace": namespace, "name": "checkpoints"},
+            },
+        }
+    )
+    try:
+        core.create_namespaced_persistent_volume_claim(
+            namespace,
+            {
+                "metadata": {"name": "checkpoints"},
+                "spec": {
+                    "accessModes": ["ReadWriteMany"],
+                    "storageClassName": "",
+                    "volumeName": pv,
+                    "resources": {"requests": {"storage": "1Gi"}},
+                },
+            },
+        )
+        wait_until(
+            lambda: (
+                core.read_namespaced_persistent_volume_claim("checkpoints", namespace).status.phase
+                == "Bound"
+            ),
+            timeout=60,
+            what="the checkpoint claim Bound (controller-manager's PV controller)",
+        )
+        yield Checkpoints("checkpoints", path)
+    finally:
+        core.delete_persistent_volume(pv)
+        shutil.rmtree(path, ignore_errors=True)

@@ -250,9 +250,13 @@ class PodRunner:
             pods = list(self._pods.values())
         for p in pods:
             p.stopping.set()
-        for p in pods:
-            self._stop(p)
+        # In parallel: each may take its grace period.
+        stoppers = [threading.Thread(target=self._stop, args=(p,), daemon=True) for p in pods]
+        for t in stoppers:
+            t.start()
         deadline = time.monotonic() + timeout
+        for t in stoppers:
+            t.join(timeout=max(0.1, deadline - time.monotonic()))
         for p in pods:
             if p.thread is not None:
                 p.thread.join(timeout=max(0.1, deadline - time.monotonic()))

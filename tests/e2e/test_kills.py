@@ -22,12 +22,25 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from gangs import REPO, RUNTIME, Checkpoints, differing, episode_of, final_weights, gang_manifest
+from gangs import (
+    REPO,
+    RUNTIME,
+    Checkpoints,
+    checkpoint_claim,
+    differing,
+    episode_of,
+    final_weights,
+    fresh_namespace,
+    gang_manifest,
+    running_pods,
+)
 from operator_proc import apply, running_operator, wait_for, wait_phase
 from podrunner import PodRunner
 
@@ -37,33 +50,52 @@ RUNS = 10
 VICTIMS = ("driver", "actor-scorer-0", "learner-0")
 
 
-def _reference(cluster: Cluster, namespace: str, checkpoints: Checkpoints) -> dict[str, Any]:
-    apply(cluster, namespace, gang_manifest("reference", claim=checkpoints.claim))
-    wait_phase(cluster, namespace, "reference", "Succeeded", timeout=300)
-    return final_weights(checkpoints.path / "reference")
+@dataclass
+class _Gangs:
+    """One namespace, pod runner, operator and claim for all the kill runs, the weights
+    of an uninterrupted run, and how the runs went."""
+
+    cluster: Cluster
+    namespace: str
+    pods: PodRunner
+    checkpoints: Checkpoints
+    reference: dict[str, Any]
+    lines: list[str] = field(default_factory=list)
+    survived: int = 0
+    identical: int = 0
 
 
-def _kill_once(
-    cluster: Cluster,
-    namespace: str,
-    pods: PodRunner,
-    checkpoints: Checkpoints,
-    *,
-    name: str,
-    rng: random.Random,
-) -> str:
-    """Apply the job, SIGKILL one of its processes at a random point; how it went."""
+@pytest.fixture(scope="module")
+def gangs(cluster: Cluster) -> Iterator[_Gangs]:
+    with (
+        fresh_namespace(cluster) as namespace,
+        running_pods(cluster) as pods,
+        checkpoint_claim(cluster, namespace) as checkpoints,
+        running_operator(cluster, namespace, backoff=1.0),
+    ):
+        apply(cluster, namespace, gang_manifest("reference", claim=checkpoints.claim))
+        wait_phase(cluster, namespace, "reference", "Succeeded", timeout=300)
+        reference = final_weights(checkpoints.path / "reference")
+        yield _Gangs(cluster, namespace, pods, checkpoints, reference)
+        cluster.kubectl_run("delete", "rlhfjobs", "--all", "-n", namespace, "--wait=false")
+        wait_for(lambda: not pods.running(namespace), what="every pod process gone", timeout=120)
+
+
+def _kill_once(g: _Gangs, name: str, rng: random.Random) -> str:
+    """Apply the job, SIGKILL one of its processes at a random point; what was killed when."""
     victim = rng.choice(VICTIMS)
-    after = rng.randrange(0, RUNTIME["num_episode"] - 2)  # 0: before the first checkpoint
-    delay = rng.uniform(0.0, 1.0 if after == 0 else 0.3)
-    root = checkpoints.path / name
-    apply(cluster, namespace, gang_manifest(name, claim=checkpoints.claim))
+    # 0: before the first checkpoint (the processes start, meet, set up); else after
+    # checkpoint 1..4 of 8, with at least 3 paced episodes (0.3 s or more) still to run.
+    after = rng.randrange(0, RUNTIME["num_episode"] - 3)
+    delay = rng.uniform(0.0, 1.0 if after == 0 else 0.2)
+    root = g.checkpoints.path / name
+    apply(g.cluster, g.namespace, gang_manifest(name, claim=g.checkpoints.claim))
     pod = f"{name}-{victim}-g0"
-    wait_for(lambda: pods.pid(namespace, pod), what=f"{pod} running", timeout=300)
+    wait_for(lambda: g.pods.pid(g.namespace, pod), what=f"{pod} running", timeout=300)
     if after:
         wait_for(lambda: episode_of(root) >= after, what=f"checkpoint {after}", timeout=300)
     time.sleep(delay)
-    pid = pods.pid(namespace, pod)
+    pid = g.pods.pid(g.namespace, pod)
     assert pid is not None, f"{pod} ended before the kill (after checkpoint {after})"
     os.kill(pid, signal.SIGKILL)
     return f"{victim} killed {delay:.2f}s after " + (
@@ -71,36 +103,32 @@ def _kill_once(
     )
 
 
-def test_random_kills_resume_from_the_last_checkpoint_bitwise(
-    cluster: Cluster, namespace: str, pods: PodRunner, checkpoints: Checkpoints
+@pytest.mark.parametrize("run", range(RUNS))
+def test_a_random_kill_resumes_from_the_last_checkpoint_bitwise(
+    gangs: _Gangs, run: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with running_operator(cluster, namespace, backoff=1.0):
-        reference = _reference(cluster, namespace, checkpoints)
-        survived, identical, lines = 0, 0, []
-        for run in range(RUNS):
-            seed = random.randrange(2**32)
-            name = f"kill-{run}"
-            what = _kill_once(
-                cluster, namespace, pods, checkpoints, name=name, rng=random.Random(seed)
-            )
-            status = wait_phase(cluster, namespace, name, "Succeeded", timeout=300)["status"]
-            restarts = status["restarts"]
-            survived += restarts >= 1
-            diff = differing(reference, final_weights(checkpoints.path / name))
-            identical += not diff
-            lines.append(
-                f"  run {run} seed {seed}: {what}; {restarts} restart(s), "
-                f"{'identical weights' if not diff else f'DIFFERENT: {diff[:3]}'}"
-            )
-            cluster.kubectl_run("delete", "rlhfjob", name, "-n", namespace, "--wait=false")
-        wait_for(lambda: not pods.running(namespace), what="every pod process gone", timeout=120)
-    print("\n" + "\n".join(lines))
-    print(
-        f"operator: {survived}/{RUNS} kills survived (gang restarted from its last checkpoint), "
-        f"{identical}/{RUNS} runs with final weights bitwise equal to an uninterrupted run"
+    seed = random.randrange(2**32)
+    name = f"kill-{run}"
+    what = _kill_once(gangs, name, random.Random(seed))
+    status = wait_phase(gangs.cluster, gangs.namespace, name, "Succeeded", timeout=300)["status"]
+    diff = differing(gangs.reference, final_weights(gangs.checkpoints.path / name))
+    gangs.survived += status["restarts"] >= 1
+    gangs.identical += not diff
+    line = f"kill run {run}, seed {seed}: {what}; {status['restarts']} restart(s), " + (
+        "identical weights" if not diff else f"DIFFERENT: {diff[:3]}"
     )
-    assert survived == RUNS
-    assert identical == RUNS
+    gangs.lines.append(line)
+    gangs.cluster.kubectl_run("delete", "rlhfjob", name, "-n", gangs.namespace, "--wait=false")
+    with capsys.disabled():
+        print(f"\n  {line}")
+        if len(gangs.lines) == RUNS:
+            print(
+                f"  operator: {gangs.survived}/{RUNS} kills survived (gang restarted from its "
+                f"last checkpoint), {gangs.identical}/{RUNS} runs ended with weights bitwise "
+                "equal to an uninterrupted run's"
+            )
+    assert status["restarts"] == 1, status
+    assert diff == []
 
 
 # -- rlhfjob run: kills inside a checkpoint save --------------------------------------
@@ -161,7 +189,11 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 @pytest.mark.parametrize(("point", "victim"), SAVE_KILLS)
 def test_kill_inside_a_distributed_save_keeps_the_previous_checkpoint(
-    tmp_path: Path, uninterrupted: dict[str, Any], point: int, victim: str
+    tmp_path: Path,
+    uninterrupted: dict[str, Any],
+    point: int,
+    victim: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     name = f"e2e-save-{point}-{victim}-{os.getpid()}"[:50]
     held, ckpt_dir = tmp_path / "held", tmp_path / "ckpt"
@@ -190,8 +222,15 @@ def test_kill_inside_a_distributed_save_keeps_the_previous_checkpoint(
     assert "restarting the gang from the last checkpoint" in err
     resumed = [line for line in err.splitlines() if line.startswith("resumed from")]
     assert len(resumed) == 1, err[-3000:]
-    print(f"\nkilled {victim} at save point {point} of episode {SAVE_EPISODE}: {resumed[0]}")
     # The killed save left nothing half-done behind, and the run ends where an
     # uninterrupted one does.
-    assert not [p.name for p in ckpt_dir.iterdir() if p.name.startswith(".")]
-    assert differing(uninterrupted, final_weights(ckpt_dir)) == []
+    half_done = [p.name for p in ckpt_dir.iterdir() if p.name.startswith(".")]
+    diff = differing(uninterrupted, final_weights(ckpt_dir))
+    with capsys.disabled():
+        print(
+            f"\n  rlhfjob run: {victim} killed at point {point} of checkpoint {SAVE_EPISODE}'s "
+            f"save; {resumed[0].split('/')[-1]}; "
+            + ("identical weights" if not diff else f"DIFFERENT: {diff[:3]}")
+        )
+    assert half_done == []
+    assert diff == []

@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from gangs import REPO
 from operator_proc import job, running_operator, wait_for
@@ -70,7 +71,11 @@ def driver_metrics(cluster: Cluster, namespace: str, pod: str) -> dict[str, floa
 
 
 def test_ppo_example_applied_with_kubectl_trains_to_succeeded(
-    cluster: Cluster, namespace: str, pods: Any, tmp_path: Path
+    cluster: Cluster,
+    namespace: str,
+    pods: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     name, driver = "ppo-sort", "ppo-sort-driver-g0"
     with running_operator(cluster, namespace, backoff=1.0):
@@ -95,8 +100,9 @@ def test_ppo_example_applied_with_kubectl_trains_to_succeeded(
             "delete", "rlhfjob", name, "-n", namespace, "--wait=true", "--timeout=240s", timeout=250
         )
         wait_for(lambda: not pods.running(namespace), what="every pod process gone")
-    print(f"\n{table}PPO example (shortened to {EPISODES} episodes), 6 pods: {took:.0f} s")
-    print(f"driver metrics while it trained: {seen}")
+    with capsys.disabled():
+        print(f"\n{table}PPO example (shortened to {EPISODES} episodes), 6 pods: {took:.0f} s")
+        print(f"driver metrics while it trained: {seen}")
 
     header, row = table.splitlines()[:2]
     columns = dict(zip(header.split(), row.split(), strict=False))

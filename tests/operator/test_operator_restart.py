@@ -185,7 +185,7 @@ def _check(
 
 
 def test_operator_killed_at_random_points_of_reconciliation(
-    cluster: Cluster, namespace: str
+    cluster: Cluster, namespace: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """SIGKILL the operator at a random moment after each of the changes it reconciles
     (a job created, a pod failed, the driver succeeded, the job deleted), start it again:
@@ -238,10 +238,12 @@ def test_operator_killed_at_random_points_of_reconciliation(
         raise
     finally:
         op.cleanup()
-    print("\n".join(lines))
-    print(
-        f"operator restarts: {kills}/{CHAOS_RUNS} survived (no duplicate, no orphan, status right)"
-    )
+    with capsys.disabled():
+        print(f"\n  seed {seed}\n" + "\n".join(lines))
+        print(
+            f"  operator restarts: {kills}/{CHAOS_RUNS} survived "
+            "(no duplicate pod, no orphan, status right)"
+        )
 
 
 def _settled(cluster: Cluster, namespace: str, name: str, phase: str, restarts: int) -> bool:
