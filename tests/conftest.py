@@ -24,6 +24,9 @@ from typing import Any
 
 import pytest
 
+# After every test: no stray process, listening port, temp dir or /dev/shm segment.
+pytest_plugins = ["leftovers"]
+
 # category -> who refuses it
 CATEGORIES = {
     "manifest, pydantic": "load_job (rlhfjob run, rlhfjob validate, the operator)",

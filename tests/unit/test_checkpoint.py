@@ -154,7 +154,7 @@ _KILLER = textwrap.dedent(
     ("kill_at", "mode"),
     [(0, "clean"), (1, "partial"), (2, "clean"), (3, "partial"), (4, "clean"), (99, "clean")],
 )
-def test_kill_during_save_keeps_the_previous_checkpoint(tmp_path, kill_at, mode):
+def test_kill_during_save_keeps_the_previous_checkpoint(tmp_path, tmp_path_factory, kill_at, mode):
     tests = str(Path(__file__).parent)
     proc = subprocess.run(
         [sys.executable, "-c", _KILLER.format(tests=tests), str(kill_at), mode, str(tmp_path)],
@@ -162,6 +162,9 @@ def test_kill_during_save_keeps_the_previous_checkpoint(tmp_path, kill_at, mode)
         text=True,
         timeout=120,
         cwd=tests,
+        # torch makes a temp dir at import that only a clean exit removes: the killed
+        # process gets a TMPDIR that pytest removes.
+        env=os.environ | {"TMPDIR": str(tmp_path_factory.mktemp("killed-tmp"))},
     )
     assert proc.returncode == -9, proc.stderr[-2000:]
     latest = ckpt.latest_checkpoint(tmp_path)
