@@ -20,8 +20,9 @@ from cluster import Cluster, wait_until
 from rlhfjob import checkpoint as ckpt
 
 REPO = Path(__file__).resolve().parents[2]
-# Passed on to pod processes, so that the suite's leftover check sees them.
-SESSION_MARKERS = ("RLHFJOB_TEST_SESSION",)
+# Passed on to pod processes: the session's marker, so that the suite's leftover check
+# sees them, and PYTHONPATH, part of "this checkout" that every image stands for.
+PASSED_ON = ("RLHFJOB_TEST_SESSION", "PYTHONPATH")
 ENTRYPOINT = "tests/e2e/gangjob.py"  # relative: the pods' working directory is the repo
 # Small and quick, but long enough to be killed in the middle of: a checkpoint every
 # episode, so a restart resumes from any of them.
@@ -124,7 +125,7 @@ def running_pods(cluster: Cluster) -> Iterator[PodRunner]:
     kubelet = cluster.kubelet
     assert kubelet is not None
     errors = len(kubelet.errors)
-    runner = PodRunner(REPO, inherit=SESSION_MARKERS)
+    runner = PodRunner(REPO, inherit=PASSED_ON)
     try:
         with kubelet.using(runner):
             yield runner
