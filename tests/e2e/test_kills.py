@@ -44,7 +44,7 @@ from gangs import (
 from operator_proc import apply, running_operator, wait_for, wait_phase
 from podrunner import PodRunner
 
-from cluster import Cluster
+from cluster import Cluster, wait_until
 
 RUNS = 10
 VICTIMS = ("driver", "actor-scorer-0", "learner-0")
@@ -85,15 +85,20 @@ def _kill_once(g: _Gangs, name: str, rng: random.Random) -> str:
     """Apply the job, SIGKILL one of its processes at a random point; what was killed when."""
     victim = rng.choice(VICTIMS)
     # 0: before the first checkpoint (the processes start, meet, set up); else after
-    # checkpoint 1..4 of 8, with at least 3 paced episodes (0.3 s or more) still to run.
-    after = rng.randrange(0, RUNTIME["num_episode"] - 3)
+    # checkpoint 1..3 of 8, with 5 paced episodes (0.5 s or more) still to run.
+    after = rng.randrange(0, RUNTIME["num_episode"] - 4)
     delay = rng.uniform(0.0, 1.0 if after == 0 else 0.2)
     root = g.checkpoints.path / name
     apply(g.cluster, g.namespace, gang_manifest(name, claim=g.checkpoints.claim))
     pod = f"{name}-{victim}-g0"
     wait_for(lambda: g.pods.pid(g.namespace, pod), what=f"{pod} running", timeout=300)
     if after:
-        wait_for(lambda: episode_of(root) >= after, what=f"checkpoint {after}", timeout=300)
+        wait_until(
+            lambda: episode_of(root) >= after,
+            timeout=300,
+            what=f"checkpoint {after}",
+            interval=0.01,
+        )
     time.sleep(delay)
     pid = g.pods.pid(g.namespace, pod)
     assert pid is not None, f"{pod} ended before the kill (after checkpoint {after})"
