@@ -2,8 +2,10 @@
 
 ``python bench/sync_bench.py MB REPLICAS BUCKETS_MB`` starts 1 + REPLICAS gloo
 processes on 127.0.0.1 holding a GPT-shaped model of about MB MB (blocks of
-qkv/proj/fc matrices, their biases and layer norms, d=1024) and times, best
-of three after a warm-up, with barriers around each:
+qkv/proj/fc matrices, their biases and layer norms, d=1024) and times each
+method below, best of five rounds after a warm-up round, with barriers
+around each. The methods take turns within every round, so a load that comes
+and goes on a shared machine touches them all alike:
 
 - ``flat``: one preallocated tensor of the model's size, one ``dist.broadcast``;
 - ``rlhfjob``: ``rlhfjob.comm.broadcast.broadcast_tensors`` on the parameters
@@ -31,6 +33,7 @@ from rlhfjob.comm.broadcast import broadcast_tensors
 
 D = 1024
 DEFAULT_BUCKET_MB = 100
+ROUNDS = 5
 
 
 def gpt_parameters(megabytes: int, *, fill: float) -> list[torch.Tensor]:
@@ -50,21 +53,12 @@ def _numel(shape: tuple[int, ...]) -> int:
     return n
 
 
-def _timed(fn: Callable[[], object], repeats: int = 3) -> float:
+def _once(fn: Callable[[], object]) -> float:
+    dist.barrier()
+    start = time.perf_counter()
     fn()
-    best = float("inf")
-    for _ in range(repeats):
-        dist.barrier()
-        start = time.perf_counter()
-        fn()
-        dist.barrier()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def _flat(nbytes: int, rank: int) -> float:
-    flat = torch.full((nbytes // 4,), float(rank == 0))  # freed on return: memory for the rest
-    return _timed(lambda: dist.broadcast(flat, 0))
+    dist.barrier()
+    return time.perf_counter() - start
 
 
 def _rank(rank: int, world: int, port: int, megabytes: int, buckets: list[int]) -> None:
@@ -74,17 +68,25 @@ def _rank(rank: int, world: int, port: int, megabytes: int, buckets: list[int]) 
     )
     params = gpt_parameters(megabytes, fill=float(rank == 0))
     nbytes = sum(p.numel() * 4 for p in params)
-    seconds: dict[str, float] = {"flat": _flat(nbytes, rank)}
+    flat = torch.full((nbytes // 4,), float(rank == 0))
 
     def rlhfjob(bucket_mb: int) -> Callable[[], object]:
         return lambda: broadcast_tensors(params, src=0, group=None, bucket_bytes=bucket_mb << 20)
 
-    seconds["rlhfjob"] = _timed(rlhfjob(DEFAULT_BUCKET_MB))
+    methods: dict[str, Callable[[], object]] = {
+        "flat": lambda: dist.broadcast(flat, 0),
+        "rlhfjob": rlhfjob(DEFAULT_BUCKET_MB),
+        "per-parameter": lambda: [dist.broadcast(p, 0) for p in params],
+    }
+    methods.update({f"bucket {mb}": rlhfjob(mb) for mb in buckets})
+    seconds = {name: float("inf") for name in methods}
+    for round_ in range(ROUNDS + 1):
+        for name, fn in methods.items():
+            took = _once(fn)
+            if round_:  # the first round warms up connections and pages
+                seconds[name] = min(seconds[name], took)
     if not all(bool((p == 1.0).all()) for p in params):
         raise RuntimeError(f"rank {rank}: parameters differ from the source after the sync")
-    seconds["per-parameter"] = _timed(lambda: [dist.broadcast(p, 0) for p in params])
-    for mb in buckets:
-        seconds[f"bucket {mb}"] = _timed(rlhfjob(mb))
     if rank == 0:
         result = {"seconds": seconds, "bytes": nbytes, "params": len(params)}
         print("RESULT " + json.dumps(result), flush=True)

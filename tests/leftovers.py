@@ -201,11 +201,23 @@ def _held_elsewhere(names: set[str], session: set[int]) -> set[str]:
     return held
 
 
+def _ancestors() -> set[int]:
+    """This process and its parents (a pytest that runs this one is not a rival)."""
+    found, pid = set(), os.getpid()
+    while pid > 1 and pid not in found:
+        found.add(pid)
+        try:
+            pid = int((_PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            break
+    return found
+
+
 def _other_sessions() -> bool:
     """Whether a pytest outside this session runs on the machine."""
-    me, marker = os.getpid(), _marker()
+    mine, marker = _ancestors(), _marker()
     for entry in _PROC.iterdir():
-        if not entry.name.isdigit() or int(entry.name) == me:
+        if not entry.name.isdigit() or int(entry.name) in mine:
             continue
         with contextlib.suppress(OSError):
             if b"pytest" in (entry / "cmdline").read_bytes() and marker not in (

@@ -51,10 +51,16 @@ def test_each_kind_of_leftover_fails_its_test_and_is_removed(tmp_path: Path) -> 
     )
     out = proc.stdout
     assert proc.returncode == 1, out[-3000:]
-    assert "4 passed, 3 errors" in out, out[-3000:]  # the clean test passes; 3 fail at teardown
     assert "process " in out and "time.sleep(120)" in out
     assert "listening port (pid" in out and "127.0.0.1:" in out
     assert "temp dir entry" in out and "leaky-" in out
+    if "not counted: another test session ran" in out:
+        # Another pytest on this machine (not this one's parent): /dev/shm is shared, so
+        # the segment is listed, not blamed (nor removed).
+        Path(f"/dev/shm/{shm}").unlink()
+        assert "4 passed, 2 errors" in out and "leftovers: 3 found after 4 tests" in out, out
+        return
+    assert "4 passed, 3 errors" in out, out[-3000:]  # the clean test passes; 3 fail at teardown
     assert f"/dev/shm/{shm}" in out
     assert "leftovers: 4 found after 4 tests" in out
     assert not Path(f"/dev/shm/{shm}").exists(), "the check removes what it found"
