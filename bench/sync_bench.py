@@ -9,9 +9,11 @@ and goes on a shared machine touches them all alike:
 
 - ``flat``: one preallocated tensor of the model's size, one ``dist.broadcast``;
 - ``rlhfjob``: ``rlhfjob.comm.broadcast.broadcast_tensors`` on the parameters
-  with the default 100 MB buckets (what a sync pair's workers run);
+  packed into the default 100 MB buckets (what a sync pair's workers run: the
+  first sync packs, untimed here);
 - ``per-parameter``: one ``dist.broadcast`` per parameter;
-- ``bucket N``: ``broadcast_tensors`` with N MB buckets, for each N of BUCKETS_MB.
+- ``bucket N``: the same with N MB buckets, for each N of BUCKETS_MB (the
+  parameters are repacked for each, untimed).
 
 Rank 0 prints one ``RESULT`` JSON line: seconds by method, and the bytes moved.
 """
@@ -29,7 +31,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from rlhfjob.comm.broadcast import broadcast_tensors
+from rlhfjob.comm.broadcast import broadcast_tensors, pack
 
 D = 1024
 DEFAULT_BUCKET_MB = 100
@@ -53,7 +55,8 @@ def _numel(shape: tuple[int, ...]) -> int:
     return n
 
 
-def _once(fn: Callable[[], object]) -> float:
+def _once(fn: Callable[[], object], prepare: Callable[[], object]) -> float:
+    prepare()
     dist.barrier()
     start = time.perf_counter()
     fn()
@@ -70,19 +73,25 @@ def _rank(rank: int, world: int, port: int, megabytes: int, buckets: list[int]) 
     nbytes = sum(p.numel() * 4 for p in params)
     flat = torch.full((nbytes // 4,), float(rank == 0))
 
-    def rlhfjob(bucket_mb: int) -> Callable[[], object]:
-        return lambda: broadcast_tensors(params, src=0, group=None, bucket_bytes=bucket_mb << 20)
+    def rlhfjob(bucket_mb: int) -> tuple[Callable[[], object], Callable[[], object]]:
+        return (
+            lambda: broadcast_tensors(params, src=0, group=None, bucket_bytes=bucket_mb << 20),
+            lambda: pack(params, bucket_bytes=bucket_mb << 20),
+        )
 
-    methods: dict[str, Callable[[], object]] = {
-        "flat": lambda: dist.broadcast(flat, 0),
+    def unprepared() -> None:
+        pass
+
+    methods: dict[str, tuple[Callable[[], object], Callable[[], object]]] = {
+        "flat": (lambda: dist.broadcast(flat, 0), unprepared),
         "rlhfjob": rlhfjob(DEFAULT_BUCKET_MB),
-        "per-parameter": lambda: [dist.broadcast(p, 0) for p in params],
+        "per-parameter": (lambda: [dist.broadcast(p, 0) for p in params], unprepared),
     }
     methods.update({f"bucket {mb}": rlhfjob(mb) for mb in buckets})
     seconds = {name: float("inf") for name in methods}
     for round_ in range(ROUNDS + 1):
-        for name, fn in methods.items():
-            took = _once(fn)
+        for name, (fn, prepare) in methods.items():
+            took = _once(fn, prepare)
             if round_:  # the first round warms up connections and pages
                 seconds[name] = min(seconds[name], took)
     if not all(bool((p == 1.0).all()) for p in params):
