@@ -74,13 +74,35 @@ def _rebuild_tensor(
     kind = getattr(torch, dtype)
     if not data:
         return torch.empty(shape, dtype=kind, requires_grad=requires_grad)
-    t = torch.frombuffer(data, dtype=torch.uint8).view(kind).view(shape)
+    t = torch.frombuffer(data, dtype=kind).view(shape)
     return t.requires_grad_() if requires_grad else t
 
 
+# Dtypes numpy holds, so ``Tensor.numpy()`` gives their bytes without a torch view.
+_NUMPY_DTYPES = {
+    d: str(d).removeprefix("torch.")
+    for d in (
+        torch.float16,
+        torch.float32,
+        torch.float64,
+        torch.int8,
+        torch.int16,
+        torch.int32,
+        torch.int64,
+        torch.uint8,
+        torch.bool,
+    )
+}
+
+
 def _reduce_tensor(t: torch.Tensor) -> Any:
-    if t.device.type != "cpu" or t.layout != torch.strided or t.is_quantized:
+    if not t.is_cpu or t.layout != torch.strided or t.is_quantized:
         return t.__reduce_ex__(5)
+    name = _NUMPY_DTYPES.get(t.dtype)
+    if name is not None and not t.requires_grad and t.is_contiguous() and t.numel():
+        # The common case in as few torch calls as can be: each costs microseconds, more
+        # in a process that has just woken up with cold caches, as a worker has.
+        return _rebuild_tensor, (pickle.PickleBuffer(t.numpy()), name, tuple(t.shape), False)
     flat = t.detach().resolve_conj().resolve_neg().contiguous().view(-1)
     data: Any = flat.view(torch.uint8).numpy() if flat.numel() else bytearray()
     dtype = str(t.dtype).removeprefix("torch.")
