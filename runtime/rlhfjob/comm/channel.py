@@ -102,7 +102,8 @@ def _reduce_tensor(t: torch.Tensor) -> Any:
     if name is not None and not t.requires_grad and t.is_contiguous() and t.numel():
         # The common case in as few torch calls as can be: each costs microseconds, more
         # in a process that has just woken up with cold caches, as a worker has.
-        return _rebuild_tensor, (pickle.PickleBuffer(t.numpy()), name, tuple(t.shape), False)
+        array: Any = t.numpy()
+        return _rebuild_tensor, (pickle.PickleBuffer(array), name, tuple(t.shape), False)
     flat = t.detach().resolve_conj().resolve_neg().contiguous().view(-1)
     data: Any = flat.view(torch.uint8).numpy() if flat.numel() else bytearray()
     dtype = str(t.dtype).removeprefix("torch.")
