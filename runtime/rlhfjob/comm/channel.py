@@ -301,16 +301,8 @@ class Server:
                     self._adopt(conn)  # its reader now; this thread is done
                     return
 
-                def reply(value: Any, _rid: int = rid) -> None:
-                    try:
-                        conn.send((_rid, True, value))
-                    except OSError:
-                        pass  # the peer is gone; its side reports the loss
-                    except Exception as exc:  # an unpicklable value: say so instead
-                        conn.send((_rid, False, f"cannot send the reply: {exc!r}"))
-
                 try:
-                    self._handler(request, reply)
+                    self._handler(request, replier(conn, rid))
                 except Exception:
                     conn.send((rid, False, traceback.format_exc()))
         except (EOFError, OSError):
@@ -318,6 +310,24 @@ class Server:
 
     def close(self) -> None:
         self._sock.close()
+
+
+def replier(conn: Connection, rid: int) -> Callable[[Any], None]:
+    """The function that answers request ``rid`` on ``conn`` with a value.
+
+    A peer that is gone is not an error here (its side reports the loss); a
+    value that cannot be pickled is answered with a failure that says so.
+    """
+
+    def reply(value: Any) -> None:
+        try:
+            conn.send((rid, True, value))
+        except OSError:
+            pass
+        except Exception as exc:
+            conn.send((rid, False, f"cannot send the reply: {exc!r}"))
+
+    return reply
 
 
 class RemoteError(RuntimeError):

@@ -62,6 +62,7 @@ from rlhfjob.comm.channel import (
     Server,
     connect,
     reachable_ip,
+    replier,
 )
 from rlhfjob.data import TrainBatch, split_samples
 from rlhfjob.executor.local import (
@@ -295,20 +296,11 @@ class WorkerRuntime:
 
     def _take_frame(self, conn: Connection, frame: tuple[int, Any]) -> None:
         rid, request = frame
-
-        def reply(value: Any) -> None:
-            try:
-                conn.send((rid, True, value))
-            except OSError:
-                pass  # the driver is gone; the heartbeat ends this worker
-            except Exception as exc:  # an unpicklable result: say so instead
-                conn.send((rid, False, f"cannot send the reply: {exc!r}"))
-
         if request[0] != "submit":
             conn.send((rid, False, f"the driver's channel takes submissions, not {request[0]!r}"))
             return
         _, seq, op, args = request
-        self.submit(seq, op, args, reply)
+        self.submit(seq, op, args, replier(conn, rid))  # a gone driver: the heartbeat ends us
 
     def _loop(self) -> None:
         while True:
