@@ -64,6 +64,13 @@ def build_registry(reconciler: Reconciler, *, timer_interval: float) -> kopf.Ope
         settings.posting.level = logging.WARNING
         settings.watching.server_timeout = 60
         settings.networking.request_timeout = 30
+        # A timer's tick reconciles in a thread, and the TTL tick is what deletes the job:
+        # kopf, told of the deletion while that tick still returns, would find the timer
+        # not yet exited after its few zero-time loop cycles and hold the finalizer for
+        # another look in 60 s (its default), so the job outlived its TTL by a minute.
+        # Wait a little for the tick instead, and look again every second.
+        settings.background.instant_exit_timeout = 0.5
+        settings.background.cancellation_polling = 1.0
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
