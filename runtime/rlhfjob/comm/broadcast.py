@@ -84,9 +84,9 @@ def _bucket_layout(bucket: list[torch.Tensor]) -> tuple[list[int], int]:
     return layout([t.numel() for t in bucket], bucket[0].element_size())
 
 
-def _span(bucket: list[torch.Tensor]) -> torch.Tensor | None:
-    """A 1-D view of the memory the bucket lies in when it lies in its wire layout, else None."""
-    offsets, length = _bucket_layout(bucket)
+def _span(bucket: list[torch.Tensor], offsets: list[int], length: int) -> torch.Tensor | None:
+    """A 1-D view of the memory the bucket lies in when it lies in its wire layout
+    (``offsets``, ``length``), else None."""
     first = bucket[0].detach()
     base = first.data_ptr()
     storage = first.untyped_storage()
@@ -119,16 +119,21 @@ def pack(tensors: Sequence[torch.Tensor], *, bucket_bytes: int) -> int:
     """
     moved = 0
     for bucket in _buckets(tensors, bucket_bytes):
-        if _span(bucket) is not None:
-            continue
         offsets, length = _bucket_layout(bucket)
-        flat = torch.zeros(length, dtype=bucket[0].dtype, device=bucket[0].device)
-        for t, offset in zip(bucket, offsets, strict=True):
-            view = flat[offset : offset + t.numel()].view(t.shape)
-            view.copy_(t.data)
-            t.data = view
-        moved += 1
+        if _span(bucket, offsets, length) is None:
+            _pack_bucket(bucket, offsets, length)
+            moved += 1
     return moved
+
+
+def _pack_bucket(bucket: list[torch.Tensor], offsets: list[int], length: int) -> torch.Tensor:
+    """Move ``bucket`` into a new buffer of its wire layout; returns the buffer."""
+    flat = torch.zeros(length, dtype=bucket[0].dtype, device=bucket[0].device)
+    for t, offset in zip(bucket, offsets, strict=True):
+        view = flat[offset : offset + t.numel()].view(t.shape)
+        view.copy_(t.data)
+        t.data = view
+    return flat
 
 
 # Staging buffers of unpacked buckets, by (dtype, device, length, position), kept for the
@@ -145,25 +150,34 @@ def _stage(position: int, bucket: list[torch.Tensor], length: int) -> torch.Tens
 
 @torch.no_grad()
 def broadcast_tensors(
-    tensors: Sequence[torch.Tensor], *, src: int, group: dist.ProcessGroup | None, bucket_bytes: int
+    tensors: Sequence[torch.Tensor],
+    *,
+    src: int,
+    group: dist.ProcessGroup | None,
+    bucket_bytes: int,
+    packing: bool = False,
 ) -> int:
     """Broadcast ``tensors`` from global rank ``src`` to the group, in place; returns bytes.
 
     Every rank must pass tensors of the same sizes, dtypes and order; whether
     a rank's tensors are packed changes only its copies, not what is sent.
+    With ``packing``, a bucket not yet packed is packed (see :func:`pack`, whose
+    caveat applies) and sent from its new buffer, in the same pass.
     """
     sending = dist.get_rank() == src
     works: list[tuple[Any, list[int] | None, torch.Tensor, list[torch.Tensor]]] = []
     moved = 0
     for position, bucket in enumerate(_buckets(tensors, bucket_bytes)):
         moved += sum(t.numel() * t.element_size() for t in bucket)
-        span = _span(bucket)
+        offsets, length = _bucket_layout(bucket)
+        span = _span(bucket, offsets, length)
+        if span is None and packing:
+            span = _pack_bucket(bucket, offsets, length)
         if span is not None:
             works.append(
                 (dist.broadcast(span, src=src, group=group, async_op=True), None, span, bucket)
             )
             continue
-        offsets, length = _bucket_layout(bucket)
         staged = _stage(position, bucket, length)
         if sending:
             for t, offset in zip(bucket, offsets, strict=True):

@@ -51,7 +51,7 @@ import torch.distributed.rpc as rpc
 
 from rlhfjob.comm import shm
 from rlhfjob.comm.bootstrap import Peer, WorkerEnv
-from rlhfjob.comm.broadcast import all_reduce_mean, broadcast_tensors, pack
+from rlhfjob.comm.broadcast import all_reduce_mean, broadcast_tensors
 from rlhfjob.comm.channel import (
     ADOPT,
     NOTHING,
@@ -414,11 +414,13 @@ class WorkerRuntime:
         module = self.modules[name]
         params = module.named_parameters_to_sync()
         tensors = [params[k] for k in sorted(params)]
-        if type(module).named_parameters_to_sync is BaseModule.named_parameters_to_sync:
-            # The model's own parameters: the first sync packs them, later ones send in place.
-            pack(tensors, bucket_bytes=self.bucket_bytes)
         return broadcast_tensors(
-            tensors, src=src, group=self.groups[group], bucket_bytes=self.bucket_bytes
+            tensors,
+            src=src,
+            group=self.groups[group],
+            bucket_bytes=self.bucket_bytes,
+            # The model's own parameters: the first sync packs them, later ones send in place.
+            packing=type(module).named_parameters_to_sync is BaseModule.named_parameters_to_sync,
         )
 
     def op_state(self, iteration: int, firsts: dict[str, str]) -> dict[str, Any]:
