@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
-from gangs import Checkpoints, checkpoint_claim, fresh_namespace, running_pods
+from gangs import Checkpoints, checkpoint_claim, running_pods
 from operator_proc import install_crd
 from podrunner import PodRunner
 
@@ -49,7 +49,7 @@ def cluster() -> Iterator[Cluster]:
 
 @pytest.fixture
 def namespace(cluster: Cluster) -> Iterator[str]:
-    with fresh_namespace(cluster) as name:
+    with cluster.namespace("e2e-") as name:
         yield name
 
 

@@ -110,15 +110,6 @@ def episode_of(root: Path) -> int:
 
 
 @contextmanager
-def fresh_namespace(cluster: Cluster) -> Iterator[str]:
-    name = cluster.create_namespace("e2e-")
-    try:
-        yield name
-    finally:
-        cluster.delete_namespace(name)
-
-
-@contextmanager
 def running_pods(cluster: Cluster) -> Iterator[PodRunner]:
     """A PodRunner as the kubelet's handler; afterwards none of its processes may be
     left and the kubelet must have reported no error."""

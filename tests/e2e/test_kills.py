@@ -37,7 +37,6 @@ from gangs import (
     differing,
     episode_of,
     final_weights,
-    fresh_namespace,
     gang_manifest,
     running_pods,
 )
@@ -68,7 +67,7 @@ class _Gangs:
 @pytest.fixture(scope="module")
 def gangs(cluster: Cluster) -> Iterator[_Gangs]:
     with (
-        fresh_namespace(cluster) as namespace,
+        cluster.namespace("e2e-") as namespace,
         running_pods(cluster) as pods,
         checkpoint_claim(cluster, namespace) as checkpoints,
         running_operator(cluster, namespace, backoff=1.0),

@@ -987,6 +987,15 @@ class Cluster:
         with contextlib.suppress(ApiException):
             k8s.CoreV1Api(self.api_client).delete_namespace(name)
 
+    @contextlib.contextmanager
+    def namespace(self, prefix: str = "t-") -> Iterator[str]:
+        """A new namespace (see create_namespace), deleted on the way out."""
+        name = self.create_namespace(prefix)
+        try:
+            yield name
+        finally:
+            self.delete_namespace(name)
+
 
 def _tool(name: str) -> Path:
     p = tools_bin_dir() / name

@@ -34,8 +34,5 @@ def control_plane() -> Iterator[Cluster]:
 
 @pytest.fixture
 def namespace(control_plane: Cluster) -> Iterator[str]:
-    name = control_plane.create_namespace("t-")
-    try:
+    with control_plane.namespace("t-") as name:
         yield name
-    finally:
-        control_plane.delete_namespace(name)

@@ -20,11 +20,8 @@ from cluster import Cluster
 @pytest.fixture(scope="module")
 def api(control_plane: Cluster) -> Iterator[tuple[k8s.CustomObjectsApi, str]]:
     install_crd(control_plane)
-    name = control_plane.create_namespace("gen-")
-    try:
+    with control_plane.namespace("gen-") as name:
         yield k8s.CustomObjectsApi(control_plane.api_client), name
-    finally:
-        control_plane.delete_namespace(name)
 
 
 def _create(api: k8s.CustomObjectsApi, namespace: str, body: dict[str, Any]) -> None:

@@ -30,11 +30,8 @@ _NOWHERE = {"rlhf.dev/test": "unschedulable"}
 
 @pytest.fixture
 def other_namespace(control_plane: Cluster) -> Iterator[str]:
-    name = control_plane.create_namespace("np-other-")
-    try:
+    with control_plane.namespace("np-other-") as name:
         yield name
-    finally:
-        control_plane.delete_namespace(name)
 
 
 def _job(cluster: Cluster, namespace: str, name: str) -> tuple[RLHFJob, JobPlan]:

@@ -18,11 +18,8 @@ SERVER_CASES = [c for c in CASES if c.where == "both"]
 @pytest.fixture(scope="module")
 def validation_ns(control_plane: Cluster) -> Iterator[str]:
     install_crd(control_plane)
-    name = control_plane.create_namespace("v-")
-    try:
+    with control_plane.namespace("v-") as name:
         yield name
-    finally:
-        control_plane.delete_namespace(name)
 
 
 def test_enough_cases_reach_the_api_server() -> None:
