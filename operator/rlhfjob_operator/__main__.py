@@ -118,9 +118,9 @@ def _operate(args: argparse.Namespace, stop: StopRequest) -> int:
     from kubernetes.config import ConfigException
 
     from rlhfjob_operator import metrics
+    from rlhfjob_operator.contract import Backoff
     from rlhfjob_operator.kube.client import KubeClient, load_configuration
     from rlhfjob_operator.kube.handlers import build_registry
-    from rlhfjob_operator.kube.reconcile import Backoff
     from rlhfjob_operator.kube.reconciler import Reconciler
 
     log = logging.getLogger("rlhfjob_operator")

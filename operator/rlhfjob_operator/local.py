@@ -40,22 +40,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from rlhfjob_operator.plan import ENV_JOB_SECRET, EXIT_PERMANENT, JobPlan, Worker, plan_job
-from rlhfjob_operator.spec import Entrypoint, RLHFJob, SpecError, load_job
+from rlhfjob_operator.contract import (
+    DEFAULT_BACKOFF,
+    ENV_JOB_SECRET,
+    ENV_METRICS_HOST,
+    EXIT_DISRUPTED,
+    EXIT_OK,
+    EXIT_PERMANENT,
+    EXIT_RETRYABLE,
+    WORKER_COMMAND,
+    Backoff,
+    Final,
+    describe_exit,
+    entrypoint_path,
+    next_attempt,
+    shm_prefix,
+)
+from rlhfjob_operator.plan import JobPlan, Worker, plan_job
+from rlhfjob_operator.spec import RLHFJob, load_job
 
-__all__ = [
-    "EXIT_RETRYABLE",
-    "RunResult",
-    "entrypoint_path",
-    "free_port",
-    "run_job",
-    "shm_prefix",
-    "sweep_shm",
-]
+__all__ = ["RunResult", "free_port", "run_job", "sweep_shm"]
 
-EXIT_RETRYABLE = 75
-# Where the driver binds its metrics server (rlhfjob.metrics reads it): only this host.
-ENV_METRICS_HOST = "RLHFJOB_METRICS_HOST"
 _POLL_S = 0.05
 _GRACE_S = 5.0
 
@@ -69,37 +74,11 @@ class RunResult:
     message: str
 
 
-def entrypoint_path(entry: Entrypoint, spec_path: str) -> Path | None:
-    """The entrypoint file (None for a module): relative paths are looked up next to the
-    spec, then in the working directory. SpecError names the field when it is missing."""
-    if entry.file is None:
-        return None
-    path = Path(entry.file)
-    if not path.is_absolute():
-        beside = Path(spec_path).resolve().parent / path
-        path = beside if beside.is_file() else Path.cwd() / path
-    if not path.is_file():
-        raise SpecError(
-            f"spec.entrypoint.file {entry.file!r} does not exist (looked next to {spec_path} "
-            "and in the working directory)"
-        )
-    return path
-
-
 def free_port() -> int:
     """A free TCP port on 127.0.0.1 (bound and released)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def shm_prefix(job_name: str, master_port: int) -> str:
-    """The name prefix of one gang's shared-memory segments (``rlhfjob.comm.shm``).
-
-    ``_`` never occurs in a job name (a DNS subdomain), so no job's prefix starts another's;
-    the rendezvous port tells apart two gangs of one name on one host.
-    """
-    return f"rlhfjob_{job_name}_{master_port}_"
 
 
 def sweep_shm(prefix: str, root: Path = Path("/dev/shm")) -> list[str]:
@@ -169,13 +148,11 @@ def _start(
         for ifname in ("GLOO_SOCKET_IFNAME", "TP_SOCKET_IFNAME"):
             env.setdefault(ifname, "lo")
         if worker.is_driver:
-            popen = subprocess.Popen(
-                [python, "-m", "rlhfjob.worker"], env=env, start_new_session=True
-            )
+            popen = subprocess.Popen([python, *WORKER_COMMAND[1:]], env=env, start_new_session=True)
             procs.append(_Proc(worker, popen, None))
             continue
         popen = subprocess.Popen(
-            [python, "-m", "rlhfjob.worker"],
+            [python, *WORKER_COMMAND[1:]],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -213,34 +190,53 @@ def _stop_all(procs: list[_Proc]) -> None:
             proc.pump.join(timeout=_GRACE_S)
 
 
-def _exit_text(code: int) -> str:
-    if code < 0:
-        return f"was killed by {signal.Signals(-code).name}"
-    return f"exited with code {code}"
+def root_cause(ended: list[tuple[float, str, int]]) -> tuple[int, str] | None:
+    """The failure a gang ended with, from ``(seen at, who, exit code)`` of every process
+    that ended: None when none failed. Any 78 makes the gang's code 78 (a restart would
+    repeat it); otherwise the earliest-ended failure that is not a 75 is the cause (a 75
+    is a process noticing that a peer died), and only when every failure is a 75 the
+    earliest of those. A signal counts as retryable; its message names it."""
+    failures = sorted((t, who, code) for t, who, code in ended if code != EXIT_OK)
+    if not failures:
+        return None
+    permanent = [f for f in failures if f[2] == EXIT_PERMANENT]
+    first = (permanent or [f for f in failures if f[2] != EXIT_RETRYABLE] or failures)[0]
+    _, who, code = first
+    effective = code if code in (EXIT_PERMANENT, EXIT_DISRUPTED) else EXIT_RETRYABLE
+    return effective, f"{who} {describe_exit(code)}"
 
 
 def _watch(procs: list[_Proc], *, timeout: float | None) -> tuple[int, str]:
-    """Wait until the driver ends or anything fails; returns (code, message)."""
-    driver = procs[0]
+    """Wait until the driver ends or anything fails; returns (code, message naming the
+    root cause, see :func:`root_cause`)."""
     deadline = None if timeout is None else time.monotonic() + timeout
+    ended: dict[int, tuple[float, str, int]] = {}
+
+    def poll() -> None:
+        for index, proc in enumerate(procs):
+            code = proc.popen.poll()
+            if code is not None and index not in ended:
+                who = f"the driver {proc.describe()}" if index == 0 else f"worker {proc.describe()}"
+                ended[index] = (time.monotonic(), who, code)
+
+    def settle() -> None:
+        # The driver's graceful shutdown waits for every worker, and a failure takes its
+        # peers down within moments: give them those, so the root cause is among the seen.
+        end = time.monotonic() + _GRACE_S
+        while time.monotonic() < end and len(ended) < len(procs):
+            time.sleep(_POLL_S)
+            poll()
+
     while True:
-        code = driver.popen.poll()
-        if code is not None:
-            # The driver's graceful shutdown waits for every worker; give them a moment.
-            end = time.monotonic() + _GRACE_S
-            while time.monotonic() < end and any(p.popen.poll() is None for p in procs[1:]):
-                time.sleep(_POLL_S)
-            if code == 0:
-                return 0, "the driver succeeded"
-            return code, f"the driver {driver.describe()} {_exit_text(code)}"
-        for proc in procs[1:]:
-            wcode = proc.popen.poll()
-            # Workers end with 0 once the driver shuts RPC down, just before the driver does.
-            if wcode not in (None, 0):
-                return (
-                    wcode if wcode == EXIT_PERMANENT else EXIT_RETRYABLE,
-                    f"worker {proc.describe()} {_exit_text(wcode)} while the job ran",
-                )
+        poll()
+        # Workers end with 0 once the driver shuts RPC down, just before the driver does:
+        # only the driver's end (index 0) or a failure ends the watch.
+        if 0 in ended or any(code != EXIT_OK for _, _, code in ended.values()):
+            settle()
+            cause = root_cause(list(ended.values()))
+            if cause is None:
+                return EXIT_OK, "the driver succeeded"
+            return cause
         if deadline is not None and time.monotonic() > deadline:
             return EXIT_RETRYABLE, f"the job ran past its {timeout:.0f}s deadline"
         time.sleep(_POLL_S)
@@ -252,6 +248,7 @@ def run_job(
     spec_path: str | None = None,
     checkpoint_dir: str | None = None,
     max_restarts: int | None = None,
+    backoff: Backoff = DEFAULT_BACKOFF,
     timeout: float | None = None,
     python: str = sys.executable,
     out: IO[str] = sys.stdout,
@@ -260,17 +257,19 @@ def run_job(
     """Run the job's plan as local processes until the driver ends; restart on failures.
 
     ``checkpoint_dir`` defaults to ``spec.runtime.data_checkpoint_path``;
-    restarts resume from it. ``timeout`` bounds each attempt.
+    restarts resume from it. What follows a failure is the contract's
+    :func:`~rlhfjob_operator.contract.next_attempt`, as on Kubernetes, with
+    ``backoff`` between attempts. ``timeout`` bounds each attempt.
     """
     job = load_job(manifest)
     if spec_path is None:
         if not isinstance(manifest, (str, Path)):
             raise ValueError("run_job needs spec_path when given a parsed RLHFJob")
         spec_path = str(Path(manifest).resolve())
-    entrypoint_path(job.spec.entrypoint, spec_path)  # fail before starting anything
+    entrypoint_path(job.spec.entrypoint.file, spec_path)  # fail before starting anything
     ckpt = checkpoint_dir or job.spec.runtime.data_checkpoint_path or ""
-    restarts_allowed = job.spec.run_policy.backoff_limit if max_restarts is None else max_restarts
-    generation = 0
+    limit = job.spec.run_policy.backoff_limit if max_restarts is None else max_restarts
+    generation = restarts = 0
     while True:
         plan = plan_job(job, master_port=free_port())
         metrics_port = free_port()
@@ -299,18 +298,19 @@ def run_job(
                 sweep_shm(shm_prefix(plan.job_name, plan.master_port))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        if code == 0:
-            return RunResult(0, generation, message)
+        if code == EXIT_OK:
+            return RunResult(EXIT_OK, generation, message)
         print(f"rlhfjob run: {message}", file=err, flush=True)
-        if code == EXIT_PERMANENT or generation >= restarts_allowed:
-            why = "a permanent failure" if code == EXIT_PERMANENT else "no restarts left"
-            return RunResult(code, generation, f"{message} ({why})")
-        delay = min(2.0**generation, 60.0)
+        attempt = next_attempt(code, restarts, limit, backoff=backoff)
+        if isinstance(attempt, Final):
+            return RunResult(code, generation, f"{message} ({attempt.why})")
         generation += 1
+        restarts += attempt.counted
+        counted = f"restart {restarts} of {limit}" if attempt.counted else "not counted"
         print(
-            f"rlhfjob run: restarting the gang from the last checkpoint in {delay:.0f}s "
-            f"(restart {generation} of {restarts_allowed})",
+            f"rlhfjob run: restarting the gang from the last checkpoint in "
+            f"{attempt.delay:.0f}s ({counted})",
             file=err,
             flush=True,
         )
-        time.sleep(delay)
+        time.sleep(attempt.delay)

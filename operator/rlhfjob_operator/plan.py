@@ -8,52 +8,9 @@ replica (so they need the same ``num_replica``). Roles are ranked in sorted
 order of their names (the API server returns maps sorted, so every reader
 agrees), replicas of a role take consecutive ranks.
 
-The environment contract (every worker, driver included, gets exactly these;
-the runtime reads them, the names do not change):
-
-``RLHFJOB_JOB_NAME``
-    metadata.name of the RLHFJob.
-``RLHFJOB_ROLE``
-    ``driver``, or the worker's role: the model name for a lone model, or for a
-    colocation group a DNS-label-safe name joined from its models (see
-    :func:`role_name`).
-``RLHFJOB_MODELS``
-    Comma-separated names of the models this worker hosts, in colocation-group
-    order; empty for the driver.
-``RLHFJOB_REPLICA``
-    Replica index of this worker within its role, from 0 (0 for the driver).
-``RANK``, ``WORLD_SIZE``
-    Global rank (driver 0) and 1 + the number of model workers.
-``MASTER_ADDR``, ``MASTER_PORT``
-    The driver's address and rendezvous port (torch.distributed's env://).
-    On Kubernetes: ``driver.<job>.<namespace>.svc`` through the job's headless
-    Service; locally 127.0.0.1.
-``RLHFJOB_SPEC``
-    Path of the job's manifest as YAML (apiVersion, kind, metadata, spec):
-    the mounted ConfigMap on Kubernetes, a file locally. ``load_job`` reads it.
-``RLHFJOB_CHECKPOINT_DIR``
-    Directory for checkpoints: spec.checkpoint.mountPath in a pod. It wins
-    over runtime.data_checkpoint_path.
-``RLHFJOB_METRICS_PORT``
-    Port this worker serves Prometheus metrics on (the driver's is the one
-    scraped for job progress).
-``RLHFJOB_RESTART_GENERATION``
-    0 on the first start, +1 whenever the gang is re-created (after a failure
-    or a resume from suspend): a worker resumes from the last checkpoint when
-    it is above 0 and runtime.enable_resume_training is set.
-``RLHFJOB_JOB_SECRET``
-    The job's rendezvous secret: every process proves it knows it before any
-    other starts torch RPC with it, and signs its RPC messages with it (see
-    ``rlhfjob.comm.bootstrap``). Not in :meth:`JobPlan.env`, whose values are
-    literals: a pod takes it from the Secret ``<job>-rendezvous`` (key
-    ``token``) through ``valueFrom.secretKeyRef``, ``rlhfjob run`` makes a
-    fresh one for every start of the gang.
-
-Exit codes a launcher acts on: 0 is success (the driver's ends the job);
-:data:`EXIT_PERMANENT` (78, sysexits' EX_CONFIG) is a failure a restart cannot
-fix (bad config, user error): the job is Failed at once; anything else (a
-crash, a killed peer, OOM) is retryable: the gang restarts with backoff, up to
-runPolicy.backoffLimit.
+The environment each worker gets is the contract of
+``rlhfjob_operator.contract`` (:meth:`JobPlan.env`), which names every variable,
+exit code and the restart policy.
 """
 
 from __future__ import annotations
@@ -62,8 +19,24 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from rlhfjob_operator.spec import (
+from rlhfjob_operator.contract import (
+    DEFAULT_MASTER_PORT,
+    DEFAULT_METRICS_PORT,
     DRIVER_ROLE,
+    ENV_CHECKPOINT_DIR,
+    ENV_JOB_NAME,
+    ENV_MASTER_ADDR,
+    ENV_MASTER_PORT,
+    ENV_METRICS_PORT,
+    ENV_MODELS,
+    ENV_RANK,
+    ENV_REPLICA,
+    ENV_RESTART_GENERATION,
+    ENV_ROLE,
+    ENV_SPEC,
+    ENV_WORLD_SIZE,
+)
+from rlhfjob_operator.spec import (
     ModelSpec,
     PodSettings,
     ResourceRequirements,
@@ -72,43 +45,13 @@ from rlhfjob_operator.spec import (
 )
 
 __all__ = [
-    "DEFAULT_MASTER_PORT",
-    "DEFAULT_METRICS_PORT",
-    "DRIVER_ROLE",
-    "ENV_CHECKPOINT_DIR",
-    "ENV_JOB_NAME",
-    "ENV_JOB_SECRET",
-    "ENV_METRICS_PORT",
-    "ENV_MODELS",
-    "ENV_REPLICA",
-    "ENV_RESTART_GENERATION",
-    "ENV_ROLE",
-    "ENV_SPEC",
-    "EXIT_PERMANENT",
-    "GPU_RESOURCE",
-    "WORKER_COMMAND",
     "JobPlan",
     "Worker",
+    "dns_label",
     "plan_job",
     "role_name",
 ]
 
-ENV_JOB_NAME = "RLHFJOB_JOB_NAME"
-ENV_ROLE = "RLHFJOB_ROLE"
-ENV_MODELS = "RLHFJOB_MODELS"
-ENV_REPLICA = "RLHFJOB_REPLICA"
-ENV_SPEC = "RLHFJOB_SPEC"
-ENV_CHECKPOINT_DIR = "RLHFJOB_CHECKPOINT_DIR"
-ENV_METRICS_PORT = "RLHFJOB_METRICS_PORT"
-ENV_RESTART_GENERATION = "RLHFJOB_RESTART_GENERATION"
-ENV_JOB_SECRET = "RLHFJOB_JOB_SECRET"
-
-DEFAULT_MASTER_PORT = 29500
-DEFAULT_METRICS_PORT = 9090
-EXIT_PERMANENT = 78
-GPU_RESOURCE = "nvidia.com/gpu"
-# What every worker process runs; the role comes from the environment.
-WORKER_COMMAND: tuple[str, ...] = ("python", "-m", "rlhfjob.worker")
 _ROLE_MAX = 50
 
 
@@ -182,7 +125,7 @@ class JobPlan:
         restart_generation: int,
         metrics_port: int | None = None,
     ) -> dict[str, str]:
-        """The environment contract of ``worker`` (see the module docstring), as strings.
+        """The environment contract of ``worker`` (``rlhfjob_operator.contract``), as strings.
 
         ``metrics_port`` overrides the plan's, for launchers whose workers share one host.
         """
@@ -191,10 +134,10 @@ class JobPlan:
             ENV_ROLE: worker.role,
             ENV_MODELS: ",".join(worker.models),
             ENV_REPLICA: str(worker.replica),
-            "RANK": str(worker.rank),
-            "WORLD_SIZE": str(self.world_size),
-            "MASTER_ADDR": master_addr,
-            "MASTER_PORT": str(self.master_port),
+            ENV_RANK: str(worker.rank),
+            ENV_WORLD_SIZE: str(self.world_size),
+            ENV_MASTER_ADDR: master_addr,
+            ENV_MASTER_PORT: str(self.master_port),
             ENV_SPEC: spec_path,
             ENV_CHECKPOINT_DIR: checkpoint_dir,
             ENV_METRICS_PORT: str(self.metrics_port if metrics_port is None else metrics_port),

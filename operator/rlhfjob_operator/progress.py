@@ -21,10 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ENV_TERMINATION_LOG", "TERMINATION_LOG", "Progress", "from_summary", "parse"]
-
-ENV_TERMINATION_LOG = "RLHFJOB_TERMINATION_LOG"
-TERMINATION_LOG = "/dev/termination-log"
+__all__ = ["Progress", "from_summary", "parse"]
 # The kubelet keeps at most this much of a termination message.
 MAX_BYTES = 4096
 

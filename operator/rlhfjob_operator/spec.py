@@ -29,6 +29,8 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
 
+from rlhfjob_operator.contract import DRIVER_ROLE, GPU_RESOURCE, RESERVED_ENV, RESERVED_ENV_PREFIX
+
 __all__ = [
     "API_VERSION",
     "GROUP",
@@ -234,7 +236,6 @@ def _cel_or(obj: str, field: str, default: object) -> str:
 _QUANTITY_RE = re.compile(
     r"^[+-]?(\d+(\.\d*)?|\.\d+)(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?(\d+(\.\d*)?|\.\d+))?$"
 )
-_GPU_RESOURCE = "nvidia.com/gpu"
 
 
 def _check_quantity(value: str | int) -> str | int:
@@ -259,9 +260,9 @@ class ResourceRequirements(_Kube):
         json_schema_extra={
             "x-kubernetes-validations": [
                 _cel(
-                    f"(!has(self.requests) || !('{_GPU_RESOURCE}' in self.requests)) && "
-                    f"(!has(self.limits) || !('{_GPU_RESOURCE}' in self.limits))",
-                    f"{_GPU_RESOURCE} is set by models.<name>.num_gpu; remove it from resources",
+                    f"(!has(self.requests) || !('{GPU_RESOURCE}' in self.requests)) && "
+                    f"(!has(self.limits) || !('{GPU_RESOURCE}' in self.limits))",
+                    f"{GPU_RESOURCE} is set by models.<name>.num_gpu; remove it from resources",
                 )
             ]
         }
@@ -274,9 +275,9 @@ class ResourceRequirements(_Kube):
     @classmethod
     def _check(cls, value: dict[str, str | int]) -> dict[str, str | int]:
         for key, quantity in value.items():
-            if key == _GPU_RESOURCE:
+            if key == GPU_RESOURCE:
                 raise ValueError(
-                    f"{_GPU_RESOURCE} is set by models.<name>.num_gpu; remove it from resources"
+                    f"{GPU_RESOURCE} is set by models.<name>.num_gpu; remove it from resources"
                 )
             try:
                 _check_quantity(quantity)
@@ -450,16 +451,6 @@ MODEL_NAME_PATTERN = r"^[a-z0-9]([a-z0-9_-]{0,38}[a-z0-9])?$"
 # metadata.name becomes the headless Service's name (a DNS-1035 label) and prefixes pod names.
 JOB_NAME_PATTERN = r"^[a-z]([-a-z0-9]{0,48}[a-z0-9])?$"
 JOB_NAME_MAX = 50
-DRIVER_ROLE = "driver"
-# Set by the launcher; a user's spec.env may not override them (plan.py documents each).
-RESERVED_ENV = (
-    "RANK",
-    "WORLD_SIZE",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-    "LOCAL_RANK",
-)
-RESERVED_ENV_PREFIX = "RLHFJOB_"
 
 
 class Entrypoint(_Kube):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from rlhfjob_operator.contract import DEFAULT_BACKOFF, EXIT_PERMANENT, Backoff, EntrypointNotFound
 from rlhfjob_operator.spec import SpecError, load_job_config
 
 
@@ -27,11 +28,12 @@ def _run(args: argparse.Namespace) -> int:
             args.path,
             checkpoint_dir=args.checkpoint_dir,
             max_restarts=args.max_restarts,
+            backoff=Backoff(base_seconds=args.backoff_base, cap_seconds=args.backoff_max),
             timeout=args.timeout,
         )
-    except SpecError as exc:
+    except (SpecError, EntrypointNotFound) as exc:
         print(f"{args.path}: {exc}", file=sys.stderr)
-        return 78
+        return EXIT_PERMANENT
     if result.code != 0:
         print(f"rlhfjob run: failed: {result.message}", file=sys.stderr)
     return result.code
@@ -70,6 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="gang restarts after a retryable failure (default: spec.runPolicy.backoffLimit)",
+    )
+    run.add_argument(
+        "--backoff-base",
+        type=float,
+        default=DEFAULT_BACKOFF.base_seconds,
+        help="seconds before the first restart, doubling with each (default: %(default)s, "
+        "as the operator's)",
+    )
+    run.add_argument(
+        "--backoff-max",
+        type=float,
+        default=DEFAULT_BACKOFF.cap_seconds,
+        help="the longest delay between restarts (default: %(default)s)",
     )
     run.add_argument(
         "--timeout", type=float, default=None, help="seconds each attempt may run (default: none)"

@@ -41,7 +41,8 @@ from rlhfjob.data import EpisodeReplayBuffer, PromptStream, StreamDataset, colla
 from rlhfjob.executor import Executor, LocalExecutor
 from rlhfjob.flow import FlowGraph, run_graph, trace
 from rlhfjob.module import BaseModule
-from rlhfjob_operator.progress import ENV_TERMINATION_LOG, TERMINATION_LOG, from_summary
+from rlhfjob_operator.contract import ENV_TERMINATION_LOG, TERMINATION_LOG
+from rlhfjob_operator.progress import from_summary
 from rlhfjob_operator.spec import JobConfig, load_job_config
 
 __all__ = ["Engine", "Environment", "Evaluator", "Trainer"]

@@ -39,13 +39,12 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from rlhfjob import context
+from rlhfjob_operator.contract import ENV_JOB_NAME, ENV_METRICS_HOST, ENV_METRICS_PORT
 
 __all__ = ["JobMetrics", "for_driver", "serve"]
 
 PREFIX = "rlhfjob"
 JOB_LABEL = "rlhf_job"
-ENV_METRICS_PORT = "RLHFJOB_METRICS_PORT"
-ENV_METRICS_HOST = "RLHFJOB_METRICS_HOST"
 
 # Model calls run from milliseconds (a toy) to minutes (a large generation).
 STEP_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -206,7 +205,7 @@ def for_driver() -> JobMetrics | None:
             raise ValueError(f"{ENV_METRICS_PORT}={raw!r} is not an integer port") from None
         if not port:
             return None
-        job = os.environ.get("RLHFJOB_JOB_NAME", "local")
+        job = os.environ.get(ENV_JOB_NAME, "local")
     with _lock:
         if _current is None:
             metrics = JobMetrics(job)

@@ -25,12 +25,17 @@ import types
 
 import torch
 
-from rlhfjob_operator.local import entrypoint_path
+from rlhfjob_operator.contract import (
+    EXIT_OK,
+    EXIT_PERMANENT,
+    EXIT_RETRYABLE,
+    entrypoint_path,
+)
 from rlhfjob_operator.spec import Entrypoint, SpecError, load_job
 
 
 def _load_code(entry: Entrypoint, spec_path: str) -> tuple[types.CodeType, str]:
-    path = entrypoint_path(entry, spec_path)
+    path = entrypoint_path(entry.file, spec_path)
     if path is not None:
         sys.path.insert(0, str(path.parent))
         return compile(path.read_text(), str(path), "exec"), str(path)
@@ -70,7 +75,7 @@ def main() -> int:
         job = load_job(env.spec_path)
     except (ValueError, SpecError) as exc:
         print(f"rlhfjob worker: {exc}", file=sys.stderr)
-        return bootstrap.EXIT_PERMANENT
+        return EXIT_PERMANENT
     context.env, context.job = env, job
     # Intra-op threads from the spec's num_cpu (default 1): processes sharing a host must
     # not each spin a thread per core.
@@ -83,7 +88,7 @@ def main() -> int:
         except BaseException:
             print(f"rlhfjob {env.name}: importing the entrypoint failed:", file=sys.stderr)
             traceback.print_exc()
-            return bootstrap.EXIT_PERMANENT
+            return EXIT_PERMANENT
     if not env.is_driver:
         # Only module hooks draw random numbers in a model worker: their streams may stay
         # loaded between calls (see RNGStream), which saves four numpy state copies a call.
@@ -94,34 +99,32 @@ def main() -> int:
         context.peers = bootstrap.start(env)
     except bootstrap.StartupError as exc:
         print(f"rlhfjob {env.name}: {exc}", file=sys.stderr)
-        return bootstrap.EXIT_RETRYABLE
-    bootstrap.watch(lambda msg: bootstrap.fail_fast(msg, code=bootstrap.EXIT_RETRYABLE))
+        return EXIT_RETRYABLE
+    bootstrap.watch(lambda msg: bootstrap.fail_fast(msg, code=EXIT_RETRYABLE))
     if not env.is_driver:
         bootstrap.stop(graceful=True)  # returns once the driver is done
-        return 0
+        return EXIT_OK
     context.role = "driver"
     try:
         _exec_entrypoint(job.spec.entrypoint, env.spec_path, as_main=True)
     except SystemExit as exc:
         if exc.code not in (0, None):
-            bootstrap.fail_fast(
-                f"the entrypoint exited with {exc.code}", code=bootstrap.EXIT_PERMANENT
-            )
+            bootstrap.fail_fast(f"the entrypoint exited with {exc.code}", code=EXIT_PERMANENT)
     except WorkerFailed as exc:
         print(f"rlhfjob: {exc}", file=sys.stderr)
         bootstrap.fail_fast(
             f"job {env.job_name} failed: {str(exc).splitlines()[0]}",
-            code=bootstrap.EXIT_RETRYABLE if exc.retryable else bootstrap.EXIT_PERMANENT,
+            code=EXIT_RETRYABLE if exc.retryable else EXIT_PERMANENT,
         )
     except BaseException as exc:
         traceback.print_exc()
         bootstrap.fail_fast(
             f"job {env.job_name} failed in the entrypoint: {type(exc).__name__}: {exc}",
-            code=bootstrap.EXIT_PERMANENT,
+            code=EXIT_PERMANENT,
         )
     sys.stdout.flush()
     bootstrap.stop(graceful=True)
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ For each pod bound to a test node, on a thread of its own:
   ``workingDir`` is rewritten to the host directory; a volume at /tmp also
   becomes ``TMPDIR``. /dev/shm stays the host's: when a pod stops, the
   runner removes the shared-memory segments the runtime names for that
-  worker (``rlhfjob_operator.local.shm_prefix``), as a kubelet drops a pod's
+  worker (``rlhfjob_operator.contract.shm_prefix``), as a kubelet drops a pod's
   memory-backed emptyDir.
 - **environment**: exactly the container's ``env``: ``value``, and
   ``valueFrom`` ``secretKeyRef`` / ``configMapKeyRef`` (read from the API
@@ -50,7 +50,7 @@ For each pod bound to a test node, on a thread of its own:
   Succeeded or Failed with the real exit code (128 + n for a signal, as a
   kubelet reports it) and the termination message: a kubelet mounts a file at
   the container's terminationMessagePath; here it is a file of the pod's,
-  named by ``RLHFJOB_TERMINATION_LOG`` (``rlhfjob_operator.progress``), and
+  named by ``RLHFJOB_TERMINATION_LOG`` (``rlhfjob_operator.contract``), and
   its first 4096 bytes become ``state.terminated.message``. Deleting the pod
   sends SIGTERM to the group, SIGKILL after ``grace`` seconds (at most the
   pod's terminationGracePeriodSeconds), and reaps the process before the
@@ -83,8 +83,9 @@ from typing import Any
 from kubernetes.client.rest import ApiException
 
 from cluster import TestKubelet
-from rlhfjob_operator import progress
-from rlhfjob_operator.local import shm_prefix, sweep_shm
+from rlhfjob_operator import contract, progress
+from rlhfjob_operator.contract import shm_prefix
+from rlhfjob_operator.local import sweep_shm
 
 log = logging.getLogger("rlhfjob.tests.podrunner")
 
@@ -347,7 +348,7 @@ class PodRunner:
         env["HOSTNAME"] = spec.hostname or pod.metadata.name
         state.root.mkdir(parents=True, exist_ok=True)
         (state.root / "termination-log").write_bytes(b"")
-        env[progress.ENV_TERMINATION_LOG] = str(state.root / "termination-log")
+        env[contract.ENV_TERMINATION_LOG] = str(state.root / "termination-log")
         env |= {
             "RLHFJOB_METRICS_HOST": state.ip,
             "GLOO_SOCKET_IFNAME": "lo",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 from rlhfjob.comm import bootstrap
+from rlhfjob_operator.contract import EXIT_RETRYABLE
 
 if __name__ == "__main__":
     env = bootstrap.WorkerEnv.from_environ()
@@ -17,5 +18,5 @@ if __name__ == "__main__":
         bootstrap.start(env, startup_timeout=float(sys.argv[1]))
     except bootstrap.StartupError as exc:
         print(f"meet {env.name}: {exc}", file=sys.stderr, flush=True)
-        raise SystemExit(bootstrap.EXIT_RETRYABLE) from None
+        raise SystemExit(EXIT_RETRYABLE) from None
     bootstrap.stop(graceful=True)

@@ -17,7 +17,8 @@ import torch
 from conftest import rlhfjob_run, write_job
 from rlhfjob.comm import shm
 from rlhfjob.comm.channel import Client, RemoteError, Server, _proof, connect, dumps
-from rlhfjob_operator.local import shm_prefix, sweep_shm
+from rlhfjob_operator.contract import shm_prefix
+from rlhfjob_operator.local import sweep_shm
 
 SECRET = b"s" * 32
 

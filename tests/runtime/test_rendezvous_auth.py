@@ -30,8 +30,9 @@ import yaml
 
 from conftest import write_job
 from rlhfjob.comm import bootstrap
+from rlhfjob_operator.contract import ENV_JOB_SECRET
 from rlhfjob_operator.local import free_port
-from rlhfjob_operator.plan import ENV_JOB_SECRET, JobPlan, Worker, plan_job
+from rlhfjob_operator.plan import JobPlan, Worker, plan_job
 from rlhfjob_operator.spec import load_job
 
 HERE = Path(__file__).resolve().parent

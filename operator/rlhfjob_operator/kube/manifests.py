@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from rlhfjob_operator.contract import ENV_JOB_SECRET, GPU_RESOURCE, WORKER_COMMAND
 from rlhfjob_operator.kube.names import (
     LABEL_JOB,
     SECRET_KEY,
@@ -41,7 +42,7 @@ from rlhfjob_operator.kube.names import (
     secret_name,
     service_name,
 )
-from rlhfjob_operator.plan import ENV_JOB_SECRET, GPU_RESOURCE, WORKER_COMMAND, JobPlan, Worker
+from rlhfjob_operator.plan import JobPlan, Worker
 from rlhfjob_operator.spec import API_VERSION, KIND, RLHFJob
 
 __all__ = [

@@ -13,7 +13,8 @@ succeeding makes the job Succeeded (the other pods are then deleted). Any pod
 of the gang failing deletes the whole gang; after a backoff of
 ``base * 2**(restarts-1)`` seconds (capped), the next generation is created,
 until ``runPolicy.backoffLimit`` restarts are spent: then Failed. A pod that
-exits with :data:`~rlhfjob_operator.plan.EXIT_PERMANENT` fails the job at once.
+exits with :data:`~rlhfjob_operator.contract.EXIT_PERMANENT` fails the job at once
+(the contract's :func:`~rlhfjob_operator.contract.next_attempt` decides).
 A new generation is only created once every pod of older ones is gone (the
 new driver reuses the old one's DNS name). ``suspend`` deletes the pods and
 keeps the status; resuming starts a new generation and restarts the
@@ -29,13 +30,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from rlhfjob_operator import progress
+from rlhfjob_operator.contract import EXIT_RETRYABLE, Backoff, Final, next_attempt
 from rlhfjob_operator.kube.names import (
     ANNOTATION_EPISODE,
     ANNOTATION_LAST_CHECKPOINT,
     LABEL_GENERATION,
     pod_name,
 )
-from rlhfjob_operator.plan import EXIT_PERMANENT, JobPlan
+from rlhfjob_operator.plan import JobPlan
 from rlhfjob_operator.spec import Condition, ConditionType, ModelStatus, RLHFJob, RLHFJobStatus
 
 __all__ = [
@@ -59,17 +61,6 @@ class Event:
     type: Literal["Normal", "Warning"]
     reason: str
     message: str
-
-
-@dataclass(frozen=True, kw_only=True)
-class Backoff:
-    """Delay before re-creating a failed gang: base * 2**(restart-1), at most ``cap``."""
-
-    base_seconds: float = 10.0
-    cap_seconds: float = 300.0
-
-    def delay(self, restart: int) -> float:
-        return float(min(self.base_seconds * 2 ** max(restart - 1, 0), self.cap_seconds))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -328,31 +319,31 @@ def decide(
             f" (exit code {code}: {why})" if code is not None else f" ({why})"
         )
         to_delete = tuple(sorted({*_active(current.values()), *stale_active}))
-        if code == EXIT_PERMANENT:
-            msg = f"{what}; exit code {EXIT_PERMANENT} means a restart cannot fix it"
+        # A pod that failed without an exit code (evicted, lost) is retryable.
+        attempt = next_attempt(
+            code if code is not None else EXIT_RETRYABLE,
+            status.restarts,
+            policy.backoff_limit,
+            backoff=backoff,
+        )
+        if isinstance(attempt, Final):
+            msg = f"{what}; {attempt.why}"
             events.append(
-                _finish(status, succeeded=False, reason="PermanentError", message=msg, now=stamp)
+                _finish(status, succeeded=False, reason=attempt.reason, message=msg, now=stamp)
             )
             _counts(status, job, plan, {})
             return Decision(status=status, events=tuple(events), delete=to_delete)
-        if status.restarts >= policy.backoff_limit:
-            msg = f"{what}; runPolicy.backoffLimit ({policy.backoff_limit}) restarts spent"
-            events.append(
-                _finish(
-                    status, succeeded=False, reason="BackoffLimitExceeded", message=msg, now=stamp
-                )
-            )
-            _counts(status, job, plan, {})
-            return Decision(status=status, events=tuple(events), delete=to_delete)
-        status.restarts += 1
+        status.restarts += attempt.counted
         status.restart_generation = gen + 1
-        delay = backoff.delay(status.restarts)
+        delay = attempt.delay
         status.next_restart_time = format_time(now + dt.timedelta(seconds=delay))
         status.phase = "Restarting"
-        msg = (
-            f"{what}; restarting the gang from the last checkpoint in {delay:g}s "
-            f"(restart {status.restarts} of {policy.backoff_limit})"
+        counted = (
+            f"restart {status.restarts} of {policy.backoff_limit}"
+            if attempt.counted
+            else "not counted"
         )
+        msg = f"{what}; restarting the gang from the last checkpoint in {delay:g}s ({counted})"
         status.message = msg
         _set_condition(status, "Restarting", True, reason="PodFailed", message=msg, now=stamp)
         _set_condition(status, "Running", False, reason="PodFailed", message=msg, now=stamp)

@@ -27,6 +27,7 @@ import kopf
 from pydantic import ValidationError
 
 from rlhfjob_operator import metrics
+from rlhfjob_operator.contract import Backoff
 from rlhfjob_operator.kube.client import ApiError, Conflict, KubeClient
 from rlhfjob_operator.kube.manifests import (
     build_configmap,
@@ -36,7 +37,7 @@ from rlhfjob_operator.kube.manifests import (
     build_service,
 )
 from rlhfjob_operator.kube.names import job_selector
-from rlhfjob_operator.kube.reconcile import Backoff, Decision, decide, invalid_spec
+from rlhfjob_operator.kube.reconcile import Decision, decide, invalid_spec
 from rlhfjob_operator.plan import JobPlan, plan_job
 from rlhfjob_operator.spec import RLHFJob, RLHFJobStatus, format_validation_error
 

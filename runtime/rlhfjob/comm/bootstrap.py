@@ -60,23 +60,24 @@ import torch.distributed.rpc as rpc
 from torch.distributed.rendezvous import register_rendezvous_handler
 from torch.distributed.rpc import internal as rpc_internal
 
-from rlhfjob_operator.plan import (
+from rlhfjob_operator.contract import (
     DRIVER_ROLE,
     ENV_CHECKPOINT_DIR,
     ENV_JOB_NAME,
     ENV_JOB_SECRET,
+    ENV_MASTER_ADDR,
+    ENV_MASTER_PORT,
     ENV_METRICS_PORT,
     ENV_MODELS,
+    ENV_RANK,
     ENV_REPLICA,
     ENV_RESTART_GENERATION,
     ENV_ROLE,
     ENV_SPEC,
-    EXIT_PERMANENT,
+    ENV_WORLD_SIZE,
 )
 
 __all__ = [
-    "EXIT_PERMANENT",
-    "EXIT_RETRYABLE",
     "Peer",
     "RendezvousRefused",
     "SignedStore",
@@ -88,8 +89,6 @@ __all__ = [
     "stop",
 ]
 
-# A peer died or never came: restarting the gang can fix it (EX_TEMPFAIL).
-EXIT_RETRYABLE = 75
 _HEARTBEAT_S = 1.0
 # Generous: a loaded machine can stall a process for seconds; real deaths are seen sooner
 # by broken RPC connections and by the launcher.
@@ -147,14 +146,16 @@ class WorkerEnv:
             except ValueError:
                 raise ValueError(f"environment variable {key}={raw!r} is not an integer") from None
 
-        rank, world = number("RANK"), number("WORLD_SIZE")
+        rank, world = number(ENV_RANK), number(ENV_WORLD_SIZE)
         if not 0 <= rank < world:
-            raise ValueError(f"RANK={rank} is outside 0..WORLD_SIZE-1 (WORLD_SIZE={world})")
+            raise ValueError(
+                f"{ENV_RANK}={rank} is outside 0..{ENV_WORLD_SIZE}-1 ({ENV_WORLD_SIZE}={world})"
+            )
         models = tuple(m for m in env.get(ENV_MODELS, "").split(",") if m)
         role = need(ENV_ROLE)
         if (role == DRIVER_ROLE) != (rank == 0):
             raise ValueError(
-                f"{ENV_ROLE}={role} with RANK={rank}: the driver and only it is rank 0"
+                f"{ENV_ROLE}={role} with {ENV_RANK}={rank}: the driver and only it is rank 0"
             )
         if role != DRIVER_ROLE and not models:
             raise ValueError(f"{ENV_MODELS} is empty for worker {role}; it names the models hosted")
@@ -178,8 +179,8 @@ class WorkerEnv:
             replica=number(ENV_REPLICA),
             rank=rank,
             world_size=world,
-            master_addr=need("MASTER_ADDR"),
-            master_port=number("MASTER_PORT"),
+            master_addr=need(ENV_MASTER_ADDR),
+            master_port=number(ENV_MASTER_PORT),
             spec_path=need(ENV_SPEC),
             checkpoint_dir=env.get(ENV_CHECKPOINT_DIR, ""),
             metrics_port=number(ENV_METRICS_PORT, "0"),

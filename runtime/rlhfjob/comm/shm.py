@@ -13,7 +13,7 @@ for the next value of a fitting size. Why a pool at all: writing a fresh
 VM, against about 5 GB/s into memory touched before).
 
 Segments are named ``<prefix><rank>_<pid>_<n>`` with the job's prefix
-(``rlhfjob_operator.local.shm_prefix``): the pool unlinks them when it trims
+(``rlhfjob_operator.contract.shm_prefix``): the pool unlinks them when it trims
 and at exit, and the local launcher sweeps the prefix after the gang stops,
 so a SIGKILLed worker leaves nothing in /dev/shm.
 """

@@ -73,7 +73,7 @@ from rlhfjob.executor.local import (
 )
 from rlhfjob.flow import Node
 from rlhfjob.module import BaseModule
-from rlhfjob_operator.local import shm_prefix
+from rlhfjob_operator.contract import shm_prefix
 from rlhfjob_operator.spec import JobConfig
 
 __all__ = ["Ref", "Row", "RpcExecutor", "WorkerFailed", "WorkerRuntime"]

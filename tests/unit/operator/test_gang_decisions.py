@@ -10,16 +10,16 @@ from typing import Any
 
 import pytest
 
+from rlhfjob_operator.contract import EXIT_PERMANENT, Backoff
 from rlhfjob_operator.kube.manifests import build_gang
 from rlhfjob_operator.kube.names import ANNOTATION_EPISODE, ANNOTATION_LAST_CHECKPOINT
 from rlhfjob_operator.kube.reconcile import (
-    Backoff,
     Decision,
     decide,
     format_time,
     invalid_spec,
 )
-from rlhfjob_operator.plan import EXIT_PERMANENT, plan_job
+from rlhfjob_operator.plan import plan_job
 from rlhfjob_operator.spec import RLHFJob, RLHFJobStatus, load_job
 
 REPO = Path(__file__).resolve().parents[3]

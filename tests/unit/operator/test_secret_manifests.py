@@ -5,9 +5,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from rlhfjob_operator.contract import ENV_JOB_SECRET
 from rlhfjob_operator.kube.manifests import build_gang, build_secret
 from rlhfjob_operator.kube.names import LABEL_JOB, secret_name
-from rlhfjob_operator.plan import ENV_JOB_SECRET, plan_job
+from rlhfjob_operator.plan import plan_job
 from rlhfjob_operator.spec import load_job
 
 REPO = Path(__file__).resolve().parents[3]

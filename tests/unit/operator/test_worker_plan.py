@@ -9,13 +9,8 @@ from typing import Any
 
 import pytest
 
-from rlhfjob_operator.plan import (
-    DEFAULT_MASTER_PORT,
-    EXIT_PERMANENT,
-    JobPlan,
-    plan_job,
-    role_name,
-)
+from rlhfjob_operator.contract import DEFAULT_MASTER_PORT, EXIT_PERMANENT
+from rlhfjob_operator.plan import JobPlan, plan_job, role_name
 from rlhfjob_operator.spec import RLHFJob, load_job
 
 REPO = Path(__file__).resolve().parents[3]
@@ -216,9 +211,9 @@ def test_exit_code_for_permanent_failures_is_stable() -> None:
     assert EXIT_PERMANENT == 78
 
 
-def test_plan_module_documents_every_contract_variable() -> None:
-    import rlhfjob_operator.plan as plan_module
+def test_contract_module_documents_every_contract_variable() -> None:
+    import rlhfjob_operator.contract as contract_module
 
-    doc = plan_module.__doc__ or ""
+    doc = contract_module.__doc__ or ""
     for name in CONTRACT:
         assert f"``{name}``" in doc, name
