@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from rlhfjob.comm.bootstrap import Peer, WorkerEnv
+    from rlhfjob.comm.env import Peer, WorkerEnv
 
 role: str | None = None
 env: WorkerEnv | None = None

@@ -68,10 +68,11 @@ def main() -> int:
     from rlhfjob import context
     from rlhfjob.checkpoint import RNGStream
     from rlhfjob.comm import bootstrap
+    from rlhfjob.comm.env import WorkerEnv
     from rlhfjob.executor.rpc import WorkerFailed, WorkerRuntime
 
     try:
-        env = bootstrap.WorkerEnv.from_environ()
+        env = WorkerEnv.from_environ()
         job = load_job(env.spec_path)
     except (ValueError, SpecError) as exc:
         print(f"rlhfjob worker: {exc}", file=sys.stderr)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import sys
 
 from rlhfjob.comm import bootstrap
+from rlhfjob.comm.env import WorkerEnv
 from rlhfjob_operator.contract import EXIT_RETRYABLE
 
 if __name__ == "__main__":
-    env = bootstrap.WorkerEnv.from_environ()
+    env = WorkerEnv.from_environ()
     try:
         bootstrap.start(env, startup_timeout=float(sys.argv[1]))
     except bootstrap.StartupError as exc:

@@ -148,9 +148,10 @@ def test_missing_entrypoint_is_a_permanent_error(tmp_path, job_name, missing):
 
 def test_startup_times_out_naming_the_missing_ranks():
     from rlhfjob.comm import bootstrap
+    from rlhfjob.comm.env import WorkerEnv
     from rlhfjob_operator.local import free_port
 
-    env = bootstrap.WorkerEnv(
+    env = WorkerEnv(
         job_name="lonely",
         role="driver",
         models=(),
@@ -170,7 +171,7 @@ def test_startup_times_out_naming_the_missing_ranks():
 
 
 def test_worker_env_names_missing_variables():
-    from rlhfjob.comm.bootstrap import WorkerEnv
+    from rlhfjob.comm.env import WorkerEnv
 
     with pytest.raises(ValueError, match="RLHFJOB_ROLE is not set"):
         WorkerEnv.from_environ({"RANK": "0", "WORLD_SIZE": "1"})

@@ -30,6 +30,7 @@ import yaml
 
 from conftest import write_job
 from rlhfjob.comm import bootstrap
+from rlhfjob.comm.env import WorkerEnv
 from rlhfjob_operator.contract import ENV_JOB_SECRET
 from rlhfjob_operator.local import free_port
 from rlhfjob_operator.plan import JobPlan, Worker, plan_job
@@ -327,7 +328,7 @@ def test_a_forged_value_where_gloo_looks_ends_the_startup_cleanly(
     tcp = dist.TCPStore(
         "127.0.0.1", port, 2, is_master=True, timeout=timedelta(seconds=60), wait_for_workers=False
     )
-    env = bootstrap.WorkerEnv.from_environ(
+    env = WorkerEnv.from_environ(
         {
             **gang.plan.env(
                 gang.driver,

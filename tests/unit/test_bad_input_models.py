@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from rlhfjob.algorithms.common import build_lm
-from rlhfjob.comm.bootstrap import WorkerEnv
+from rlhfjob.comm.env import WorkerEnv
 
 GPT = {"n_layer": 1, "n_head": 1, "n_embd": 8, "block_size": 8, "vocab_size": 10}
 

@@ -24,7 +24,8 @@ import torch.distributed as dist
 from torch.distributed.rpc import internal as rpc_internal
 
 from rlhfjob.comm import bootstrap
-from rlhfjob.comm.bootstrap import RendezvousRefused, SignedStore, WorkerEnv, job_key
+from rlhfjob.comm.bootstrap import RendezvousRefused, SignedStore, job_key
+from rlhfjob.comm.env import WorkerEnv
 from rlhfjob_operator.local import free_port
 
 KEY, OTHER = b"k" * 32, b"o" * 32

@@ -50,7 +50,6 @@ import torch.distributed as dist
 import torch.distributed.rpc as rpc
 
 from rlhfjob.comm import shm
-from rlhfjob.comm.bootstrap import Peer, WorkerEnv
 from rlhfjob.comm.broadcast import all_reduce_mean, broadcast_tensors
 from rlhfjob.comm.channel import (
     ADOPT,
@@ -64,6 +63,7 @@ from rlhfjob.comm.channel import (
     reachable_ip,
     replier,
 )
+from rlhfjob.comm.env import Peer, WorkerEnv
 from rlhfjob.data import TrainBatch, split_samples
 from rlhfjob.executor.local import (
     copy_parameters,
