@@ -259,6 +259,8 @@ class Engine:
         if self.evaluator is not None and self.evaluator.dataset is None:
             raise ValueError("the evaluator has no dataset; call Evaluator(...).set_dataset(data)")
         self._check_config_names()
+        for module in self.modules:  # a bad models.<name>.args key fails here, before any worker
+            module.parse_config(self.config)
         if context.env is not None and context.env.checkpoint_dir:
             # The launcher's checkpoint directory (a mounted volume in a pod) wins.
             runtime = self.config.runtime.model_copy(

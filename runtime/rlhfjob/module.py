@@ -13,13 +13,19 @@ is called without it.
 A module that sets ``self.model`` (a ``torch.nn.Module``) and optionally
 ``self.optimizer`` is checkpointed and parameter-synced with no extra code;
 override ``state_dict``/``load_state_dict`` to save more.
+
+A module with a ``config_class`` (the ready-made ones: a settings dataclass)
+gets ``models.<name>.args`` parsed into ``self.config``, and the Engine
+validates it on the driver before any worker starts; without one (a user's
+module, as in ChatLearn) ``model_args`` is the free dict.
 """
 
 from __future__ import annotations
 
 import inspect
 import zlib
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from rlhfjob import flow as _flow
 from rlhfjob.checkpoint import RNGStream
@@ -44,14 +50,25 @@ _NOT_MODEL_CALLS = frozenset(
         "load_state_dict",
         "named_parameters_to_sync",
         "bind",
+        "parse_config",
         "call_hook",
         "run_hook",
     }
 )
 
 
+class ArgsParser(Protocol):
+    """What ``config_class`` is: ``from_args(name, args)`` returns the parsed settings, or
+    raises ValueError naming ``models.<name>.args.<key>``."""
+
+    def from_args(self, name: str, args: Mapping[str, Any]) -> Any: ...
+
+
 class BaseModule:
     """A named model. ``name`` keys its ``models.<name>`` config section."""
+
+    config_class: ClassVar[ArgsParser | None] = None
+    config: Any  # set by bind() through config_class; absent when there is none
 
     def __init__(self, name: str) -> None:
         if not isinstance(name, str) or not name:
@@ -73,8 +90,20 @@ class BaseModule:
         """
         self._config = config
         self.replica_id = replica_id
+        if self.config_class is not None:
+            self.config = self.parse_config(config)
         key = f"{config.runtime.seed}/{self.name}/{replica_id}".encode()
         self.rng = RNGStream(zlib.crc32(key))
+
+    def parse_config(self, config: JobConfig) -> Any:
+        """This module's ``models.<name>.args`` parsed by ``config_class`` (None without one).
+
+        ValueError names the key and what is allowed; the Engine calls this on the driver
+        before any worker starts, so a typo fails the job there.
+        """
+        if self.config_class is None:
+            return None
+        return self.config_class.from_args(self.name, config.model(self.name).args)
 
     @property
     def runtime_args(self) -> RuntimeSpec:
@@ -92,7 +121,8 @@ class BaseModule:
 
     @property
     def model_args(self) -> dict[str, Any]:
-        """The free-form ``models.<name>.args`` dict (model_path, learning rate...)."""
+        """The raw ``models.<name>.args`` dict; a module with a ``config_class`` reads
+        ``self.config`` instead."""
         return self.module_args.args
 
     @property

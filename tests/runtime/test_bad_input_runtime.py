@@ -130,6 +130,34 @@ def test_an_entrypoint_module_that_does_not_exist_is_named(
     bad_inputs.refused("entrypoint")
 
 
+POLICY_ENTRY = """
+import torch
+from rlhfjob import Engine, Environment
+from rlhfjob.algorithms.ppo import PolicyInference
+policy = PolicyInference("policy")
+def env_flow(batch):
+    return policy.forward_step(batch)
+if __name__ == "__main__":
+    prompts = [{"prompt_ids": torch.tensor([1, 2, 3, 10])} for _ in range(8)]
+    Engine(Environment(env_flow)).set_dataset(prompts).learn()
+"""
+
+
+def test_a_misspelled_module_setting_ends_the_job_before_any_worker_trains(
+    tmp_path: Path, job_name: str, bad_inputs: Any
+) -> None:
+    args = {"task": {"num_digits": 3}, "gpt": {"n_layer": 1, "n_head": 1, "n_embd": 8}}
+    models = {"policy": {"args": {**args, "temprature": 0.5}}}
+    proc = _run(tmp_path, job_name, RUNTIME, models, _entry(tmp_path, POLICY_ENTRY))
+    assert proc.returncode == 78, f"{proc.returncode}\n{proc.stderr[-3000:]}"
+    said = (
+        "models.policy.args.temprature is not a PolicyInferenceConfig setting "
+        "(did you mean temperature?); the known ones: "
+    )
+    assert said in proc.stderr, proc.stderr[-3000:]
+    bad_inputs.refused("engine")
+
+
 def _files(root: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from rlhfjob.algorithms.common import build_lm
+from rlhfjob.algorithms.configs import ModelConfig
 from rlhfjob.comm.env import WorkerEnv
 
 GPT = {"n_layer": 1, "n_head": 1, "n_embd": 8, "block_size": 8, "vocab_size": 10}
@@ -54,7 +55,7 @@ MODEL_CASES: list[tuple[str, Any, Any]] = [
         lambda t: {"gpt": GPT, "weights_path": str(t / "w.pt")},
         lambda t: f"weights_path '{t / 'w.pt'}' does not exist",
     ),
-    ("no-model", lambda t: {}, lambda t: "model_args must name a model"),
+    ("no-model", lambda t: {}, lambda t: "models.policy.args must name a model"),
     ("gpt-without-vocab", lambda t: {"gpt": {"n_layer": 1}}, lambda t: "needs vocab_size"),
     (
         "warmup-without-task",
@@ -70,7 +71,7 @@ def test_bad_model_args_are_refused_naming_the_fix(
 ) -> None:
     del case
     with pytest.raises((ValueError, OSError)) as info:
-        build_lm(args(tmp_path))
+        build_lm(ModelConfig.from_args("policy", args(tmp_path)))
     assert named(tmp_path) in str(info.value), str(info.value)
     bad_inputs.refused("model path")
 

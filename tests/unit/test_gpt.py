@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from rlhfjob.algorithms.common import build_lm
+from rlhfjob.algorithms.configs import ModelConfig
 from rlhfjob.algorithms.tasks import SortTask, get_task
 from rlhfjob.models import GPT, GPTConfig, ValueModel, generate_tokens, response_log_probs
 
@@ -125,16 +126,16 @@ def test_build_lm_is_identical_across_modules_and_leaves_the_global_rng_alone() 
     }
     torch.manual_seed(123)
     before = torch.random.get_rng_state()
-    a, b = build_lm(args), build_lm(dict(args))
+    a, b = build_lm(ModelConfig.from_mapping(args)), build_lm(ModelConfig.from_mapping(dict(args)))
     assert torch.equal(torch.random.get_rng_state(), before)
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(x, y), name
-    fresh = build_lm({k: v for k, v in args.items() if k != "warmup"})
+    fresh = build_lm(ModelConfig.from_mapping({k: v for k, v in args.items() if k != "warmup"}))
     assert not torch.equal(fresh.lm_head.weight, a.lm_head.weight)  # the warm-up trained it
 
 
 def test_build_lm_errors() -> None:
     with pytest.raises(ValueError, match="must name a model"):
-        build_lm({})
+        build_lm(ModelConfig.from_mapping({}))
     with pytest.raises(ValueError, match="/no/such/weights.pt"):
-        build_lm({"gpt": {"vocab_size": 12}, "weights_path": "/no/such/weights.pt"})
+        build_lm(ModelConfig(gpt={"vocab_size": 12}, weights_path="/no/such/weights.pt"))

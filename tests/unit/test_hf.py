@@ -62,7 +62,8 @@ def test_missing_path_names_it(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=str(missing)):
         load_hf_causal_lm(missing)
     module = PolicyInference("policy")
-    module.bind(JobConfig.model_validate({"models": {"policy": {"args": {"model_path": "gpt2"}}}}))
+    args = {"model_path": "gpt2", "max_new_tokens": 2}  # valid settings: the path is the problem
+    module.bind(JobConfig.model_validate({"models": {"policy": {"args": args}}}))
     with pytest.raises(ValueError, match="'gpt2'"):
         module.setup()
 

@@ -15,10 +15,11 @@ dynamic``, and size ``train_*_batch_size`` in responses.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
+from rlhfjob.algorithms.configs import GroupPolicyInferenceConfig, GRPOTrainerConfig
 from rlhfjob.algorithms.losses import group_normalized_advantages
 from rlhfjob.algorithms.ppo import PolicyInference, PolicyTrainer
 
@@ -28,19 +29,13 @@ __all__ = ["GRPOTrainer", "GroupPolicyInference", "group_advantages"]
 class GroupPolicyInference(PolicyInference):
     """The policy, sampling ``group_size`` responses per training prompt.
 
-    model_args: those of ``PolicyInference`` plus ``group_size`` (8). A
-    prompt that already has a ``group_id`` keeps it; otherwise its index in
-    the dataset becomes its ``group_id``. ``eval_step`` answers each prompt
-    once.
+    Settings: ``GroupPolicyInferenceConfig``. A prompt that already has a
+    ``group_id`` keeps it; otherwise its index in the dataset becomes its
+    ``group_id``. ``eval_step`` answers each prompt once.
     """
 
-    def setup(self) -> None:
-        super().setup()
-        self.group_size = int(self.model_args.get("group_size", 8))
-        if self.group_size < 1:
-            raise ValueError(
-                f"models.{self.name}.args.group_size must be >= 1, got {self.group_size}"
-            )
+    config_class = GroupPolicyInferenceConfig
+    config: GroupPolicyInferenceConfig
 
     def build_dataset(self, prompts: list[Any], is_eval: bool = False) -> list[Any]:
         prompts = super().build_dataset(prompts, is_eval)
@@ -49,7 +44,7 @@ class GroupPolicyInference(PolicyInference):
         return [{"group_id": torch.tensor(i), **prompt} for i, prompt in enumerate(prompts)]
 
     def forward_step(self, data: dict[str, Any], iteration: int = 0) -> dict[str, Any]:
-        n = self.group_size
+        n = self.config.group_size
         repeated = {
             key: value.repeat_interleave(n, dim=0)
             if isinstance(value, torch.Tensor)
@@ -95,13 +90,9 @@ class GRPOTrainer(PolicyTrainer):
     """The GRPO policy loss: the clipped surrogate on group advantages, plus
     ``kl_coef`` (0.04) x the k3 estimate of KL to the reference, in the loss.
 
-    Advantages are already normalised per group, so they are not whitened
-    again (``normalize_advantages`` False). Other model_args as PolicyTrainer.
+    Settings: ``GRPOTrainerConfig``: PolicyTrainer's, except that advantages,
+    already normalised per group, are not whitened again.
     """
 
-    defaults: ClassVar[dict[str, Any]] = {
-        "lr": 1e-3,
-        "kl_coef": 0.04,
-        "kl_estimator": "k3",
-        "normalize_advantages": False,
-    }
+    config_class = GRPOTrainerConfig
+    config: GRPOTrainerConfig

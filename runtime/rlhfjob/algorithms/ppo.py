@@ -11,16 +11,17 @@ the value model ``values`` (B, R); the reward ``scores`` (B,), ``rewards``,
 ``advantages`` and ``returns`` (B, R). Responses always have ``max_new_tokens``
 columns (padded after EOS), so samples of one episode stack.
 
-Hyperparameters come from ``model_args`` (``models.<name>.args`` of the job
-config) with the defaults listed on each class; models are built from it too
-(see ``rlhfjob.algorithms.common``). Sampling uses torch's global RNG, which
+Hyperparameters come from ``models.<name>.args`` of the job config, read
+through each class's ``config_class`` (``rlhfjob.algorithms.configs``: the
+keys, their types and defaults); models are built from it too (see
+``rlhfjob.algorithms.common``). Sampling uses torch's global RNG, which
 the engine seeds and checkpoints, so a resumed run repeats an uninterrupted one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
@@ -31,7 +32,13 @@ from rlhfjob.algorithms.common import (
     import_object,
     optimizer_for,
     sequence,
-    task_from_args,
+)
+from rlhfjob.algorithms.configs import (
+    ModelConfig,
+    PolicyInferenceConfig,
+    PolicyTrainerConfig,
+    RewardConfig,
+    ValueTrainerConfig,
 )
 from rlhfjob.algorithms.losses import (
     gae_advantages,
@@ -58,7 +65,8 @@ RewardFn = Callable[[dict[str, Any]], torch.Tensor]
 
 
 class _LMModule(BaseModule):
-    """A module whose model is the policy LM built from ``model_args``."""
+    """A ready-made module: settings in ``self.config`` (parsed by ``bind`` with the
+    class's ``config_class``), metrics in ``self.metrics``."""
 
     def __init__(self, name: str) -> None:
         super().__init__(name)
@@ -67,32 +75,23 @@ class _LMModule(BaseModule):
     def get_and_clear_metrics(self) -> dict[str, float]:
         return self.metrics.pop()
 
-    def arg(self, key: str, default: Any) -> Any:
-        return self.model_args.get(key, default)
-
 
 class PolicyInference(_LMModule):
     """Samples responses and records their log-probs under the sampling policy.
 
-    model_args: the model keys, ``max_new_tokens`` (default: the task's
-    response length; required without a task), ``temperature`` (1.0),
-    ``top_k`` (None), ``eos_token_id`` (None: responses run to full length),
-    ``pad_token_id`` (the task's, else 0), ``eval_temperature`` (0: greedy).
-
-    Prompts (``set_dataset``) are dicts with ``prompt_ids`` (P,) and optionally
-    ``prompt_mask`` (P,) for left padding; P must be the same within a batch.
+    Settings: ``PolicyInferenceConfig``. Prompts (``set_dataset``) are dicts
+    with ``prompt_ids`` (P,) and optionally ``prompt_mask`` (P,) for left
+    padding; P must be the same within a batch.
     """
 
+    config_class = PolicyInferenceConfig
+    config: PolicyInferenceConfig
+
     def setup(self) -> None:
-        self.model = build_lm(self.model_args)
+        self.model = build_lm(self.config)
         self.model.eval()
-        task = task_from_args(self.model_args)
-        self.max_new_tokens = int(self.arg("max_new_tokens", task.response_length if task else 0))
-        if self.max_new_tokens < 1:
-            raise ValueError(
-                f"models.{self.name}.args.max_new_tokens must be set (>= 1) when there is no task"
-            )
-        self.pad_token_id = int(self.arg("pad_token_id", task.pad_token_id if task else 0))
+        self.max_new_tokens = self.config.response_tokens()
+        self.pad_token_id = self.config.pad_id()
 
     def build_dataset(self, prompts: list[Any], is_eval: bool = False) -> list[Any]:
         """Checks that every prompt is a dict holding ``prompt_ids``; ValueError names
@@ -117,8 +116,8 @@ class PolicyInference(_LMModule):
             self.max_new_tokens,
             prompt_mask=prompt_mask,
             temperature=temperature,
-            top_k=self.arg("top_k", None),
-            eos_token_id=self.arg("eos_token_id", None),
+            top_k=self.config.top_k,
+            eos_token_id=self.config.eos_token_id,
             pad_token_id=self.pad_token_id,
         )
         out = {
@@ -135,20 +134,26 @@ class PolicyInference(_LMModule):
         return out
 
     def forward_step(self, data: dict[str, Any], iteration: int = 0) -> dict[str, Any]:
-        out = self._generate(data, float(self.arg("temperature", 1.0)))
-        if self.arg("eos_token_id", None) is not None:  # otherwise always max_new_tokens
+        out = self._generate(data, self.config.temperature)
+        if self.config.eos_token_id is not None:  # otherwise always max_new_tokens
             self.metrics.add("response_length", out["response_mask"].sum(1).float().mean())
         return out
 
     def eval_step(self, data: dict[str, Any]) -> dict[str, Any]:
-        return self._generate(data, float(self.arg("eval_temperature", 0.0)))
+        return self._generate(data, self.config.eval_temperature)
 
 
 class PolicyReference(_LMModule):
-    """The frozen starting policy: ``ref_logprobs`` (B, R) of the sampled responses."""
+    """The frozen starting policy: ``ref_logprobs`` (B, R) of the sampled responses.
+
+    Settings: ``ModelConfig``.
+    """
+
+    config_class = ModelConfig
+    config: ModelConfig
 
     def setup(self) -> None:
-        self.model = build_lm(self.model_args)
+        self.model = build_lm(self.config)
         self.model.eval()
         self.model.requires_grad_(False)
 
@@ -168,11 +173,14 @@ def _response_values(model: torch.nn.Module, data: dict[str, Any]) -> torch.Tens
 class ValueInference(_LMModule):
     """The critic's estimates ``values`` (B, R) of the sampled responses.
 
-    model_args: the model keys (its backbone; the scalar head starts at 0).
+    Settings: ``ModelConfig`` (its backbone; the scalar head starts at 0).
     """
 
+    config_class = ModelConfig
+    config: ModelConfig
+
     def setup(self) -> None:
-        self.model = build_value_model(self.model_args)
+        self.model = build_value_model(self.config)
         self.model.eval()
 
     @torch.no_grad()
@@ -185,16 +193,17 @@ class RewardInference(_LMModule):
     """Scores responses and turns scores into per-token rewards and advantages.
 
     The reward function ``fn(data) -> (B,)`` is the constructor's ``reward_fn``,
-    else ``model_args.reward_fn`` ("package.module:function"), else the task's
-    reward. model_args: ``kl_coef`` (0.05; the per-token penalty
-    -kl_coef * KL(policy || reference) added to the rewards, skipped when the
-    data has no ``ref_logprobs``), ``kl_estimator`` ("k1"), ``gamma`` (1.0),
-    ``lam`` (0.95).
+    else ``models.<name>.args.reward_fn`` ("package.module:function"), else the
+    task's reward. Settings: ``RewardConfig``; the KL penalty is skipped when
+    the data has no ``ref_logprobs``.
 
     With ``values`` in the data (PPO), adds ``rewards``, ``advantages`` and
     ``returns`` (GAE); without (GRPO), only ``scores``: advantages then come
     from the replay sample manager.
     """
+
+    config_class = RewardConfig
+    config: RewardConfig
 
     def __init__(self, name: str, reward_fn: RewardFn | None = None) -> None:
         super().__init__(name)
@@ -203,10 +212,10 @@ class RewardInference(_LMModule):
     def setup(self) -> None:
         if self._reward_fn is not None:
             self.reward_fn: RewardFn = self._reward_fn
-        elif "reward_fn" in self.model_args:
-            self.reward_fn = import_object(self.model_args["reward_fn"])
+        elif self.config.reward_fn is not None:
+            self.reward_fn = import_object(self.config.reward_fn)
         else:
-            task = task_from_args(self.model_args)
+            task = self.config.task
             if task is None:
                 raise ValueError(
                     f"{type(self).__name__}({self.name!r}) has no reward function: pass "
@@ -234,11 +243,9 @@ class RewardInference(_LMModule):
         out = {**data, "scores": scores}
         rewards = torch.zeros_like(mask)  # (B, R)
         if "ref_logprobs" in data:
-            kl = kl_penalty(
-                data["old_logprobs"], data["ref_logprobs"], self.arg("kl_estimator", "k1")
-            )
+            kl = kl_penalty(data["old_logprobs"], data["ref_logprobs"], self.config.kl_estimator)
             self.metrics.add("kl", (kl * mask).sum(1).mean())  # per sequence
-            rewards = -float(self.arg("kl_coef", 0.05)) * kl * mask
+            rewards = -self.config.kl_coef * kl * mask
         if "values" in data:
             # The task's score arrives with the last real token of the response.
             last = (mask.sum(1).long() - 1).clamp(min=0)  # (B,)
@@ -247,8 +254,8 @@ class RewardInference(_LMModule):
                 rewards,
                 data["values"],
                 mask,
-                gamma=float(self.arg("gamma", 1.0)),
-                lam=float(self.arg("lam", 0.95)),
+                gamma=self.config.gamma,
+                lam=self.config.lam,
             )
             out.update(rewards=rewards, advantages=advantages, returns=returns)
             self.metrics.add("return_mean", masked_mean(returns, mask))
@@ -264,22 +271,17 @@ class PolicyTrainer(_LMModule):
     """PPO's actor: the clipped surrogate, plus an optional KL term in the loss.
 
     One optimizer step per ``train_step`` (gradients accumulated over the
-    micro-batches). model_args: the model keys (same as the policy, so its
-    parameters sync by name), ``lr`` (1e-3), ``clip_eps`` (0.2),
-    ``kl_coef`` (0.0: PPO puts the KL in the reward; GRPO puts it here),
-    ``kl_estimator`` ("k3"), ``normalize_advantages`` (True: whitened over
-    the global batch), ``max_grad_norm`` (1.0), ``weight_decay``, ``betas``.
+    micro-batches). Settings: ``PolicyTrainerConfig`` (the model keys the
+    same as the policy's, so its parameters sync by name).
     """
 
-    defaults: ClassVar[dict[str, Any]] = {"lr": 1e-3, "kl_coef": 0.0, "normalize_advantages": True}
-
-    def arg(self, key: str, default: Any = None) -> Any:
-        return self.model_args.get(key, self.defaults.get(key, default))
+    config_class = PolicyTrainerConfig
+    config: PolicyTrainerConfig
 
     def setup(self) -> None:
-        self.model = build_lm(self.model_args)
+        self.model = build_lm(self.config)
         self.model.train()
-        self.optimizer = optimizer_for(self.model, self.model_args, default_lr=self.arg("lr"))
+        self.optimizer = optimizer_for(self.model, self.config)
 
     def train_step(self, data: list[dict[str, Any]], iteration: int = 0) -> None:
         assert self.model is not None and self.optimizer is not None
@@ -287,7 +289,7 @@ class PolicyTrainer(_LMModule):
             return
         self.model.train()
         advantages = [mb["advantages"].float() for mb in data]
-        if self.arg("normalize_advantages"):
+        if self.config.normalize_advantages:
             flat = torch.cat([a.flatten() for a in advantages])
             flat_mask = torch.cat([mb["response_mask"].flatten() for mb in data])
             whitened = masked_whiten(flat, flat_mask)
@@ -295,8 +297,7 @@ class PolicyTrainer(_LMModule):
             advantages = [
                 w.view_as(a) for w, a in zip(whitened.split(sizes), advantages, strict=True)
             ]
-        clip_eps = float(self.arg("clip_eps", 0.2))
-        kl_coef = float(self.arg("kl_coef"))
+        clip_eps, kl_coef = self.config.clip_eps, self.config.kl_coef
         self.optimizer.zero_grad(set_to_none=True)
         for mb, adv in zip(data, advantages, strict=True):
             ids, mask, R = sequence(mb)
@@ -309,7 +310,7 @@ class PolicyTrainer(_LMModule):
             self.metrics.add("clipfrac", clipfrac)
             if kl_coef > 0 and "ref_logprobs" in mb:
                 kl = masked_mean(
-                    kl_penalty(logprobs, mb["ref_logprobs"], self.arg("kl_estimator", "k3")),
+                    kl_penalty(logprobs, mb["ref_logprobs"], self.config.kl_estimator),
                     response_mask,
                 )
                 self.metrics.add("kl_loss", kl.detach())
@@ -322,7 +323,7 @@ class PolicyTrainer(_LMModule):
                 ratio_log = logprobs - mb["old_logprobs"]
                 self.metrics.add("approx_kl", masked_mean(0.5 * ratio_log**2, response_mask))
         grad_norm = torch.nn.utils.clip_grad_norm_(
-            self.model.parameters(), float(self.arg("max_grad_norm", 1.0))
+            self.model.parameters(), self.config.max_grad_norm
         )
         self.metrics.add("grad_norm", grad_norm)
         self.optimizer.step()
@@ -331,22 +332,23 @@ class PolicyTrainer(_LMModule):
 class ValueTrainer(_LMModule):
     """PPO's critic: regresses ``returns`` with the clipped value loss.
 
-    model_args: the model keys (same as the value model), ``lr`` (1e-3),
-    ``value_clip`` (0.2; null for an unclipped loss), ``max_grad_norm`` (1.0),
-    ``weight_decay``, ``betas``.
+    Settings: ``ValueTrainerConfig`` (the model keys the same as the value
+    model's).
     """
 
+    config_class = ValueTrainerConfig
+    config: ValueTrainerConfig
+
     def setup(self) -> None:
-        self.model = build_value_model(self.model_args)
+        self.model = build_value_model(self.config)
         self.model.train()
-        self.optimizer = optimizer_for(self.model, self.model_args, default_lr=1e-3)
+        self.optimizer = optimizer_for(self.model, self.config)
 
     def train_step(self, data: list[dict[str, Any]], iteration: int = 0) -> None:
         assert self.model is not None and self.optimizer is not None
         if not data:
             return
         self.model.train()
-        clip = self.arg("value_clip", 0.2)
         self.optimizer.zero_grad(set_to_none=True)
         for mb in data:
             values = _response_values(self.model, mb)  # (B, R)
@@ -355,12 +357,10 @@ class ValueTrainer(_LMModule):
                 mb["values"],
                 mb["returns"],
                 mb["response_mask"],
-                clip_range=None if clip is None else float(clip),
+                clip_range=self.config.value_clip,
             )
             (loss / len(data)).backward()
             self.metrics.add("value_loss", loss.detach())
             self.metrics.add("value_clipfrac", clipfrac)
-        torch.nn.utils.clip_grad_norm_(
-            self.model.parameters(), float(self.arg("max_grad_norm", 1.0))
-        )
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
         self.optimizer.step()
