@@ -105,11 +105,11 @@ def test_a_misspelled_key_is_refused_with_the_known_ones_and_a_close_match(
 def test_the_ppo_policy_typo_of_the_issue() -> None:
     with pytest.raises(ValueError) as info:
         PolicyTrainerConfig.from_args("ppo_policy", {**MODEL, "lr": 0.002, "clip_esp": 0.1})
+    known = sorted(f.name for f in dataclasses.fields(PolicyTrainerConfig))
+    assert {"clip_eps", "lr", "kl_coef", "gpt", "warmup"} <= set(known)
     assert str(info.value) == (
         "models.ppo_policy.args.clip_esp is not a PolicyTrainerConfig setting (did you mean "
-        "clip_eps?); the known ones: betas, clip_eps, dtype, gpt, init_seed, kl_coef, "
-        "kl_estimator, lr, max_grad_norm, model_path, normalize_advantages, task, warmup, "
-        "weight_decay, weights_path"
+        f"clip_eps?); the known ones: {', '.join(known)}"
     )
 
 
