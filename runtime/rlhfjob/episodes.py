@@ -1,0 +1,215 @@
+"""One ``learn()``: the episode loop, its env/trainer/eval passes and its console lines.
+
+The order of an episode is the one :mod:`rlhfjob.engine` describes; saving and
+resuming the run's state is :mod:`rlhfjob.resume`.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from rlhfjob import context, resume
+from rlhfjob import metrics as prom
+from rlhfjob.data import PromptStream, StreamDataset, collate
+from rlhfjob.executor import Executor
+from rlhfjob.flow import FlowGraph, run_graph
+
+if TYPE_CHECKING:
+    from rlhfjob.engine import Engine
+
+__all__ = ["EpisodeRun"]
+
+
+class EpisodeRun:
+    """The state of one ``learn()``: positions, counters, the stream and history."""
+
+    def __init__(self, engine: Engine, executor: Executor) -> None:
+        self.engine = engine
+        self.ex = executor
+        self.rt = engine.config.runtime
+        self.episode = 0  # completed episodes
+        self.iterations: dict[str, int] = {}
+        self.summaries: list[dict[str, Any]] = []
+        self.stream: PromptStream | None = None
+        if engine.environment is not None:
+            assert engine._datasets is not None
+            first = engine.environment.graph.entry_modules[0]
+            datasets = [
+                executor.build_dataset(first, data, is_eval=False) for data in engine._datasets
+            ]
+            self.stream = PromptStream(datasets, seed=self.rt.seed, shuffle=self.rt.data_shuffle)
+        self.eval_data: list[Any] | None = None
+        if engine.evaluator is not None:
+            assert engine.evaluator.dataset is not None
+            first = engine.evaluator.graph.entry_modules[0]
+            self.eval_data = executor.build_dataset(first, engine.evaluator.dataset, is_eval=True)
+        self.dataset = StreamDataset(
+            sample_per_episode=self.rt.sample_per_episode,
+            micro_batch=self.rt.train_micro_batch_size,
+            global_batch=self.rt.global_batch_size,
+            loader=self.rt.stream_data_loader_type,
+            max_replay_episode=self.rt.max_replay_episode,
+            seed=self.rt.seed,
+            shuffle=self.rt.data_shuffle,
+        )
+
+    # --- one call ------------------------------------------------------------
+
+    def _iteration(self, label: str) -> int:
+        count = self.iterations.get(label, 0)
+        self.iterations[label] = count + 1
+        return count
+
+    def _run(self, graph: FlowGraph, flow_input: Any, *, iterate: bool) -> dict[int, Any]:
+        return run_graph(
+            graph,
+            flow_input,
+            lambda node, inputs: self.ex.call(
+                node, inputs, iteration=self._iteration(node.label) if iterate else None
+            ),
+        )
+
+    # --- the loop --------------------------------------------------------------
+
+    def learn(self, *, progress: bool) -> list[dict[str, Any]]:
+        resumed = resume.resume(self)
+        if not resumed:
+            for src, dst in self.engine._sync_pairs:
+                self.ex.sync(src, dst, bucket_mb=self.rt.coalesced_buffer_mb)
+        served = prom.for_driver()  # Prometheus metrics, when this process serves them
+        if served is not None:
+            restarts = context.env.restart_generation if context.env is not None else 0
+            served.start(num_episode=self.rt.num_episode, episode=self.episode, restarts=restarts)
+        bar = _progress(total=self.rt.num_episode, initial=self.episode, enabled=progress)
+        try:
+            if (
+                not resumed
+                and self.rt.enable_eval_before_training
+                and self.engine.evaluator is not None
+            ):
+                metrics = self.evaluate()
+                _write(bar, "before training  " + _format(metrics))
+            while self.episode < self.rt.num_episode:
+                summary = self.run_episode()
+                self.summaries.append(summary)
+                if served is not None:
+                    served.record_episode(summary, dataset_samples=len(self.dataset.samples))
+                    served.observe_steps(self.ex.step_seconds())
+                _write(bar, _format(summary, total=self.rt.num_episode))
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+        self.engine.summaries = self.summaries
+        return self.summaries
+
+    def run_episode(self) -> dict[str, Any]:
+        start = time.perf_counter()
+        number = self.episode + 1
+        summary: dict[str, Any] = {"episode": number}
+        self.ex.hook("before_episode")
+        samples = self.generate() if self.engine.environment is not None else []
+        summary["samples"] = len(samples)
+        if self.engine.trainer is not None:
+            manager = self.engine._replay_manager
+            if manager is not None:
+                samples = self.ex.materialize(samples)
+            self.dataset.set_episode(number, samples, manager)
+            summary["train_steps"] = self.train()
+            self.ex.wait()  # training done everywhere: what follows times the sync alone
+            sync_start, synced = time.perf_counter(), 0
+            for src, dst in self.engine._sync_pairs:
+                if number % self.engine.config.model(src.name).sync_frequency == 0:
+                    synced += self.ex.sync(src, dst, bucket_mb=self.rt.coalesced_buffer_mb)
+            if synced:
+                summary["sync_seconds"] = time.perf_counter() - sync_start
+                summary["sync_bytes"] = synced
+        self.ex.release()
+        self.ex.hook("after_episode")
+        for name, metrics in self.ex.metrics().items():
+            for key, value in metrics.items():
+                summary[f"{name}/{key}"] = value
+        interval = self.rt.eval_episode_interval
+        if self.engine.evaluator is not None and interval and number % interval == 0:
+            summary.update(self.evaluate())
+        elapsed = time.perf_counter() - start
+        summary["seconds"] = elapsed
+        summary["samples_per_s"] = len(samples) / elapsed if elapsed > 0 else math.inf
+        self.episode = number
+        save = self.rt.save_episode_interval
+        if save and number % save == 0:
+            resume.save(self, summary)
+        return summary
+
+    def generate(self) -> list[Any]:
+        assert self.engine.environment is not None and self.stream is not None
+        graph = self.engine.environment.graph
+        assert graph.output is not None or self.engine.trainer is None
+        prompts = self.stream.take(self.rt.sample_per_episode)
+        size = self.rt.generation_batch_size
+        handles = []
+        for start in range(0, len(prompts), size):
+            batch = collate(prompts[start : start + size])
+            results = self._run(graph, batch, iterate=True)
+            if graph.output is not None:
+                handles.append(results[graph.output])
+        label = graph.nodes[graph.output].label if graph.output is not None else ""
+        samples: list[Any] = []
+        for handle in handles:
+            samples.extend(self.ex.samples(handle, label=label))
+        return samples
+
+    def train(self) -> int:
+        assert self.engine.trainer is not None
+        steps = 0
+        for epoch in range(self.rt.num_training_epoch):
+            for batch in self.dataset.global_batches(episode=self.episode + 1, epoch=epoch):
+                self._run(self.engine.trainer.graph, batch, iterate=True)
+                steps += 1
+        return steps
+
+    def evaluate(self) -> dict[str, float]:
+        evaluator = self.engine.evaluator
+        assert evaluator is not None and self.eval_data is not None
+        graph = evaluator.graph
+        size = self.rt.generation_batch_size
+        handles = []
+        for start in range(0, len(self.eval_data), size):
+            results = self._run(graph, collate(self.eval_data[start : start + size]), iterate=False)
+            if graph.output is not None:
+                handles.append(results[graph.output])
+        outputs = [self.ex.fetch(h) for h in handles]
+        metrics = evaluator.post_process(outputs, {"episode": self.episode})
+        return {f"eval/{k}": float(v) for k, v in metrics.items()}
+
+
+def _progress(*, total: int, initial: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc="episodes", unit="ep", file=sys.stderr)
+
+
+def _write(bar: Any, line: str) -> None:
+    if bar is None:
+        return
+    bar.write(line, file=sys.stdout)
+
+
+def _format(summary: dict[str, Any], *, total: int | None = None) -> str:
+    """One line: the episode, throughput, then every metric at 4 significant digits."""
+    parts = []
+    if "episode" in summary:
+        parts.append(f"episode {summary['episode']}/{total}")
+    if "samples_per_s" in summary:
+        parts.append(f"{summary['samples_per_s']:.1f} samples/s")
+    skip = {"episode", "samples_per_s", "seconds", "samples", "train_steps", "sync_bytes"}
+    for key, value in summary.items():
+        if key not in skip and isinstance(value, (int, float)):
+            parts.append(f"{key} {value:.4g}")
+    return "  ".join(parts)
