@@ -14,6 +14,7 @@ import ipaddress
 import json
 import os
 import pickle
+import re
 import signal
 import socket
 import subprocess
@@ -239,8 +240,12 @@ def test_pickles_a_stranger_writes_into_the_rendezvous_are_refused_unopened(
     worker = gang.start(gang.worker, secret=SECRET, tag="worker")
     assert driver.wait() == 0, driver.text()[-3000:]
     assert worker.wait() == 0, worker.text()[-3000:]
-    # The real values replaced the stranger's; what was read of his first was refused.
-    assert "refused the value of rendezvous key" in driver.text(), driver.text()[-3000:]
+    # peer/1 was read (and refused) before the worker existed. Whether the driver reads the
+    # stranger's value under the other keys before the worker's real one replaces it is a
+    # race either side may win; in either order nothing of his is unpickled and any value
+    # refused is one of his. tests/unit/test_rendezvous_signing.py orders that race.
+    refused = re.findall(r"refused the value of rendezvous key '([^']+)'", driver.text())
+    assert set(refused) <= set(keys[1:]), refused
     assert not [m.name for m in markers if m.exists()]
     bad_inputs.refused("rendezvous", len(keys))
     del stranger

@@ -14,6 +14,7 @@ import io
 import os
 import pickle
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -82,14 +83,29 @@ def test_a_value_moved_to_another_key_does_not_verify(tcp: dist.TCPStore) -> Non
     assert store.peek("peer/2") is None
 
 
-def test_get_waits_for_the_real_writer_to_replace_a_strangers_value(tcp: dist.TCPStore) -> None:
-    tcp.set("k", "forged")
-    timer = threading.Timer(0.3, lambda: signed(client(tcp)).set("k", b"real"))
-    timer.start()
+def test_get_waits_for_the_real_writer_to_replace_a_strangers_value(
+    tcp: dist.TCPStore, tmp_path: Path
+) -> None:
+    """Ordered, not timed: the real value is written only once the reader has refused the
+    stranger's pickle, so the refusal path runs every time and the pickle never opens."""
+    marker = tmp_path / "unpickled"
+    tcp.set("k", pickle.dumps(_Payload(marker)))
+    reader = signed(tcp, patience=30)
+
+    def write_once_refused() -> None:
+        deadline = time.monotonic() + 30
+        while "k" not in reader._reported and time.monotonic() < deadline:
+            time.sleep(0.01)
+        signed(client(tcp)).set("k", b"real")
+
+    writer = threading.Thread(target=write_once_refused)
+    writer.start()
     try:
-        assert signed(tcp, patience=10).get("k") == b"real"
+        assert reader.get("k") == b"real"
     finally:
-        timer.join()
+        writer.join()
+    assert "k" in reader._reported  # the stranger's value was read first, and refused
+    assert not marker.exists()
 
 
 def test_add_counts_like_tcpstore_even_when_racing(tcp: dist.TCPStore) -> None:
