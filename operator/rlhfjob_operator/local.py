@@ -15,7 +15,8 @@ unless set), so nothing off this host reaches them.
 
 Failure policy, as the operator's: when any process fails, every other one is
 stopped (process groups, SIGTERM then SIGKILL) and the gang is restarted from
-its last checkpoint with exponential backoff, up to ``max_restarts``
+its last checkpoint (the line saying so names its episode, or why there is none:
+``rlhfjob_operator.restarts``) with exponential backoff, up to ``max_restarts``
 (default ``spec.runPolicy.backoffLimit``); a permanent failure (exit 78) is
 never retried. No process is left behind, whatever happens, and no file:
 every process gets a ``TMPDIR`` of its own (as a pod gets a /tmp emptyDir),
@@ -57,6 +58,7 @@ from rlhfjob_operator.contract import (
     shm_prefix,
 )
 from rlhfjob_operator.plan import JobPlan, Worker, plan_job
+from rlhfjob_operator.restarts import latest_saved_episode, restart_origin
 from rlhfjob_operator.spec import RLHFJob, load_job
 
 __all__ = ["RunResult", "free_port", "run_job", "sweep_shm"]
@@ -307,9 +309,9 @@ def run_job(
         generation += 1
         restarts += attempt.counted
         counted = f"restart {restarts} of {limit}" if attempt.counted else "not counted"
+        origin = restart_origin(job.spec.runtime, saved=latest_saved_episode(ckpt))
         print(
-            f"rlhfjob run: restarting the gang from the last checkpoint in "
-            f"{attempt.delay:.0f}s ({counted})",
+            f"rlhfjob run: restarting the gang {origin} in {attempt.delay:.0f}s ({counted})",
             file=err,
             flush=True,
         )

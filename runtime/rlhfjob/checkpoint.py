@@ -18,13 +18,14 @@ import io
 import json
 import os
 import random
-import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from rlhfjob_operator.restarts import CHECKPOINT_DIR, COMPLETE
 
 __all__ = [
     "RNGStream",
@@ -35,8 +36,8 @@ __all__ = [
     "save_checkpoint",
 ]
 
-_NAME = re.compile(r"^episode_(\d{6,})$")
-_MARKER = "COMPLETE"
+# The layout's names live with the launchers, which read it without torch.
+_NAME, _MARKER = CHECKPOINT_DIR, COMPLETE
 
 
 def _write_atomic(path: Path, payload: bytes) -> None:

@@ -18,6 +18,7 @@ from toys import Actor, Learner, Scorer, prompts
 from rlhfjob import Engine, Environment, Trainer
 from rlhfjob import checkpoint as ckpt
 from rlhfjob.checkpoint import RNGStream
+from rlhfjob_operator.restarts import latest_saved_episode
 
 RUNTIME = dict(
     sample_per_episode=8,
@@ -109,6 +110,8 @@ def test_incomplete_and_damaged_checkpoints(tmp_path):
     half = tmp_path / "episode_000002"
     (half / "modules").mkdir(parents=True)
     assert ckpt.latest_checkpoint(tmp_path) == good, "no COMPLETE marker: ignored"
+    # What a launcher reads without torch to say where a restart resumes: the same one.
+    assert latest_saved_episode(tmp_path) == 1
     with pytest.raises(ValueError, match="incomplete"):
         ckpt.load_checkpoint(half)
     (good / "engine.pt").write_bytes(b"garbage")

@@ -38,6 +38,7 @@ from rlhfjob_operator.kube.names import (
     pod_name,
 )
 from rlhfjob_operator.plan import JobPlan
+from rlhfjob_operator.restarts import restart_origin_on_kubernetes
 from rlhfjob_operator.spec import Condition, ConditionType, ModelStatus, RLHFJob, RLHFJobStatus
 
 __all__ = [
@@ -343,7 +344,8 @@ def decide(
             if attempt.counted
             else "not counted"
         )
-        msg = f"{what}; restarting the gang from the last checkpoint in {delay:g}s ({counted})"
+        origin = restart_origin_on_kubernetes(job, last_checkpoint=status.last_checkpoint)
+        msg = f"{what}; restarting the gang {origin} in {delay:g}s ({counted})"
         status.message = msg
         _set_condition(status, "Restarting", True, reason="PodFailed", message=msg, now=stamp)
         _set_condition(status, "Running", False, reason="PodFailed", message=msg, now=stamp)
