@@ -69,7 +69,8 @@ def main() -> int:
     from rlhfjob.checkpoint import RNGStream
     from rlhfjob.comm import bootstrap
     from rlhfjob.comm.env import WorkerEnv
-    from rlhfjob.executor.rpc import WorkerFailed, WorkerRuntime
+    from rlhfjob.executor.rpc import WorkerFailed
+    from rlhfjob.executor.worker import WorkerRuntime
 
     try:
         env = WorkerEnv.from_environ()
@@ -95,7 +96,7 @@ def main() -> int:
         # loaded between calls (see RNGStream), which saves four numpy state copies a call.
         RNGStream.keep_resident()
         # Ready before RPC starts: the driver may call the moment rendezvous completes.
-        WorkerRuntime.current = WorkerRuntime(env)
+        WorkerRuntime.install(env)
     try:
         context.peers = bootstrap.start(env)
     except bootstrap.StartupError as exc:

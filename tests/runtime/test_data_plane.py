@@ -228,14 +228,14 @@ def test_a_sigkilled_worker_leaves_no_segment_behind(tmp_path, job_name):
 
 
 def test_small_outputs_ride_the_call_reply():
-    from rlhfjob.executor.rpc import _INLINE_BYTES, _pickled_if_small
+    from rlhfjob.executor.operations import INLINE_BYTES, pickled_if_small
 
     small = {"x": torch.arange(10), "names": ["a"]}
-    assert torch.equal(pickle.loads(_pickled_if_small(small))["x"], small["x"])
-    assert _pickled_if_small({"x": torch.zeros(_INLINE_BYTES)}) is None
-    assert _pickled_if_small({"names": [f"{i:04d}" * 250 for i in range(100)]}) is None
-    assert _pickled_if_small({"f": lambda: 1}) is None  # unpicklable: fetched over RPC
-    assert pickle.loads(_pickled_if_small(None)) is None
+    assert torch.equal(pickle.loads(pickled_if_small(small))["x"], small["x"])
+    assert pickled_if_small({"x": torch.zeros(INLINE_BYTES)}) is None
+    assert pickled_if_small({"names": [f"{i:04d}" * 250 for i in range(100)]}) is None
+    assert pickled_if_small({"f": lambda: 1}) is None  # unpicklable: fetched over RPC
+    assert pickle.loads(pickled_if_small(None)) is None
 
 
 def test_the_runtime_never_imports_ray():

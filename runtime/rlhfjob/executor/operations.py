@@ -1,0 +1,197 @@
+"""What a worker does for each operation the driver submits: ``HANDLERS``, by message type.
+
+Each handler runs on the worker's exec thread, in submission order, and
+returns the reply; an exception becomes a ``Failure`` naming the worker (see
+``WorkerRuntime``). From a driver call site such as ``Call(...)`` the
+handler is ``HANDLERS[Call]``, ``run_call``.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+
+from rlhfjob.comm.broadcast import all_reduce_mean, broadcast_tensors
+from rlhfjob.comm.channel import Pickler
+from rlhfjob.data import split_samples
+from rlhfjob.executor.local import (
+    copy_parameters,
+    load_module_checkpoint,
+    merge_inputs,
+    module_checkpoint,
+)
+from rlhfjob.executor.protocol import (
+    BroadcastParams,
+    BuildDataset,
+    Call,
+    CallDone,
+    CopyParams,
+    Free,
+    Hook,
+    LoadState,
+    Metrics,
+    ParamSpecs,
+    SaveState,
+    Setup,
+    StateReply,
+)
+from rlhfjob.module import BaseModule
+
+if TYPE_CHECKING:
+    from rlhfjob.executor.worker import WorkerRuntime
+
+__all__ = ["HANDLERS", "INLINE_BYTES", "pickled_if_small"]
+
+# A call's output at most this large (pickled) comes back with the call's reply.
+INLINE_BYTES = 64 << 10
+
+
+def run_setup(rt: WorkerRuntime, msg: Setup) -> None:
+    rt.exchange.directory = msg.directory
+    rt.bucket_bytes = msg.config.runtime.coalesced_buffer_mb * 2**20
+    for spec in msg.groups:
+        group = dist.new_group(spec.ranks, backend=spec.backend)
+        if rt.env.rank in spec.ranks:
+            rt.groups[spec.name] = group
+    for module in msg.modules:
+        module.bind(msg.config, replica_id=rt.env.replica)
+        module.run_hook(module.setup)
+        rt.modules[module.name] = module
+    for name, group_name in msg.replicated.items():
+        module = rt.modules[name]
+        group = rt.groups[group_name]
+        ranks = dist.get_process_group_ranks(group)
+        # Data-parallel replicas start from replica 0's weights, like DDP.
+        params = list(module.named_parameters_to_sync().values())
+        broadcast_tensors(params, src=min(ranks), group=group, bucket_bytes=rt.bucket_bytes)
+        if module.optimizer is not None and module.model is not None:
+            model = module.model
+
+            def reduce(*_: Any, _model: torch.nn.Module = model, _group: Any = group) -> None:
+                grads = [p.grad for p in _model.parameters() if p.grad is not None]
+                all_reduce_mean(grads, group=_group, bucket_bytes=rt.bucket_bytes)
+
+            module.optimizer.register_step_pre_hook(reduce)
+
+
+def run_param_specs(rt: WorkerRuntime, msg: ParamSpecs) -> list[tuple[str, tuple[int, ...], str]]:
+    params = rt.modules[msg.module].named_parameters_to_sync()
+    return [(k, tuple(v.shape), str(v.dtype)) for k, v in sorted(params.items())]
+
+
+def run_build_dataset(rt: WorkerRuntime, msg: BuildDataset) -> list[Any]:
+    module = rt.modules[msg.module]
+    return list(module.run_hook(module.build_dataset, msg.prompts, msg.is_eval))
+
+
+def run_call(rt: WorkerRuntime, msg: Call) -> CallDone:
+    """Pull the inputs, run the call, store its output under ``msg.key``."""
+    module = rt.modules[msg.module]
+    data = merge_inputs(f"{msg.module}.{msg.method}", [rt.exchange.resolve(i) for i in msg.inputs])
+    start = time.perf_counter()
+    out = module.call_hook(msg.method, data, msg.iteration)
+    seconds = time.perf_counter() - start
+    rt.exchange.value(msg.key).set_result(out)
+    count = len(split_samples(out)) if isinstance(out, dict) else None
+    return CallDone(count, seconds, pickled_if_small(out))
+
+
+def run_hook(rt: WorkerRuntime, msg: Hook) -> None:
+    for module in rt.modules.values():
+        module.run_hook(getattr(module, msg.hook))
+
+
+def run_metrics(rt: WorkerRuntime, msg: Metrics) -> dict[str, dict[str, float]]:
+    return {n: dict(m.get_and_clear_metrics() or {}) for n, m in rt.modules.items()}
+
+
+def run_copy(rt: WorkerRuntime, msg: CopyParams) -> int:
+    return copy_parameters(rt.modules[msg.src], rt.modules[msg.dst])
+
+
+def run_broadcast(rt: WorkerRuntime, msg: BroadcastParams) -> int:
+    module = rt.modules[msg.module]
+    params = module.named_parameters_to_sync()
+    tensors = [params[k] for k in sorted(params)]
+    return broadcast_tensors(
+        tensors,
+        src=msg.src,
+        group=rt.groups[msg.group],
+        bucket_bytes=rt.bucket_bytes,
+        # The model's own parameters: the first sync packs them, later ones send in place.
+        packing=type(module).named_parameters_to_sync is BaseModule.named_parameters_to_sync,
+    )
+
+
+def run_save_state(rt: WorkerRuntime, msg: SaveState) -> StateReply:
+    """States of the modules whose first replica this is, and every module's RNG."""
+    states = {}
+    for name, module in rt.modules.items():
+        if msg.firsts[name] == rt.env.name:
+            states[name] = module_checkpoint(module)
+            module.run_hook(module.save_checkpoint, msg.iteration)
+    rng = {n: m.rng.state for n, m in rt.modules.items() if m.rng is not None}
+    return StateReply(states, rng)
+
+
+def run_load_state(rt: WorkerRuntime, msg: LoadState) -> None:
+    for name, module in rt.modules.items():
+        if name in msg.states:
+            load_module_checkpoint(module, msg.states[name])
+        if name in msg.rngs and module.rng is not None:
+            module.rng.state = msg.rngs[name]
+
+
+def run_free(rt: WorkerRuntime, msg: Free) -> None:
+    rt.exchange.free(msg.keys)
+
+
+HANDLERS: dict[type, Callable[[WorkerRuntime, Any], Any]] = {
+    Setup: run_setup,
+    ParamSpecs: run_param_specs,
+    BuildDataset: run_build_dataset,
+    Call: run_call,
+    Hook: run_hook,
+    Metrics: run_metrics,
+    CopyParams: run_copy,
+    BroadcastParams: run_broadcast,
+    SaveState: run_save_state,
+    LoadState: run_load_state,
+    Free: run_free,
+}
+
+
+class _TooBig(Exception):
+    pass
+
+
+class _Capped(io.BytesIO):
+    def write(self, data: Any) -> int:
+        if self.tell() + len(data) > INLINE_BYTES:
+            raise _TooBig
+        return super().write(data)
+
+
+def pickled_if_small(value: Any) -> bytes | None:
+    """``value`` pickled when that takes at most ``INLINE_BYTES``, else None.
+
+    Large tensors are refused before pickling; otherwise the pickler stops at
+    the limit, so a large output costs at most that much work. An output
+    that cannot be pickled is not inlined (the driver's fetch then reports it).
+    """
+    items = value.values() if isinstance(value, dict) else (value,)
+    if any(isinstance(v, torch.Tensor) and v.nbytes > INLINE_BYTES for v in items):
+        return None
+    buffer = _Capped()
+    try:
+        Pickler(buffer).dump(value)
+    except _TooBig:
+        return None
+    except Exception:  # unpicklable: the driver's fetch over RPC says so
+        return None
+    return buffer.getvalue()
