@@ -196,3 +196,25 @@ def test_a_run_that_fails_after_resuming_loses_no_checkpoint(
     _, engine = ckpt.load_checkpoint(latest)
     assert engine["episode"] == 2
     bad_inputs.refused("checkpoint")
+
+
+SCALAR_ACTOR = """
+class Actor(Actor):
+    def forward_step(self, data, iteration):
+        return {**data, "y": torch.tensor(0.5)}
+"""
+
+
+def test_a_model_output_without_a_batch_dim_fails_the_job_naming_the_key(
+    tmp_path: Path, job_name: str, bad_inputs: Any
+) -> None:
+    # The worker stores the output before it counts its samples: the count's failure must
+    # still reach the driver (and the output's consumers), not stop the worker's exec thread.
+    source = "import torch\n" + TOY_ENTRY.replace(
+        "actor, scorer", SCALAR_ACTOR + "actor, scorer", 1
+    )
+    entry = _entry(tmp_path, source + LEARN)
+    proc = _run(tmp_path, job_name, ONE_WORKER, TOY_MODELS, entry)
+    assert proc.returncode == 78, f"{proc.returncode}\n{proc.stderr[-3000:]}"
+    assert "output key 'y' is a scalar tensor; give it a batch dim" in proc.stderr, proc.stderr
+    bad_inputs.refused("entrypoint")

@@ -90,14 +90,20 @@ def run_build_dataset(rt: WorkerRuntime, msg: BuildDataset) -> list[Any]:
 
 
 def run_call(rt: WorkerRuntime, msg: Call) -> CallDone:
-    """Pull the inputs, run the call, store its output under ``msg.key``."""
+    """Pull the inputs, run the call, store its output under ``msg.key``.
+
+    Raises (and stores nothing) when an input's producer failed, the call raised, or
+    its dict output does not split into samples.
+    """
     module = rt.modules[msg.module]
     data = merge_inputs(f"{msg.module}.{msg.method}", [rt.exchange.resolve(i) for i in msg.inputs])
     start = time.perf_counter()
     out = module.call_hook(msg.method, data, msg.iteration)
     seconds = time.perf_counter() - start
-    rt.exchange.value(msg.key).set_result(out)
+    # Counted before it is stored: an output that is no batch (a scalar, sizes that
+    # disagree) fails the call, and the exec loop stores that failure under the key instead.
     count = len(split_samples(out)) if isinstance(out, dict) else None
+    rt.exchange.value(msg.key).set_result(out)
     return CallDone(count, seconds, pickled_if_small(out))
 
 
