@@ -81,8 +81,8 @@ class Failure:
 
 @dataclasses.dataclass(frozen=True)
 class Endpoint:
-    """Where a worker's control server listens, and its /dev/shm domain ("" when unknown:
-    then nobody shares its memory)."""
+    """Where a worker's control server listens, and who shares its /dev/shm
+    (``rlhfjob.comm.shm.domain``; "" when it has none usable: it pulls by torch RPC)."""
 
     address: tuple[str, int]
     domain: str
