@@ -53,7 +53,7 @@ cluster-bin: $(STAMP) ## Build the test control plane and kubectl/helm into the 
 
 .PHONY: help venv demo test lint
 
-crds: $(STAMP) ## Regenerate crds/ (and the chart's copy) from the RLHFJob models in operator/rlhfjob_operator/spec.py
+crds: $(STAMP) ## Regenerate crds/ (and the chart's copy) from the RLHFJob models in operator/rlhfjob_operator/spec/
 	$(PY) -m rlhfjob_operator.crd --out crds/rlhfjobs.rlhf.dev.yaml
 	$(MAKE) chart-crds
 

@@ -31,7 +31,7 @@ def _schema() -> dict[str, Any]:
 
 def test_checked_in_crd_matches_the_models() -> None:
     checked_in = (REPO / CRD_PATH).read_text()
-    assert checked_in == render_crd(), "crds/ drifted from spec.py: run `make crds`"
+    assert checked_in == render_crd(), "crds/ drifted from spec/: run `make crds`"
 
 
 def test_module_entry_point_prints_the_crd() -> None:

@@ -1,0 +1,76 @@
+"""The RLHFJob API types: the one source of truth.
+
+The runtime validates its config (the ``runtime`` and ``models`` sections)
+with these models, the CRD under ``crds/`` is generated from them, and the
+operator plans pods from them. This package must never import torch.
+
+Keys and defaults of ``runtime`` and ``models.<name>`` follow ChatLearn, so a
+ChatLearn user ports a config by copying it. Every model forbids unknown keys:
+a typo is an error that names the key, never a silently ignored setting.
+Each cross-field rule is one :class:`~rlhfjob_operator.spec.rules.Rule` that
+gives both the CRD's CEL rule and pydantic's check.
+
+Layers, each importing only those above it: ``rules`` (Rule), ``base`` (names,
+SpecError, base models), ``pod``, ``runtime`` (ChatLearn's sections,
+JobConfig), ``status``, ``job`` (RLHFJobSpec, RLHFJob), ``load``.
+"""
+
+from rlhfjob_operator.spec.base import API_VERSION, GROUP, KIND, PLURAL, VERSION, SpecError
+from rlhfjob_operator.spec.job import (
+    JOB_NAME_MAX,
+    JOB_NAME_PATTERN,
+    MODEL_NAME_PATTERN,
+    CheckpointSpec,
+    Entrypoint,
+    ObjectMeta,
+    RLHFJob,
+    RLHFJobSpec,
+    RunPolicy,
+)
+from rlhfjob_operator.spec.load import format_validation_error, load_job, load_job_config
+from rlhfjob_operator.spec.pod import EnvVar, PodSettings, ResourceRequirements, Toleration
+from rlhfjob_operator.spec.rules import Rule
+from rlhfjob_operator.spec.runtime import JobConfig, ModelSpec, RuntimeSpec
+from rlhfjob_operator.spec.status import (
+    CONDITION_TYPES,
+    Condition,
+    ConditionType,
+    ModelStatus,
+    Phase,
+    RLHFJobStatus,
+)
+
+__all__ = [
+    "API_VERSION",
+    "CONDITION_TYPES",
+    "GROUP",
+    "JOB_NAME_MAX",
+    "JOB_NAME_PATTERN",
+    "KIND",
+    "MODEL_NAME_PATTERN",
+    "PLURAL",
+    "VERSION",
+    "CheckpointSpec",
+    "Condition",
+    "ConditionType",
+    "Entrypoint",
+    "EnvVar",
+    "JobConfig",
+    "ModelSpec",
+    "ModelStatus",
+    "ObjectMeta",
+    "Phase",
+    "PodSettings",
+    "RLHFJob",
+    "RLHFJobSpec",
+    "RLHFJobStatus",
+    "ResourceRequirements",
+    "Rule",
+    "RunPolicy",
+    "RuntimeSpec",
+    "SpecError",
+    "Toleration",
+    "format_validation_error",
+    "load_job",
+    "load_job_config",
+]

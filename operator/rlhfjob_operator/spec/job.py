@@ -1,0 +1,317 @@
+"""``spec`` of an RLHFJob and its Kubernetes-only parts: entrypoint, checkpoint volume,
+run policy; the whole manifest (RLHFJob) and its metadata."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from rlhfjob_operator.contract import DRIVER_ROLE, RESERVED_ENV, RESERVED_ENV_PREFIX
+from rlhfjob_operator.spec.base import API_VERSION, KIND, KubeModel, Quantity, check_quantity
+from rlhfjob_operator.spec.pod import EnvVar, NodeSelector, PodSettings, Toleration
+from rlhfjob_operator.spec.rules import Rule, immutable, transition
+from rlhfjob_operator.spec.runtime import (
+    COLOCATED_MODELS_EXIST,
+    COLOCATED_REPLICAS_MATCH,
+    REPLICAS_GET_BATCHES,
+    JobConfig,
+    ModelSpec,
+    RuntimeSpec,
+)
+from rlhfjob_operator.spec.status import RLHFJobStatus
+
+__all__ = [
+    "JOB_NAME_MAX",
+    "JOB_NAME_PATTERN",
+    "MODEL_NAME_PATTERN",
+    "CheckpointSpec",
+    "Entrypoint",
+    "ObjectMeta",
+    "RLHFJob",
+    "RLHFJobSpec",
+    "RunPolicy",
+]
+
+# Model names become pod names, hostnames and label values: DNS-safe, short.
+MODEL_NAME_PATTERN = r"^[a-z0-9]([a-z0-9_-]{0,38}[a-z0-9])?$"
+# metadata.name becomes the headless Service's name (a DNS-1035 label) and prefixes pod names.
+JOB_NAME_PATTERN = r"^[a-z]([-a-z0-9]{0,48}[a-z0-9])?$"
+JOB_NAME_MAX = 50
+
+_ONE_ENTRYPOINT = "set exactly one of file or module"
+
+
+class Entrypoint(KubeModel):
+    """What the driver (rank 0) runs: a Python file or module of the image, with arguments."""
+
+    file: str | None = Field(
+        None, min_length=1, max_length=1024, description="Path of a Python file in the image."
+    )
+    module: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$",
+        description="A module run like `python -m module`.",
+    )
+    args: list[Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=list, max_length=256, description="sys.argv[1:] of the entrypoint."
+    )
+
+    rules: ClassVar[tuple[Rule[Entrypoint], ...]] = (
+        Rule(
+            cel="has(self.file) != has(self.module)",
+            message=f"spec.entrypoint: {_ONE_ENTRYPOINT}",
+            holds=lambda e: (e.file is None) != (e.module is None),
+            explain=lambda _: _ONE_ENTRYPOINT,
+        ),
+    )
+
+
+class EmptyDirCheckpoint(KubeModel):
+    medium: Literal["", "Memory"] | None = None
+    size_limit: Quantity | None = None
+
+    @field_validator("size_limit")
+    @classmethod
+    def _quantity(cls, value: str | int | None) -> str | int | None:
+        return None if value is None else check_quantity(value)
+
+
+class PVCCheckpoint(KubeModel):
+    claim_name: str = Field(
+        min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+    )
+    sub_path: str | None = Field(
+        None,
+        max_length=1024,
+        pattern=r"^[^/]",
+        description="Directory inside the claim; lets several jobs share one claim.",
+    )
+
+
+_ONE_VOLUME = "set at most one of emptyDir or persistentVolumeClaim"
+
+
+class CheckpointSpec(KubeModel):
+    """Where workers write checkpoints: an emptyDir (default; lost on a gang restart) or a
+    PersistentVolumeClaim (ReadWriteMany when workers span nodes; survives restarts)."""
+
+    mount_path: str = Field(
+        "/checkpoints", pattern=r"^/", max_length=1024, description="RLHFJOB_CHECKPOINT_DIR."
+    )
+    empty_dir: EmptyDirCheckpoint | None = None
+    persistent_volume_claim: PVCCheckpoint | None = None
+
+    rules: ClassVar[tuple[Rule[CheckpointSpec], ...]] = (
+        Rule(
+            cel="!(has(self.emptyDir) && has(self.persistentVolumeClaim))",
+            message=f"spec.checkpoint: {_ONE_VOLUME}",
+            holds=lambda c: c.empty_dir is None or c.persistent_volume_claim is None,
+            explain=lambda _: _ONE_VOLUME,
+        ),
+    )
+
+
+class RunPolicy(KubeModel):
+    """When the job gives up, how long it may run, when it is cleaned up."""
+
+    backoff_limit: int = Field(
+        3, ge=0, le=1000, description="Gang restarts before the job is Failed."
+    )
+    active_deadline_seconds: int | None = Field(
+        None, ge=1, description="Fail the job after this long since it (last) started."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        None, ge=0, description="Delete the job this long after it Succeeded or Failed."
+    )
+    suspend: bool = Field(False, description="True deletes the pods and keeps the status.")
+
+
+# --- Rules of RLHFJobSpec beyond those it shares with JobConfig --------------------
+
+_NAME_RULE = (
+    "a model name is lowercase letters, digits, '-' or '_', "
+    "at most 40 characters, starting and ending with a letter or digit"
+)
+_DRIVER_NAME = f"'{DRIVER_ROLE}' is the driver's role; rename the model"
+_RESERVED = f"{', '.join(RESERVED_ENV)} and {RESERVED_ENV_PREFIX}*"
+
+
+def _quoted(names: tuple[str, ...]) -> list[str]:
+    return [f"'{name}'" for name in names]
+
+
+def _misnamed(spec: RLHFJobSpec) -> str | None:
+    # fullmatch, as RE2 in the API server: re.match's $ would let a trailing newline through.
+    return next((n for n in spec.models if not re.fullmatch(MODEL_NAME_PATTERN, n)), None)
+
+
+def _reserved(spec: RLHFJobSpec) -> str | None:
+    return next(
+        (
+            v.name
+            for v in spec.env
+            if v.name in RESERVED_ENV or v.name.startswith(RESERVED_ENV_PREFIX)
+        ),
+        None,
+    )
+
+
+_SPEC_RULES: tuple[Rule[RLHFJobSpec], ...] = (
+    Rule(
+        # models may be absent (no models); reading it would fail the rule.
+        cel=f"!has(self.models) || self.models.all(k, k.matches('{MODEL_NAME_PATTERN}'))",
+        message=f"spec.models: {_NAME_RULE}",
+        holds=lambda s: _misnamed(s) is None,
+        explain=lambda s: f"models.{_misnamed(s)}: {_NAME_RULE}",
+        field_path=".models",
+    ),
+    Rule(
+        cel=f"!has(self.models) || !('{DRIVER_ROLE}' in self.models)",
+        message=f"spec.models: {_DRIVER_NAME}",
+        holds=lambda s: DRIVER_ROLE not in s.models,
+        explain=lambda _: f"models.{DRIVER_ROLE}: {_DRIVER_NAME}",
+        field_path=".models",
+    ),
+    COLOCATED_MODELS_EXIST,
+    COLOCATED_REPLICAS_MATCH,
+    REPLICAS_GET_BATCHES,
+    Rule(
+        cel="!has(self.env) || self.env.all(e, !(e.name in "
+        f"[{', '.join(_quoted(RESERVED_ENV))}]) && "
+        f"!e.name.startsWith('{RESERVED_ENV_PREFIX}'))",
+        message=f"spec.env: {_RESERVED} are set by rlhfjob; remove them",
+        holds=lambda s: _reserved(s) is None,
+        explain=lambda s: (
+            f"env: {_reserved(s)} is set by rlhfjob; remove it ({_RESERVED} are reserved)"
+        ),
+        field_path=".env",
+    ),
+    # Transition rules on a field run only when it is in the old and the new object, so
+    # adding or removing an optional field needs these.
+    *(
+        transition(
+            f"has(self.{name}) == has(oldSelf.{name})",
+            f"spec.{name} is immutable; delete and re-create the job",
+            field_path=f".{name}",
+        )
+        for name in ("driver", "checkpoint", "imagePullPolicy")
+    ),
+)
+
+
+class RLHFJobSpec(KubeModel):
+    """``spec`` of an RLHFJob. Everything but ``runPolicy`` is immutable once created."""
+
+    entrypoint: Entrypoint = Field(json_schema_extra=immutable("entrypoint"))
+    image: str = Field(
+        min_length=1,
+        max_length=512,
+        description="Runtime image of every pod unless a role sets its own.",
+        json_schema_extra=immutable("image"),
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        None, json_schema_extra=immutable("imagePullPolicy")
+    )
+    runtime: RuntimeSpec = Field(
+        default_factory=lambda: RuntimeSpec(), json_schema_extra=immutable("runtime")
+    )
+    models: dict[str, ModelSpec] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="One worker pod per replica; num_gpu becomes nvidia.com/gpu.",
+        json_schema_extra=immutable("models"),
+    )
+    driver: PodSettings | None = Field(
+        None, description="The driver pod's settings.", json_schema_extra=immutable("driver")
+    )
+    node_selector: NodeSelector = Field(
+        default_factory=dict,
+        description="For every pod of the job.",
+        json_schema_extra=immutable("nodeSelector"),
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list,
+        max_length=32,
+        description="For every pod of the job.",
+        json_schema_extra=immutable("tolerations"),
+    )
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        max_length=128,
+        description="Extra environment of every pod.",
+        json_schema_extra=immutable("env"),
+    )
+    checkpoint: CheckpointSpec = Field(
+        default_factory=lambda: CheckpointSpec.model_validate({}),
+        json_schema_extra=immutable("checkpoint"),
+    )
+    run_policy: RunPolicy = Field(default_factory=lambda: RunPolicy.model_validate({}))
+
+    rules: ClassVar[tuple[Rule[RLHFJobSpec], ...]] = _SPEC_RULES
+
+    @property
+    def config(self) -> JobConfig:
+        """The ``runtime`` and ``models`` sections, as the runtime's Engine takes them."""
+        return JobConfig.model_construct(runtime=self.runtime, models=self.models)
+
+    @model_validator(mode="after")
+    def _check_pod_names(self) -> RLHFJobSpec:
+        # No Rule: the API server does not check this (it would compare every pair of model
+        # names), as tests/operator/malformed.py records; the operator refuses such a job.
+        dns: dict[str, str] = {}
+        for name in self.models:
+            other = dns.setdefault(name.replace("_", "-"), name)
+            if other != name:
+                raise ValueError(
+                    f"models.{name} and models.{other} give the same pod names; rename one"
+                )
+        return self
+
+
+class ObjectMeta(BaseModel):
+    """The part of metadata rlhfjob reads; the rest (managedFields, ...) passes through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(max_length=JOB_NAME_MAX, pattern=JOB_NAME_PATTERN)
+    namespace: str | None = None
+    uid: str | None = None
+    generation: int | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class RLHFJob(BaseModel):
+    """The whole manifest: what ``kubectl apply`` and ``rlhfjob run job.yaml`` take."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    api_version: Literal["rlhf.dev/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["RLHFJob"]
+    metadata: ObjectMeta
+    spec: RLHFJobSpec
+    status: RLHFJobStatus | None = None
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def namespace(self) -> str:
+        return self.metadata.namespace or "default"
+
+    def manifest(self) -> dict[str, Any]:
+        """apiVersion, kind, name/namespace and spec, as a plain dict (the ConfigMap's copy)."""
+        meta: dict[str, Any] = {"name": self.metadata.name}
+        if self.metadata.namespace:
+            meta["namespace"] = self.metadata.namespace
+        return {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "metadata": meta,
+            "spec": self.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+        }

@@ -1,0 +1,74 @@
+"""``status`` of an RLHFJob: written by the operator only (the status subresource)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic.config import JsonDict
+
+from rlhfjob_operator.spec.base import KubeModel
+
+__all__ = ["CONDITION_TYPES", "Condition", "ConditionType", "ModelStatus", "Phase", "RLHFJobStatus"]
+
+Phase = Literal["Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed"]
+ConditionType = Phase
+CONDITION_TYPES: tuple[ConditionType, ...] = (
+    "Created",
+    "Running",
+    "Restarting",
+    "Suspended",
+    "Succeeded",
+    "Failed",
+)
+_TIME: JsonDict = {"format": "date-time"}
+
+
+class Condition(KubeModel):
+    """A Kubernetes-style condition; ``status`` is "True", "False" or "Unknown"."""
+
+    type: ConditionType
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field("", max_length=1024)
+    message: str = Field("", max_length=32768)
+    last_transition_time: str | None = Field(None, json_schema_extra=_TIME)
+    last_update_time: str | None = Field(None, json_schema_extra=_TIME)
+
+
+class ModelStatus(KubeModel):
+    replicas: int = Field(0, ge=0, description="Pods wanted for this model.")
+    ready: int = Field(0, ge=0, description="Of those, Running and ready.")
+
+
+class RLHFJobStatus(KubeModel):
+    """Written by the operator only (the status subresource)."""
+
+    phase: Phase | None = None
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
+        },
+    )
+    models: dict[str, ModelStatus] = Field(default_factory=dict)
+    replicas: int = Field(0, ge=0, description="Pods of the job, driver included.")
+    ready_replicas: int = Field(0, ge=0)
+    episode: int | None = Field(None, ge=0, description="Episodes completed, as the driver says.")
+    reward: float | None = Field(
+        None, description="Mean reward of the driver's last episode (its reward_mean metric)."
+    )
+    num_episode: int | None = Field(None, ge=0)
+    last_checkpoint: str | None = Field(None, description="Path or episode of the last checkpoint.")
+    restarts: int = Field(0, ge=0, description="Gang restarts after a failure.")
+    restart_generation: int = Field(
+        0, ge=0, description="Incremented whenever the gang is re-created (restart, resume)."
+    )
+    start_time: str | None = Field(None, json_schema_extra=_TIME)
+    completion_time: str | None = Field(None, json_schema_extra=_TIME)
+    next_restart_time: str | None = Field(None, json_schema_extra=_TIME)
+    observed_generation: int | None = None
+    message: str | None = None
+
+    def condition(self, type_: ConditionType) -> Condition | None:
+        return next((c for c in self.conditions if c.type == type_), None)
