@@ -145,6 +145,18 @@ CASES: list[Case] = [
         _runtime(colocation=[["policy", "reference"], ["reference", "reward"]]),
         "colocation",
     ),
+    # Edges where the CEL and pydantic once disagreed (tests/unit/operator/test_spec_rules.py).
+    Case(
+        "model-twice-in-one-group",
+        _runtime(colocation=[["policy", "policy"]]),
+        "colocation",
+    ),
+    Case(
+        "empty-checkpoint-path",
+        _runtime(save_episode_interval=1, data_checkpoint_path=""),
+        "data_checkpoint_path",
+    ),
+    Case("model-name-ends-in-newline", _add_model("critic\n"), "models"),
     Case("colocation-unknown-model", _runtime(colocation=[["policy", "critic"]]), "colocation"),
     Case(
         "colocation-replicas-differ",

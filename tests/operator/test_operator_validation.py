@@ -11,6 +11,7 @@ from malformed import CASES, Case, base_manifest
 from operator_proc import install_crd
 
 from cluster import Cluster
+from rlhfjob_operator.spec import load_job
 
 SERVER_CASES = [c for c in CASES if c.where == "both"]
 
@@ -29,6 +30,19 @@ def test_enough_cases_reach_the_api_server() -> None:
 def test_the_base_manifest_is_accepted(control_plane: Cluster, validation_ns: str) -> None:
     control_plane.kubectl_run(
         "apply", "-n", validation_ns, "-f", "-", input=yaml.safe_dump(base_manifest("good"))
+    )
+
+
+def test_a_job_without_models_is_accepted_as_pydantic_accepts_it(
+    control_plane: Cluster, validation_ns: str
+) -> None:
+    """The spec's CEL rules read spec.models only when it is there: a rule that read an
+    absent field would fail, and the API server refuse what pydantic accepts."""
+    manifest = base_manifest("no-models")
+    del manifest["spec"]["models"]
+    load_job(manifest)
+    control_plane.kubectl_run(
+        "apply", "-n", validation_ns, "-f", "-", input=yaml.safe_dump(manifest)
     )
 
 

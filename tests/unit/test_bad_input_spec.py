@@ -154,7 +154,8 @@ def test_model_names_follow_the_pattern_or_are_refused_naming_them(bad_inputs: A
         }
         models[name] = {}
         message = refusal(m)
-        fine = re.match(MODEL_NAME_PATTERN, name) is not None and name != "driver" and not clash
+        # fullmatch: the API server's RE2 lets no trailing newline through "$".
+        fine = re.fullmatch(MODEL_NAME_PATTERN, name) is not None and name != "driver" and not clash
         assert (message is None) == fine, (name, message)
         if message is not None:
             assert "models" in message, message
