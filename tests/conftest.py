@@ -41,8 +41,8 @@ CATEGORIES = {
     "model path": "the Hugging Face adapter / the module's setup()",
     "checkpoint": "resume and load_checkpoint, earlier checkpoints kept",
     "env contract": "WorkerEnv.from_environ: exit 78 naming the variable",
-    "rendezvous": "bootstrap: the record or value refused, naming it",
-    "rpc": "bootstrap's signed RPC pickler: refused unopened",
+    "rendezvous": "comm.rendezvous/signing: the record or value refused, naming it",
+    "rpc": "comm.rpc_pickles' signed RPC pickler: refused unopened",
 }
 
 # node id (without parameters) -> (category, inputs per test item)

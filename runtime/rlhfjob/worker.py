@@ -67,8 +67,9 @@ def _exec_entrypoint(entry: Entrypoint, spec_path: str, *, as_main: bool) -> Non
 def main() -> int:
     from rlhfjob import context
     from rlhfjob.checkpoint import RNGStream
-    from rlhfjob.comm import bootstrap
+    from rlhfjob.comm import heartbeat, rendezvous
     from rlhfjob.comm.env import WorkerEnv
+    from rlhfjob.comm.errors import StartupError
     from rlhfjob.executor.rpc import WorkerFailed
     from rlhfjob.executor.worker import WorkerRuntime
 
@@ -98,34 +99,35 @@ def main() -> int:
         # Ready before RPC starts: the driver may call the moment rendezvous completes.
         WorkerRuntime.install(env)
     try:
-        context.peers = bootstrap.start(env)
-    except bootstrap.StartupError as exc:
+        session = rendezvous.start(env)
+    except StartupError as exc:
         print(f"rlhfjob {env.name}: {exc}", file=sys.stderr)
         return EXIT_RETRYABLE
-    bootstrap.watch(lambda msg: bootstrap.fail_fast(msg, code=EXIT_RETRYABLE))
+    context.peers = session.peers
+    heartbeat.watch(session, lambda msg: heartbeat.fail_fast(msg, code=EXIT_RETRYABLE))
     if not env.is_driver:
-        bootstrap.stop(graceful=True)  # returns once the driver is done
+        session.stop(graceful=True)  # returns once the driver is done
         return EXIT_OK
     context.role = "driver"
     try:
         _exec_entrypoint(job.spec.entrypoint, env.spec_path, as_main=True)
     except SystemExit as exc:
         if exc.code not in (0, None):
-            bootstrap.fail_fast(f"the entrypoint exited with {exc.code}", code=EXIT_PERMANENT)
+            heartbeat.fail_fast(f"the entrypoint exited with {exc.code}", code=EXIT_PERMANENT)
     except WorkerFailed as exc:
         print(f"rlhfjob: {exc}", file=sys.stderr)
-        bootstrap.fail_fast(
+        heartbeat.fail_fast(
             f"job {env.job_name} failed: {str(exc).splitlines()[0]}",
             code=EXIT_RETRYABLE if exc.retryable else EXIT_PERMANENT,
         )
     except BaseException as exc:
         traceback.print_exc()
-        bootstrap.fail_fast(
+        heartbeat.fail_fast(
             f"job {env.job_name} failed in the entrypoint: {type(exc).__name__}: {exc}",
             code=EXIT_PERMANENT,
         )
     sys.stdout.flush()
-    bootstrap.stop(graceful=True)
+    session.stop(graceful=True)
     return EXIT_OK
 
 

@@ -1,4 +1,4 @@
-"""Meet the gang through ``bootstrap.start`` and leave: startup failures without a job.
+"""Meet the gang through ``rendezvous.start`` and leave: startup failures without a job.
 
     python meet.py STARTUP_TIMEOUT      (the environment contract as for a worker)
 
@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import sys
 
-from rlhfjob.comm import bootstrap
+from rlhfjob.comm import rendezvous
 from rlhfjob.comm.env import WorkerEnv
+from rlhfjob.comm.errors import StartupError
 from rlhfjob_operator.contract import EXIT_RETRYABLE
 
 if __name__ == "__main__":
     env = WorkerEnv.from_environ()
     try:
-        bootstrap.start(env, startup_timeout=float(sys.argv[1]))
-    except bootstrap.StartupError as exc:
+        session = rendezvous.start(env, startup_timeout=float(sys.argv[1]))
+    except StartupError as exc:
         print(f"meet {env.name}: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_RETRYABLE) from None
-    bootstrap.stop(graceful=True)
+    session.stop(graceful=True)

@@ -147,8 +147,9 @@ def test_missing_entrypoint_is_a_permanent_error(tmp_path, job_name, missing):
 
 
 def test_startup_times_out_naming_the_missing_ranks():
-    from rlhfjob.comm import bootstrap
+    from rlhfjob.comm import rendezvous
     from rlhfjob.comm.env import WorkerEnv
+    from rlhfjob.comm.errors import StartupError
     from rlhfjob_operator.local import free_port
 
     env = WorkerEnv(
@@ -166,8 +167,8 @@ def test_startup_times_out_naming_the_missing_ranks():
         restart_generation=0,
         secret="s" * 32,
     )
-    with pytest.raises(bootstrap.StartupError, match=r"ranks \[1, 2\] of 3 did not reach"):
-        bootstrap.start(env, startup_timeout=2)
+    with pytest.raises(StartupError, match=r"ranks \[1, 2\] of 3 did not reach"):
+        rendezvous.start(env, startup_timeout=2)
 
 
 def test_worker_env_names_missing_variables():

@@ -30,8 +30,8 @@ import torch.distributed as dist
 import yaml
 
 from conftest import write_job
-from rlhfjob.comm import bootstrap
 from rlhfjob.comm.env import WorkerEnv
+from rlhfjob.comm.signing import SignedStore, job_key
 from rlhfjob_operator.contract import ENV_JOB_SECRET
 from rlhfjob_operator.local import free_port
 from rlhfjob_operator.plan import JobPlan, Worker, plan_job
@@ -345,7 +345,7 @@ def test_a_forged_value_where_gloo_looks_ends_the_startup_cleanly(
             ENV_JOB_SECRET: SECRET,
         }
     )
-    signed = bootstrap.SignedStore(tcp, bootstrap.job_key(env, "rendezvous"), patience=0, name="t")
+    signed = SignedStore(tcp, job_key(env, "rendezvous"), patience=0, name="t")
     record = dict(
         rank=0, name="driver", role="driver", replica=0, models=[], pid=1, host="h", cuda=False
     )

@@ -24,9 +24,10 @@ import torch
 import torch.distributed as dist
 from torch.distributed.rpc import internal as rpc_internal
 
-from rlhfjob.comm import bootstrap
-from rlhfjob.comm.bootstrap import RendezvousRefused, SignedStore, job_key
 from rlhfjob.comm.env import WorkerEnv
+from rlhfjob.comm.errors import RendezvousRefused
+from rlhfjob.comm.rpc_pickles import sign_rpc_pickles
+from rlhfjob.comm.signing import SignedStore, job_key
 from rlhfjob_operator.local import free_port
 
 KEY, OTHER = b"k" * 32, b"o" * 32
@@ -198,7 +199,7 @@ def test_an_unsigned_rpc_pickle_is_refused_unopened(tmp_path: Path, capsys) -> N
     assert marker.exists()
     marker.unlink()
 
-    undo = bootstrap.sign_rpc_pickles(KEY, name="actor-0")
+    undo = sign_rpc_pickles(KEY, name="actor-0")
     try:
         data, tensors = rpc_internal.serialize({"t": torch.ones(2), "n": 3})
         back = rpc_internal.deserialize(data, tensors)

@@ -1,1 +1,2 @@
-"""Process bootstrap, the RPC transport and bucketed parameter broadcast."""
+"""Joining the gang (env, signing, rendezvous, heartbeat), the control channel, the RPC
+transport and bucketed parameter broadcast."""
