@@ -43,6 +43,13 @@ The environment of every process, driver included:
 ``RLHFJOB_TERMINATION_LOG``
     Where the driver writes its last progress line (the kubelet's
     terminationMessagePath; default :data:`TERMINATION_LOG`).
+``RLHFJOB_LOG_LEVEL``
+    ``info`` (the default, also when empty) keeps third-party noise out of
+    the output: gloo's connection lines (:data:`NOISE_PATTERN`, one per
+    process and group) and torch's deprecation warning about its own RPC
+    internals; ``debug`` lets everything through. ``rlhfjob run`` passes it
+    on from its own environment; anything else is refused by
+    :func:`log_level`, naming the variable (the worker exits 78).
 
 Exit codes (sysexits where one fits):
 
@@ -62,6 +69,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+from collections.abc import Mapping
 from pathlib import Path
 
 __all__ = [
@@ -72,6 +80,7 @@ __all__ = [
     "ENV_CHECKPOINT_DIR",
     "ENV_JOB_NAME",
     "ENV_JOB_SECRET",
+    "ENV_LOG_LEVEL",
     "ENV_MASTER_ADDR",
     "ENV_MASTER_PORT",
     "ENV_METRICS_HOST",
@@ -89,6 +98,9 @@ __all__ = [
     "EXIT_PERMANENT",
     "EXIT_RETRYABLE",
     "GPU_RESOURCE",
+    "LOG_DEBUG",
+    "LOG_INFO",
+    "NOISE_PATTERN",
     "RESERVED_ENV",
     "RESERVED_ENV_PREFIX",
     "TERMINATION_LOG",
@@ -99,6 +111,7 @@ __all__ = [
     "Retry",
     "describe_exit",
     "entrypoint_path",
+    "log_level",
     "next_attempt",
     "shm_prefix",
 ]
@@ -118,6 +131,14 @@ ENV_METRICS_HOST = "RLHFJOB_METRICS_HOST"
 ENV_RESTART_GENERATION = "RLHFJOB_RESTART_GENERATION"
 ENV_JOB_SECRET = "RLHFJOB_JOB_SECRET"
 ENV_TERMINATION_LOG = "RLHFJOB_TERMINATION_LOG"
+ENV_LOG_LEVEL = "RLHFJOB_LOG_LEVEL"
+LOG_INFO = "info"
+LOG_DEBUG = "debug"
+# The start of a line that third-party code prints and that tells a user nothing: gloo's
+# report for every process of every group it connects. Dropped at LOG_INFO by the worker
+# (rlhfjob.comm.quiet, during startup) and by `rlhfjob run` (worker output, also later
+# groups); pods' logs keep a worker's later groups' lines.
+NOISE_PATTERN = r"\[Gloo\] Rank \d+ is connected to \d+ peer ranks\."
 TERMINATION_LOG = "/dev/termination-log"
 
 # Set by the launcher: a user's spec.env may neither set these nor any RLHFJOB_* name.
@@ -157,6 +178,19 @@ def describe_exit(code: int) -> str:
             return f"was killed by signal {-code}"
     meaning = _EXIT_MEANING.get(code)
     return f"exited with code {code}" + (f" ({meaning})" if meaning else "")
+
+
+def log_level(environ: Mapping[str, str]) -> str:
+    """:data:`LOG_INFO` or :data:`LOG_DEBUG` from ``RLHFJOB_LOG_LEVEL``; unset or empty is
+    info, case is ignored, anything else a ValueError naming the variable and its values."""
+    raw = environ.get(ENV_LOG_LEVEL, "").strip().lower() or LOG_INFO
+    if raw not in (LOG_INFO, LOG_DEBUG):
+        raise ValueError(
+            f"environment variable {ENV_LOG_LEVEL}={environ[ENV_LOG_LEVEL]!r} is neither "
+            f"{LOG_INFO!r} (the default: third-party startup noise hidden) nor {LOG_DEBUG!r} "
+            "(everything shown)"
+        )
+    return raw
 
 
 def shm_prefix(job_name: str, master_port: int) -> str:

@@ -5,7 +5,12 @@ same environment contract a pod gets (``MASTER_ADDR`` is 127.0.0.1, the
 rendezvous port a free one; the driver's metrics port another, on 127.0.0.1,
 printed to stderr). The driver's output passes through as it is (its
 progress bar and episode lines); every other worker's lines are prefixed with
-``[<role>-<replica>]``.
+``[<role>-<replica>]``. Third-party noise (gloo's connection lines, torch's
+deprecation warning) is dropped unless ``RLHFJOB_LOG_LEVEL=debug`` is set in
+the environment of ``rlhfjob run``, which every process inherits: by each
+process during its startup (``rlhfjob.comm.quiet``), and here from every
+worker line, which also catches the groups a worker joins later (parameter
+sync, data parallel).
 
 Every start of the gang draws a fresh ``RLHFJOB_JOB_SECRET`` that only its
 processes get, so no process of another run, or of an earlier start of this
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -49,11 +55,14 @@ from rlhfjob_operator.contract import (
     EXIT_OK,
     EXIT_PERMANENT,
     EXIT_RETRYABLE,
+    LOG_INFO,
+    NOISE_PATTERN,
     WORKER_COMMAND,
     Backoff,
     Final,
     describe_exit,
     entrypoint_path,
+    log_level,
     next_attempt,
     shm_prefix,
 )
@@ -98,9 +107,27 @@ def sweep_shm(prefix: str, root: Path = Path("/dev/shm")) -> list[str]:
     return swept
 
 
-def _pump(stream: IO[bytes], prefix: str, out: IO[str]) -> None:
+_NOISE = re.compile(NOISE_PATTERN)
+
+
+def _quiet(environ: dict[str, str]) -> bool:
+    """Whether worker output loses its third-party noise lines (RLHFJOB_LOG_LEVEL=info).
+
+    A value the contract refuses shows everything: the workers exit 78 naming
+    the variable, and that message must get through.
+    """
+    try:
+        return log_level(environ) == LOG_INFO
+    except ValueError:
+        return False
+
+
+def _pump(stream: IO[bytes], prefix: str, out: IO[str], *, quiet: bool) -> None:
     for raw in iter(stream.readline, b""):
-        out.write(f"[{prefix}] {raw.decode(errors='replace')}")
+        line = raw.decode(errors="replace")
+        if quiet and _NOISE.match(line):
+            continue
+        out.write(f"[{prefix}] {line}")
         out.flush()
     stream.close()
 
@@ -162,7 +189,10 @@ def _start(
         )
         assert popen.stdout is not None
         pump = threading.Thread(
-            target=_pump, args=(popen.stdout, worker.hostname, out), daemon=True
+            target=_pump,
+            args=(popen.stdout, worker.hostname, out),
+            kwargs={"quiet": _quiet(env)},
+            daemon=True,
         )
         pump.start()
         procs.append(_Proc(worker, popen, pump))

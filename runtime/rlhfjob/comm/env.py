@@ -27,6 +27,10 @@ from rlhfjob_operator.contract import (
     ENV_ROLE,
     ENV_SPEC,
     ENV_WORLD_SIZE,
+    LOG_INFO,
+)
+from rlhfjob_operator.contract import (
+    log_level as read_log_level,
 )
 
 __all__ = ["MIN_SECRET_CHARS", "Peer", "WorkerEnv"]
@@ -53,6 +57,8 @@ class WorkerEnv:
     restart_generation: int
     # Never printed: a repr of the environment must not leak it.
     secret: str = dataclasses.field(repr=False)
+    # RLHFJOB_LOG_LEVEL: info hides third-party startup noise (rlhfjob.comm.quiet).
+    log_level: str = LOG_INFO
 
     @property
     def is_driver(self) -> bool:
@@ -124,6 +130,7 @@ class WorkerEnv:
             metrics_port=number(ENV_METRICS_PORT, "0"),
             restart_generation=number(ENV_RESTART_GENERATION, "0"),
             secret=secret,
+            log_level=read_log_level(env),
         )
 
 

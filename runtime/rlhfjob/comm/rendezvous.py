@@ -35,6 +35,7 @@ from torch.distributed.rendezvous import register_rendezvous_handler
 
 from rlhfjob.comm.env import MIN_SECRET_CHARS, Peer, WorkerEnv
 from rlhfjob.comm.errors import RendezvousRefused, StartupError
+from rlhfjob.comm.quiet import quiet_startup
 from rlhfjob.comm.rpc_pickles import sign_rpc_pickles
 from rlhfjob.comm.signing import NONCE_BYTES, TAG_BYTES, SignedStore, job_key
 from rlhfjob_operator.contract import ENV_JOB_SECRET
@@ -260,7 +261,8 @@ def start(env: WorkerEnv, *, startup_timeout: float = 120.0, rpc_timeout: float 
 
     undo = sign_rpc_pickles(job_key(env, "rpc"), name=env.name)
     try:
-        _start_gloo_and_rpc(env, store, startup_timeout=startup_timeout)
+        with quiet_startup(env.log_level):
+            _start_gloo_and_rpc(env, store, startup_timeout=startup_timeout)
     except Exception as exc:
         undo()
         if store.refused:
