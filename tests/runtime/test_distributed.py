@@ -14,6 +14,7 @@ import torch
 
 from conftest import rlhfjob_run, worker_pids, write_job
 from rlhfjob import checkpoint as ckpt
+from rlhfjob_operator.contract import ENV_LOG_LEVEL, LOG_DEBUG
 from rlhfjob_operator.spec import JobConfig
 
 RUNTIME = dict(
@@ -82,7 +83,10 @@ def test_two_trainer_replicas_match_within_tolerance(tmp_path, job_name):
         assert torch.allclose(a[key], b[key], atol=1e-5), key
 
 
-def test_two_inference_replicas_take_batches_in_turn(tmp_path, job_name):
+def test_two_inference_replicas_take_batches_in_turn(tmp_path, job_name, monkeypatch):
+    # The toy actor prints nothing of its own: at debug, gloo's startup lines show the
+    # second replica's [actor-1] prefix.
+    monkeypatch.setenv(ENV_LOG_LEVEL, LOG_DEBUG)
     models = {**MODELS, "actor": {"num_replica": 2}}
     proc, remote = distributed(tmp_path, job_name, RUNTIME, models)
     assert len(remote["actor"]["replica_rng"]) == 2
