@@ -17,6 +17,7 @@ A test that fails counts its inputs as tried, not refused.
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,6 +27,33 @@ import pytest
 
 # After every test: no stray process, listening port, temp dir or /dev/shm segment.
 pytest_plugins = ["leftovers"]
+
+# PYTHONPATH as it was before pytest_configure.
+_OLD_PYTHONPATH = pytest.StashKey[str | None]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Put the ini's ``pythonpath`` (tests/support) on PYTHONPATH too: the processes
+    tests start (``rlhfjob run`` workers importing ``toys``, the e2e pods, which pass
+    PYTHONPATH on) import the shared helpers by name as the tests do. An existing
+    PYTHONPATH (runtime/ and operator/ of this checkout) is kept after them; the
+    old value comes back at unconfigure."""
+    config.stash[_OLD_PYTHONPATH] = os.environ.get("PYTHONPATH")
+    paths = [str(p) for p in config.getini("pythonpath")]
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [*paths, *filter(None, [os.environ.get("PYTHONPATH")])]
+    )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _OLD_PYTHONPATH not in config.stash:
+        return
+    old = config.stash[_OLD_PYTHONPATH]
+    if old is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = old
+
 
 # category -> who refuses it
 CATEGORIES = {

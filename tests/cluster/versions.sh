@@ -1,5 +1,5 @@
 # Versions of the test control plane and tools; sourced by build.sh and read
-# by tests/operator/cluster.py (keep the KEY=value form). K8S_VERSION and
+# by tests/support/cluster/paths.py (keep the KEY=value form). K8S_VERSION and
 # ETCD_VERSION must match go.mod.
 K8S_VERSION=1.35.4
 ETCD_VERSION=3.6.5

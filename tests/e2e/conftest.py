@@ -17,13 +17,9 @@ so. Missing binaries fail the session under CI=true and skip it locally.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
 from gangs import Checkpoints, checkpoint_claim, running_pods
 from operator_proc import install_crd
 from podrunner import PodRunner

@@ -1,4 +1,4 @@
-"""The entrypoint of the e2e tests' small job: the toy modules of tests/unit/toys.py.
+"""The entrypoint of the e2e tests' small job: the toy modules of tests/support/toys.py.
 
 Every process of the job imports it (only the driver passes the __main__ guard).
 Final weights are compared through the last checkpoint.
@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from toys import Actor, Learner, Scorer, prompts
 
 from rlhfjob import Engine, Environment, Trainer

@@ -1,4 +1,4 @@
-"""Every generated bad manifest (tests/operator/mutations.py) that the CRD can catch is
+"""Every generated bad manifest (tests/support/mutations.py) that the CRD can catch is
 refused by the real API server, naming the field; the ones only pydantic catches (the
 form of a Kubernetes quantity) are let through, for the operator to refuse."""
 

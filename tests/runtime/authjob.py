@@ -1,5 +1,5 @@
 """A two-process job for the rendezvous-authentication tests: the toy modules of
-tests/unit/toys.py colocated in one worker, so the gang is the driver and one worker.
+tests/support/toys.py colocated in one worker, so the gang is the driver and one worker.
 
 ``--hold FILE``: the driver waits (at most 120 s) for FILE to exist after the
 gang has met and RPC is up, so a test can act on a running job.
@@ -8,11 +8,9 @@ gang has met and RPC is up, so a test can act on a running job.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from toys import Actor, Learner, Scorer, prompts
 
 from rlhfjob import Engine, Environment, Trainer

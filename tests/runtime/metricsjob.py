@@ -4,11 +4,8 @@ own /metrics after learn() and prints the page between markers."""
 
 from __future__ import annotations
 
-import sys
 import urllib.request
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from toys import Actor, Learner, Scorer, prompts
 
 from rlhfjob import Engine, Environment, Trainer, context

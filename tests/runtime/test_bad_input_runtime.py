@@ -18,7 +18,6 @@ from conftest import rlhfjob_run, write_job
 from rlhfjob import checkpoint as ckpt
 
 HERE = Path(__file__).resolve().parent
-UNIT = HERE.parent / "unit"
 RUNTIME = dict(
     num_episode=1,
     sample_per_episode=8,
@@ -30,9 +29,7 @@ TOY_MODELS = {"actor": {}, "scorer": {}, "learner": {"trainable": True}}
 # The toy modules in one worker: a gang of two processes.
 ONE_WORKER = {**RUNTIME, "colocation": [["actor", "scorer", "learner"]]}
 
-TOY_ENTRY = f"""
-import sys
-sys.path.insert(0, {str(UNIT)!r})
+TOY_ENTRY = """
 from toys import Actor, Learner, Scorer, prompts
 from rlhfjob import Engine, Environment, Trainer
 actor, scorer, learner = Actor("actor"), Scorer("scorer"), Learner("learner")

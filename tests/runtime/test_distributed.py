@@ -30,8 +30,7 @@ MODELS = {"actor": {}, "scorer": {}, "learner": {"trainable": True}}
 
 
 def in_process(tmp_path, runtime, models):
-    sys.path.insert(0, os.path.dirname(__file__))
-    import toyjob
+    import toyjob  # tests/runtime is on sys.path, as for every test file here (pytest)
 
     config = JobConfig.model_validate(
         {"runtime": {**runtime, "data_checkpoint_path": str(tmp_path / "inproc")}, "models": models}

@@ -3,14 +3,11 @@ dashboard queries is on its /metrics page, the page parses, the values are right
 
 from __future__ import annotations
 
-import os
 import re
-import sys
+
+from dashboards import dashboard_exprs, metric_names, served_families
 
 from conftest import rlhfjob_run, write_job
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "unit"))
-from dashboards import dashboard_exprs, metric_names, served_families
 
 RUNTIME = dict(
     num_episode=3,

@@ -1,4 +1,4 @@
-"""A job entrypoint for the runtime tests: the toy modules of tests/unit/toys.py in workers.
+"""A job entrypoint for the runtime tests: the toy modules of tests/support/toys.py in workers.
 
 Run by `rlhfjob run` (every process imports it; only the driver passes the
 __main__ guard) and in-process by the tests, for the same-results checks.
@@ -8,12 +8,8 @@ Final weights are compared through the last checkpoint.
 from __future__ import annotations
 
 import resource
-import sys
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from toys import Actor, Learner, Scorer, prompts
 
 from rlhfjob import Engine, Environment, Trainer

@@ -1,7 +1,7 @@
 """Generated bad specs and configs: pydantic refuses every one with a SpecError naming the
 field, never another exception, never a silent acceptance of what the rules forbid.
 
-- every mutation of tests/operator/mutations.py (the CRD schema's own constraints,
+- every mutation of tests/support/mutations.py (the CRD schema's own constraints,
   broken one field at a time; the API server test sends the same ones to kube-apiserver);
 - hypothesis: random values at any field of a full job (accepted, or refused naming
   that field), values that are wrong for sure, random model names;
@@ -13,19 +13,14 @@ from __future__ import annotations
 import copy
 import json
 import re
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mutations import MUTATIONS, Path_, full_manifest, leaves, set_path, spec_schema
 
 from rlhfjob_operator.spec import MODEL_NAME_PATTERN, SpecError, load_job, load_job_config
-
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "operator"))
-from mutations import MUTATIONS, Path_, full_manifest, leaves, set_path, spec_schema  # noqa: E402
 
 SETTINGS = settings(
     max_examples=80,

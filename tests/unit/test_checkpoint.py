@@ -122,12 +122,11 @@ def test_incomplete_and_damaged_checkpoints(tmp_path):
 _KILLER = textwrap.dedent(
     """
     import os, signal, sys
-    sys.path.insert(0, {tests!r})
     from rlhfjob import checkpoint
     import test_checkpoint as t
 
     kill_at, partial = int(sys.argv[1]), sys.argv[2] == "partial"
-    calls = {{"n": 0}}
+    calls = {"n": 0}
     original = checkpoint._write_atomic
     replace = os.replace
 
@@ -160,7 +159,9 @@ _KILLER = textwrap.dedent(
 def test_kill_during_save_keeps_the_previous_checkpoint(tmp_path, tmp_path_factory, kill_at, mode):
     tests = str(Path(__file__).parent)
     proc = subprocess.run(
-        [sys.executable, "-c", _KILLER.format(tests=tests), str(kill_at), mode, str(tmp_path)],
+        # `python -c` puts its working directory (tests/unit) first on sys.path, so
+        # `import test_checkpoint` finds this file; toys comes from PYTHONPATH.
+        [sys.executable, "-c", _KILLER, str(kill_at), mode, str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=120,

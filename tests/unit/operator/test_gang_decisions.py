@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
+from malformed import base_manifest
 
 from rlhfjob_operator.contract import EXIT_PERMANENT, Backoff
 from rlhfjob_operator.kube.manifests import build_gang
@@ -21,10 +20,6 @@ from rlhfjob_operator.kube.reconcile import (
 )
 from rlhfjob_operator.plan import plan_job
 from rlhfjob_operator.spec import RLHFJob, RLHFJobStatus, load_job
-
-REPO = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(REPO / "tests" / "operator"))
-from malformed import base_manifest  # noqa: E402
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
 BACKOFF = Backoff(base_seconds=10, cap_seconds=60)

@@ -3,11 +3,11 @@ and the runtime's load_job_config keeps working for bare {runtime, models} confi
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from malformed import CASES, Case, base_manifest
 
 from rlhfjob_operator.spec import (
     JobConfig,
@@ -18,8 +18,6 @@ from rlhfjob_operator.spec import (
 )
 
 REPO = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(REPO / "tests" / "operator"))
-from malformed import CASES, Case, base_manifest  # noqa: E402
 
 EXAMPLES = sorted((REPO / "examples" / "k8s").glob("*.yaml"))
 

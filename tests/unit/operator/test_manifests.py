@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import copy
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from malformed import base_manifest
 
 from rlhfjob_operator.kube.manifests import (
     build_configmap,
@@ -27,10 +27,6 @@ from rlhfjob_operator.kube.names import (
 )
 from rlhfjob_operator.plan import plan_job
 from rlhfjob_operator.spec import RLHFJob, load_job
-
-REPO = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(REPO / "tests" / "operator"))
-from malformed import base_manifest  # noqa: E402
 
 UID = "0b7c3f4e-1111-2222-3333-444455556666"
 

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+from malformed import base_manifest
 
 from rlhfjob_operator.contract import ENV_JOB_SECRET
 from rlhfjob_operator.kube.manifests import build_gang, build_secret
 from rlhfjob_operator.kube.names import LABEL_JOB, secret_name
 from rlhfjob_operator.plan import plan_job
 from rlhfjob_operator.spec import load_job
-
-REPO = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(REPO / "tests" / "operator"))
-from malformed import base_manifest  # noqa: E402
 
 UID = "0b5c5e9a-8f3e-4d57-9a51-6f0e4b7c2a11"
 

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import copy
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
+from malformed import base_manifest
 
 from rlhfjob_operator.contract import DEFAULT_MASTER_PORT, EXIT_PERMANENT
 from rlhfjob_operator.plan import JobPlan, plan_job, role_name
 from rlhfjob_operator.spec import RLHFJob, load_job
-
-REPO = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(REPO / "tests" / "operator"))
-from malformed import base_manifest  # noqa: E402
 
 CONTRACT = {
     "RLHFJOB_JOB_NAME",

@@ -1,0 +1,43 @@
+"""A real Kubernetes control plane on loopback for the operator tests.
+
+`ControlPlane` starts etcd, kube-apiserver (client certificates, RBAC on),
+kube-controller-manager and kube-scheduler, built by `make cluster-bin` into a
+cache outside the repo (tests/cluster/build.sh), on 127.0.0.1 with free ports
+and a temporary directory. `TestKubelet` plays the kubelet of a few fake nodes
+(CPU and GPU, `nvidia.com/gpu` capacity): it keeps their heartbeats fresh and
+moves the pods the real scheduler binds to them through their phases.
+
+    with ControlPlane() as cluster:        # a Cluster
+        cluster.kubectl_run("get", "nodes")
+        cluster.kubelet.finish_pod("ns", "pod", exit_code=1)
+
+`Cluster` is what tests see; `Cluster.from_kubeconfig` wraps any cluster named
+by KUBECONFIG the same way (no control plane, no test kubelet).
+
+This package is the facade: tests import from `cluster` only. Inside, paths.py
+(where the binaries are), pki.py (the certificate authority, kubeconfigs),
+processes.py (components, ports, bounded waits), nodes.py and kubelet.py (the
+fake nodes, the test kubelet), handle.py (`Cluster`), control_plane.py and
+session.py (the one cluster of a test session).
+"""
+
+from .control_plane import ControlPlane, ControlPlaneError
+from .handle import Cluster
+from .kubelet import TestKubelet
+from .nodes import NodeSpec, PodHandler
+from .paths import GPU
+from .processes import wait_until
+from .session import Missing, session_cluster
+
+__all__ = [
+    "GPU",
+    "Cluster",
+    "ControlPlane",
+    "ControlPlaneError",
+    "Missing",
+    "NodeSpec",
+    "PodHandler",
+    "TestKubelet",
+    "session_cluster",
+    "wait_until",
+]
