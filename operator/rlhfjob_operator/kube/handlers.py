@@ -1,4 +1,4 @@
-"""The kopf shell: which events reconcile which job. All decisions live in reconcile.py.
+"""The kopf shell: which events reconcile which job. All decisions live in decisions.py.
 
 - RLHFJob created, resumed (operator start) or its spec changed -> reconcile it.
 - A pod labelled ``rlhf.dev/job`` changed -> reconcile its job.

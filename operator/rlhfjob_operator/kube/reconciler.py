@@ -1,4 +1,4 @@
-"""Reads a job and its pods, asks the pure :func:`~.reconcile.decide`, and applies the answer.
+"""Reads a job and its pods, asks the pure :func:`~.decisions.decide`, and applies the answer.
 
 Any number of triggers (the job changed, one of its pods changed, a timer) may ask
 for the same job at once; they coalesce: one thread reconciles, the others mark
@@ -29,6 +29,7 @@ from pydantic import ValidationError
 from rlhfjob_operator import metrics
 from rlhfjob_operator.contract import Backoff
 from rlhfjob_operator.kube.client import ApiError, Conflict, KubeClient
+from rlhfjob_operator.kube.decisions import Decision, decide, invalid_spec
 from rlhfjob_operator.kube.manifests import (
     build_configmap,
     build_gang,
@@ -37,7 +38,6 @@ from rlhfjob_operator.kube.manifests import (
     build_service,
 )
 from rlhfjob_operator.kube.names import job_selector
-from rlhfjob_operator.kube.reconcile import Decision, decide, invalid_spec
 from rlhfjob_operator.plan import JobPlan, plan_job
 from rlhfjob_operator.spec import RLHFJob, RLHFJobStatus, format_validation_error
 

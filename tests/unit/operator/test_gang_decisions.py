@@ -10,14 +10,14 @@ import pytest
 from malformed import base_manifest
 
 from rlhfjob_operator.contract import EXIT_PERMANENT, Backoff
-from rlhfjob_operator.kube.manifests import build_gang
-from rlhfjob_operator.kube.names import ANNOTATION_EPISODE, ANNOTATION_LAST_CHECKPOINT
-from rlhfjob_operator.kube.reconcile import (
+from rlhfjob_operator.kube.decisions import (
     Decision,
     decide,
     format_time,
     invalid_spec,
 )
+from rlhfjob_operator.kube.manifests import build_gang
+from rlhfjob_operator.kube.names import ANNOTATION_EPISODE, ANNOTATION_LAST_CHECKPOINT
 from rlhfjob_operator.plan import plan_job
 from rlhfjob_operator.spec import RLHFJob, RLHFJobStatus, load_job
 

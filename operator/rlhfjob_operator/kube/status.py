@@ -1,0 +1,151 @@
+"""A job's status as :func:`~.decisions.decide` writes it: conditions (Kubernetes
+semantics), times, and what it reads off the pods (phase, generation, readiness,
+why one failed, the driver's progress, the ready counts).
+
+Pods are the plain dicts the API returns (``metadata``, ``status``); a field
+missing reads as the API's default (phase Pending, no conditions: ready once
+Running, no exit code: the status reason, else "Failed").
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from rlhfjob_operator import progress
+from rlhfjob_operator.kube.names import (
+    ANNOTATION_EPISODE,
+    ANNOTATION_LAST_CHECKPOINT,
+    LABEL_GENERATION,
+    pod_name,
+)
+from rlhfjob_operator.plan import JobPlan
+from rlhfjob_operator.spec import Condition, ConditionType, ModelStatus, RLHFJob, RLHFJobStatus
+
+Pod = Mapping[str, Any]
+
+
+def format_time(t: dt.datetime) -> str:
+    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(s: str | None) -> dt.datetime | None:
+    if not s:
+        return None
+    return dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
+
+
+def set_condition(
+    status: RLHFJobStatus,
+    type_: ConditionType,
+    value: bool,
+    *,
+    reason: str,
+    message: str,
+    now: str,
+) -> None:
+    """Kubernetes semantics: lastTransitionTime moves only when the status flips."""
+    text = "True" if value else "False"
+    old = status.condition(type_)
+    if old is None and not value:
+        return  # a condition that never held is not worth a False entry
+    changed = old is None or old.status != text
+    cond = Condition.model_validate(
+        {
+            "type": type_,
+            "status": text,
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": now if changed or old is None else old.last_transition_time,
+            "lastUpdateTime": now,
+        }
+    )
+    if old is not None and not changed and (old.reason, old.message) == (reason, message):
+        return
+    status.conditions = [c for c in status.conditions if c.type != type_] + [cond]
+
+
+def pod_phase(pod: Pod) -> str:
+    return str((pod.get("status") or {}).get("phase") or "Pending")
+
+
+def terminating(pod: Pod) -> bool:
+    return bool(pod["metadata"].get("deletionTimestamp"))
+
+
+def pod_generation(pod: Pod) -> int | None:
+    raw = (pod["metadata"].get("labels") or {}).get(LABEL_GENERATION)
+    try:
+        return int(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
+def is_ready(pod: Pod) -> bool:
+    if pod_phase(pod) != "Running" or terminating(pod):
+        return False
+    conds = (pod.get("status") or {}).get("conditions") or []
+    ready = [c for c in conds if c.get("type") == "Ready"]
+    return not ready or ready[0].get("status") == "True"
+
+
+def failed_exit(pod: Pod) -> tuple[int | None, str]:
+    """The first failed container's exit code and a line saying why."""
+    status = pod.get("status") or {}
+    for cs in status.get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated") or {}
+        if term and term.get("exitCode", 0) != 0:
+            why = term.get("reason") or "Error"
+            if term.get("message"):
+                why += f": {term['message']}"
+            return int(term["exitCode"]), why
+    return None, str(status.get("reason") or status.get("message") or "Failed")
+
+
+def active_names(pods: Iterable[Pod]) -> tuple[str, ...]:
+    """Pods worth deleting: not already going, not finished (their logs stay readable)."""
+    return tuple(
+        sorted(
+            p["metadata"]["name"]
+            for p in pods
+            if not terminating(p) and pod_phase(p) not in ("Succeeded", "Failed")
+        )
+    )
+
+
+def record_progress(status: RLHFJobStatus, driver: Pod | None) -> None:
+    """Episode and reward from the driver: its pod's annotations, or the termination
+    message it ended with (``rlhfjob_operator.progress``), which wins."""
+    if driver is None:
+        return
+    notes = driver["metadata"].get("annotations") or {}
+    episode = notes.get(ANNOTATION_EPISODE)
+    if episode is not None and episode.isdigit():
+        status.episode = int(episode)
+    if notes.get(ANNOTATION_LAST_CHECKPOINT):
+        status.last_checkpoint = notes[ANNOTATION_LAST_CHECKPOINT]
+    for cs in (driver.get("status") or {}).get("containerStatuses") or []:
+        ended = progress.parse(((cs.get("state") or {}).get("terminated") or {}).get("message"))
+        if ended is not None:
+            status.episode = ended.episode
+            status.reward = ended.reward
+
+
+def record_counts(
+    status: RLHFJobStatus, job: RLHFJob, plan: JobPlan, current: Mapping[str, Pod]
+) -> None:
+    models = {
+        name: ModelStatus(replicas=m.num_replica, ready=0) for name, m in job.spec.models.items()
+    }
+    ready = 0
+    for worker in plan.workers:
+        pod = current.get(pod_name(job.name, worker, generation=status.restart_generation))
+        if pod is None or not is_ready(pod):
+            continue
+        ready += 1
+        for model in worker.models:
+            models[model].ready += 1
+    status.models = models
+    status.replicas = plan.world_size
+    status.ready_replicas = ready
