@@ -24,16 +24,15 @@ dependency.
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from types import FrameType
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
-if TYPE_CHECKING:
-    from rlhfjob.module import BaseModule
+from rlhfjob import module as _module
+from rlhfjob import tracing
+from rlhfjob.module import BaseModule
 
 __all__ = ["ControlDependencies", "FlowError", "FlowGraph", "Node", "trace"]
 
@@ -173,6 +172,21 @@ class _Tracer:
     def fail(self, message: str, *, frame: FrameType | None) -> NoReturn:
         raise FlowError(f"flow {_qualname(self.fn)} ({self.where(frame)}): {message}")
 
+    def record(self, module: BaseModule, method: str) -> Callable[..., Any]:
+        """What ``module.method`` resolves to while tracing: a recorder of the call."""
+
+        def recorder(*args: Any, **kwargs: Any) -> Any:
+            frame = sys._getframe(1)
+            if kwargs:
+                self.fail(
+                    f"{module.name}.{method}() takes its inputs positionally; keyword arguments "
+                    f"({', '.join(kwargs)}) are not model inputs",
+                    frame=frame,
+                )
+            return self.call(module, method, args, frame)
+
+        return recorder
+
     def call(self, module: BaseModule, method: str, args: tuple[Any, ...], frame: FrameType) -> Any:
         where = self.where(frame)
         label = f"{module.name}.{method}"
@@ -214,10 +228,8 @@ class _Tracer:
         return _Value(self, node.index)
 
 
-_current: contextvars.ContextVar[_Tracer | None] = contextvars.ContextVar(
-    "rlhfjob_tracer", default=None
-)
-_INTERNAL_FILES = {__file__}
+# Frames in these files are the tracer's own, never the flow line to blame.
+_INTERNAL_FILES = {__file__, _module.__file__ or "", tracing.__file__ or ""}
 
 
 def _qualname(fn: Callable[..., Any]) -> str:
@@ -229,27 +241,9 @@ def _short(value: Any) -> str:
     return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
 
 
-def tracing_active() -> bool:
-    """True while a flow is being traced in this thread/context."""
-    return _current.get() is not None
-
-
-def record_call(module: BaseModule, method: str) -> Callable[..., Any]:
-    """What ``module.method`` resolves to while tracing: a recorder of the call."""
-    tracer = _current.get()
-    assert tracer is not None
-
-    def recorder(*args: Any, **kwargs: Any) -> Any:
-        frame = sys._getframe(1)
-        if kwargs:
-            tracer.fail(
-                f"{module.name}.{method}() takes its inputs positionally; keyword arguments "
-                f"({', '.join(kwargs)}) are not model inputs",
-                frame=frame,
-            )
-        return tracer.call(module, method, args, frame)
-
-    return recorder
+def _active_tracer() -> _Tracer | None:
+    recorder = tracing.active()
+    return recorder if isinstance(recorder, _Tracer) else None
 
 
 def trace(fn: Callable[..., Any], *, name: str | None = None) -> FlowGraph:
@@ -261,10 +255,8 @@ def trace(fn: Callable[..., Any], *, name: str | None = None) -> FlowGraph:
     """
     if not callable(fn):
         raise FlowError(f"a flow must be a function of one argument, got {_short(fn)}")
-    _INTERNAL_FILES.add(_module_file())
     tracer = _Tracer(fn)
-    token = _current.set(tracer)
-    try:
+    with tracing.recording(tracer):
         try:
             result = fn(_Value(tracer, -1))
         except FlowError:
@@ -278,8 +270,6 @@ def trace(fn: Callable[..., Any], *, name: str | None = None) -> FlowGraph:
             raise FlowError(
                 f"flow {_qualname(fn)} raised {type(exc).__name__} while being traced: {exc}"
             ) from exc
-    finally:
-        _current.reset(token)
     if not tracer.nodes:
         raise FlowError(f"flow {_qualname(fn)} calls no model; a flow calls at least one")
     output: int | None
@@ -295,12 +285,6 @@ def trace(fn: Callable[..., Any], *, name: str | None = None) -> FlowGraph:
             "model output; return one model call's result, or nothing"
         )
     return FlowGraph(name=name or _qualname(fn), nodes=tuple(tracer.nodes), output=output)
-
-
-def _module_file() -> str:
-    from rlhfjob import module
-
-    return module.__file__ or ""
 
 
 class ControlDependencies:
@@ -319,7 +303,7 @@ class ControlDependencies:
         self.dependencies = flat
 
     def __enter__(self) -> ControlDependencies:
-        tracer = _current.get()
+        tracer = _active_tracer()
         if tracer is not None:
             indices = []
             for dep in self.dependencies:
@@ -333,18 +317,9 @@ class ControlDependencies:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        tracer = _current.get()
+        tracer = _active_tracer()
         if tracer is not None and tracer.after_stack:
             tracer.after_stack.pop()
-
-
-@contextmanager
-def _no_trace() -> Iterator[None]:
-    token = _current.set(None)
-    try:
-        yield
-    finally:
-        _current.reset(token)
 
 
 def run_graph(
@@ -358,7 +333,7 @@ def run_graph(
     (direct, or a remote reference); this only wires inputs to outputs.
     """
     results: dict[int, Any] = {}
-    with _no_trace():
+    with tracing.recording(None):
         for node in graph.nodes:
             inputs = [flow_input if i < 0 else results[i] for i in node.inputs]
             results[node.index] = call(node, inputs)

@@ -27,7 +27,7 @@ import zlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from rlhfjob import flow as _flow
+from rlhfjob import tracing
 from rlhfjob.checkpoint import RNGStream
 
 if TYPE_CHECKING:
@@ -203,13 +203,14 @@ class BaseModule:
 
     def __getattribute__(self, attr: str) -> Any:
         value = object.__getattribute__(self, attr)
+        recorder = tracing.active()
         if (
-            _flow.tracing_active()
+            recorder is not None
             and not attr.startswith("_")
             and attr not in _NOT_MODEL_CALLS
             and inspect.ismethod(value)
         ):
-            return _flow.record_call(self, attr)
+            return recorder.record(self, attr)
         return value
 
     def __repr__(self) -> str:
