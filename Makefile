@@ -37,13 +37,11 @@ bench: $(BENCH_STAMP) ## Benchmarks against Ray, raw TensorPipe, gloo and memcpy
 
 .PHONY: bench
 
-lint: $(STAMP) ## ruff and mypy; the operator must not import torch
+lint: $(STAMP) ## ruff, mypy, and the import rules (lint-imports; e.g. the operator never imports torch)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(PY) -c "import sys, pkgutil, importlib, rlhfjob_operator as o; \
-	[importlib.import_module(m.name) for m in pkgutil.walk_packages(o.__path__, 'rlhfjob_operator.')]; \
-	sys.exit('rlhfjob_operator imported torch' if 'torch' in sys.modules else 0)"
+	$(VENV)/bin/lint-imports
 
 # Binaries go to ${RLHFJOB_CACHE:-~/.cache/rlhfjob}, keyed by version; present ones are skipped.
 cluster-bin: $(STAMP) ## Build the test control plane and kubectl/helm into the cache

@@ -48,7 +48,7 @@ def run_job(
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(manifest))
     proc = subprocess.run(
-        [sys.executable, "-m", "rlhfjob.cli", "run", str(path)],
+        [sys.executable, "-m", "rlhfjob_operator.cli", "run", str(path)],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -182,7 +182,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     where = tmp_path_factory.mktemp("uninterrupted")
     path = _local_manifest(where, "e2e-uninterrupted", where / "ckpt", [])
     proc = subprocess.run(
-        [sys.executable, "-m", "rlhfjob.cli", "run", str(path), "--backoff-base", "1"],
+        [sys.executable, "-m", "rlhfjob_operator.cli", "run", str(path), "--backoff-base", "1"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -205,7 +205,7 @@ def test_kill_inside_a_distributed_save_keeps_the_previous_checkpoint(
     args = ["--pause-save", f"{SAVE_EPISODE}:{point}", "--pause-dir", str(held)]
     path = _local_manifest(tmp_path, name, ckpt_dir, args)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rlhfjob.cli", "run", str(path), "--backoff-base", "1"],
+        [sys.executable, "-m", "rlhfjob_operator.cli", "run", str(path), "--backoff-base", "1"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

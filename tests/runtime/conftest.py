@@ -52,7 +52,7 @@ def write_job(
 
 def rlhfjob_run(path: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "rlhfjob.cli", "run", str(path), *args],
+        [sys.executable, "-m", "rlhfjob_operator.cli", "run", str(path), *args],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -106,7 +106,7 @@ def test_killed_worker_fails_fast_and_names_it(tmp_path, job_name):
     runtime = {**RUNTIME, "num_episode": 100000, "save_episode_interval": None}
     path = write_job(tmp_path, job_name, runtime, MODELS)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rlhfjob.cli", "run", str(path)],
+        [sys.executable, "-m", "rlhfjob_operator.cli", "run", str(path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -108,7 +108,7 @@ def test_yaml_path_and_manifest(tmp_path):
 
 
 def test_cli_validate(tmp_path, capsys):
-    from rlhfjob.cli import main
+    from rlhfjob_operator.cli import main
 
     good = tmp_path / "good.yaml"
     good.write_text("runtime:\n  num_episode: 3\n")

@@ -1,4 +1,4 @@
-"""The ``rlhfjob`` command."""
+"""The ``rlhfjob`` command: validate a job, or run one on this machine (the local launcher)."""
 
 from __future__ import annotations
 
