@@ -4,17 +4,28 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
+# uv installs the exact versions in uv.lock; this uv, pinned, in its own venv (.uv-<version>).
+UV_VERSION := 0.9.7
+UV_HOME := .uv-$(UV_VERSION)
+UV := $(UV_HOME)/bin/uv
+# `uv sync` makes $(VENV) hold exactly the lock's packages for these extras.
+SYNC = UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --python $(PYTHON)
 
 .DEFAULT_GOAL := help
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS=":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev]'
+$(UV):
+	$(PYTHON) -m venv $(UV_HOME)
+	$(UV_HOME)/bin/pip install -q uv==$(UV_VERSION)
+
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	$(SYNC) --extra dev
 	touch $@
+
+lock: $(UV) ## Re-resolve uv.lock after editing the dependencies in pyproject.toml
+	$(UV) lock
 
 venv: $(STAMP) ## Create .venv and install rlhfjob with its dev extras
 
@@ -27,8 +38,8 @@ test: $(STAMP) cluster-bin ## Run the whole test suite (builds the test control 
 
 # Ray and py-spy come only with the bench extra; the runtime never imports them.
 BENCH_STAMP := $(VENV)/.bench-installed
-$(BENCH_STAMP): $(STAMP) pyproject.toml
-	$(VENV)/bin/pip install -q -e '.[bench]'
+$(BENCH_STAMP): $(STAMP) pyproject.toml uv.lock
+	$(SYNC) --extra dev --extra bench
 	touch $@
 
 bench: $(BENCH_STAMP) ## Benchmarks against Ray, raw TensorPipe, gloo and memcpy: prints tables (out/bench.md)
@@ -49,7 +60,7 @@ cluster-bin: $(STAMP) ## Build the test control plane and kubectl/helm into the 
 
 .PHONY: cluster-bin
 
-.PHONY: help venv demo test lint
+.PHONY: help venv lock demo test lint
 
 crds: $(STAMP) ## Regenerate crds/ (and the chart's copy) from the RLHFJob models in operator/rlhfjob_operator/spec/
 	$(PY) -m rlhfjob_operator.crd --out crds/rlhfjobs.rlhf.dev.yaml
