@@ -50,6 +50,10 @@ The environment of every process, driver included:
     internals; ``debug`` lets everything through. ``rlhfjob run`` passes it
     on from its own environment; anything else is refused by
     :func:`log_level`, naming the variable (the worker exits 78).
+``RLHFJOB_TIMING``
+    Optional, from the launcher's own environment: when set (not 0), every
+    process prints a ``rlhfjob timing:`` line to stderr per start-up phase
+    (``rlhfjob.timing``); ``rlhfjob run`` marks each spawn too.
 
 Exit codes (sysexits where one fits):
 
@@ -92,6 +96,7 @@ __all__ = [
     "ENV_ROLE",
     "ENV_SPEC",
     "ENV_TERMINATION_LOG",
+    "ENV_TIMING",
     "ENV_WORLD_SIZE",
     "EXIT_DISRUPTED",
     "EXIT_OK",
@@ -139,6 +144,7 @@ LOG_DEBUG = "debug"
 # (rlhfjob.comm.quiet, during startup) and by `rlhfjob run` (worker output, also later
 # groups); pods' logs keep a worker's later groups' lines.
 NOISE_PATTERN = r"\[Gloo\] Rank \d+ is connected to \d+ peer ranks\."
+ENV_TIMING = "RLHFJOB_TIMING"
 TERMINATION_LOG = "/dev/termination-log"
 
 # Set by the launcher: a user's spec.env may neither set these nor any RLHFJOB_* name.

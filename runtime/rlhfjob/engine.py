@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rlhfjob import context
+from rlhfjob import context, timing
 from rlhfjob.components import Environment, Evaluator, Trainer
 from rlhfjob.data import EpisodeReplayBuffer
 from rlhfjob.episodes import EpisodeRun
@@ -189,6 +189,7 @@ class Engine:
         """
         if context.role == "worker":
             raise context.StopEntrypoint
+        timing.mark("learn() called")
         if self.environment is None and self.trainer is None and self.evaluator is None:
             raise ValueError("the engine has no environment, trainer or evaluator to run")
         if self.environment is not None and self._datasets is None:
@@ -208,6 +209,7 @@ class Engine:
         executor = self._executor or _default_executor(self.config)
         try:
             executor.setup(self.modules, sync_pairs=self._sync_pairs)
+            timing.mark("executor set up")
             run = EpisodeRun(self, executor)
             summaries = run.learn(progress=progress)
         finally:

@@ -11,7 +11,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from rlhfjob import context, resume
+from rlhfjob import context, resume, timing
 from rlhfjob import metrics as prom
 from rlhfjob.data import PromptStream, StreamDataset, collate
 from rlhfjob.executor import Executor
@@ -92,6 +92,7 @@ class EpisodeRun:
             ):
                 metrics = self.evaluate()
                 _write(bar, "before training  " + _format(metrics))
+            timing.mark(f"episode {self.episode + 1} begins")
             while self.episode < self.rt.num_episode:
                 summary = self.run_episode()
                 self.summaries.append(summary)

@@ -65,7 +65,7 @@ def _exec_entrypoint(entry: Entrypoint, spec_path: str, *, as_main: bool) -> Non
 
 
 def main() -> int:
-    from rlhfjob import context
+    from rlhfjob import context, timing
     from rlhfjob.checkpoint import RNGStream
     from rlhfjob.comm import heartbeat, rendezvous
     from rlhfjob.comm.env import WorkerEnv
@@ -73,6 +73,8 @@ def main() -> int:
     from rlhfjob.executor.rpc import WorkerFailed
     from rlhfjob.executor.worker import WorkerRuntime
 
+    timing.mark("started", at=timing.process_started())
+    timing.mark("imported torch and rlhfjob")
     try:
         env = WorkerEnv.from_environ()
         job = load_job(env.spec_path)
@@ -92,6 +94,7 @@ def main() -> int:
             print(f"rlhfjob {env.name}: importing the entrypoint failed:", file=sys.stderr)
             traceback.print_exc()
             return EXIT_PERMANENT
+        timing.mark("imported the entrypoint")
     if not env.is_driver:
         # Only module hooks draw random numbers in a model worker: their streams may stay
         # loaded between calls (see RNGStream), which saves four numpy state copies a call.
@@ -105,6 +108,7 @@ def main() -> int:
         return EXIT_RETRYABLE
     context.peers = session.peers
     heartbeat.watch(session, lambda msg: heartbeat.fail_fast(msg, code=EXIT_RETRYABLE))
+    timing.mark("rendezvous, gloo and RPC up")
     if not env.is_driver:
         session.stop(graceful=True)  # returns once the driver is done
         return EXIT_OK

@@ -33,6 +33,7 @@ import torch.distributed as dist
 import torch.distributed.rpc as rpc
 from torch.distributed.rendezvous import register_rendezvous_handler
 
+from rlhfjob import timing
 from rlhfjob.comm.env import MIN_SECRET_CHARS, Peer, WorkerEnv
 from rlhfjob.comm.errors import RendezvousRefused, StartupError
 from rlhfjob.comm.quiet import quiet_startup
@@ -206,6 +207,7 @@ def _start_gloo_and_rpc(env: WorkerEnv, store: SignedStore, *, startup_timeout: 
         world_size=env.world_size,
         timeout=timedelta(seconds=max(startup_timeout, 600)),
     )
+    timing.mark("gloo process group up")
     # Tensor payloads between processes of one host take cross-memory attach (CMA: one
     # process_vm_readv, no socket), CUDA IPC on GPUs. Control messages take TCP ("uv"),
     # not TensorPipe's "shm" transport: its reactor busy-polls a core per process, which
@@ -258,6 +260,7 @@ def start(env: WorkerEnv, *, startup_timeout: float = 120.0, rpc_timeout: float 
     # On failure the stores die with their last reference here: a driver's listener closes.
     store.set(f"peer/{env.rank}", _record(env))
     peers = _gather_peers(store, env, deadline=deadline)
+    timing.mark("met every peer at the rendezvous")
 
     undo = sign_rpc_pickles(job_key(env, "rpc"), name=env.name)
     try:
