@@ -40,7 +40,7 @@ def _run(path: Path, level: str | None) -> subprocess.Popen[str]:
     if level is not None:
         env[ENV_LOG_LEVEL] = level
     return subprocess.Popen(
-        [sys.executable, "-m", "rlhfjob.cli", "run", str(path)],
+        [sys.executable, "-m", "rlhfjob_operator.cli", "run", str(path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
