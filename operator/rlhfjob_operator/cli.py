@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+from types import FrameType
 
 from rlhfjob_operator.contract import DEFAULT_BACKOFF, EXIT_PERMANENT, Backoff, EntrypointNotFound
 from rlhfjob_operator.spec import SpecError, load_job_config
@@ -20,9 +22,30 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Stopped(BaseException):
+    """SIGTERM or SIGHUP reached ``rlhfjob run``: unwinds run_job so that its cleanup
+    (stop every process group, sweep the job's shared memory, remove its scratch) runs.
+    Python's default for SIGTERM ends the process without that, which left the gang's
+    processes, each in a session of its own, training with nobody to stop them."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop_on_signal(signum: int, frame: FrameType | None) -> None:
+    del frame
+    # One unwinding is enough: a second signal must not cut the cleanup short.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    raise _Stopped(signum)
+
+
 def _run(args: argparse.Namespace) -> int:
     from rlhfjob_operator.local import run_job
 
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop_on_signal)
     try:
         result = run_job(
             args.path,
@@ -34,6 +57,10 @@ def _run(args: argparse.Namespace) -> int:
     except (SpecError, EntrypointNotFound) as exc:
         print(f"{args.path}: {exc}", file=sys.stderr)
         return EXIT_PERMANENT
+    except _Stopped as stop:
+        name = signal.Signals(stop.signum).name
+        print(f"rlhfjob run: stopped by {name}: every process of the job ended", file=sys.stderr)
+        return 128 + stop.signum
     if result.code != 0:
         print(f"rlhfjob run: failed: {result.message}", file=sys.stderr)
     return result.code

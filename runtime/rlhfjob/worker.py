@@ -17,8 +17,10 @@ restart of the gang can succeed.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib.util
 import os
+import signal
 import sys
 import traceback
 import types
@@ -32,6 +34,8 @@ from rlhfjob_operator.contract import (
     entrypoint_path,
 )
 from rlhfjob_operator.spec import Entrypoint, SpecError, load_job
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def _load_code(entry: Entrypoint, spec_path: str) -> tuple[types.CodeType, str]:
@@ -64,7 +68,28 @@ def _exec_entrypoint(entry: Entrypoint, spec_path: str, *, as_main: bool) -> Non
         exec(code, module.__dict__)
 
 
+def _end_with_the_launcher() -> None:
+    """Ask Linux to SIGTERM this process when the process that started it dies.
+
+    ``rlhfjob run`` starts workers in sessions of their own (so it can stop each
+    group), which also keeps them alive when the launcher itself is SIGKILLed; this
+    takes them down with it instead of leaving a gang training with nobody to stop
+    it. A parent that died before the request is caught by the ppid check. In a pod
+    the worker is the container's first process, whose parent never dies: a no-op.
+    Elsewhere than Linux (no prctl) nothing is asked.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        return
+    if parent != 1 and os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main() -> int:
+    _end_with_the_launcher()
     from rlhfjob import context, timing
     from rlhfjob.checkpoint import RNGStream
     from rlhfjob.comm import heartbeat, rendezvous
