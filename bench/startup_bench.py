@@ -82,7 +82,9 @@ def main(argv: list[str]) -> int:
         for _ in range(repeats):
             argv_local = [sys.executable, str(EXAMPLE), "--config", str(path), "--quiet"]
             local.append(timed(argv_local, timeout=600))
-            dist.append(timed([sys.executable, "-m", "rlhfjob_operator.cli", "run", str(path)], timeout=600))
+            dist.append(
+                timed([sys.executable, "-m", "rlhfjob_operator.cli", "run", str(path)], timeout=600)
+            )
     best = {phase: min(run[phase] for run in dist if phase in run) for phase in dist[0]}
     result = {
         "in_process_s": min(run[FIRST] for run in local),
