@@ -16,7 +16,13 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-__all__ = ["CausalLM", "generate_tokens", "response_log_probs", "token_log_probs"]
+__all__ = [
+    "CausalLM",
+    "generate_tokens",
+    "response_log_probs",
+    "sample_next",
+    "token_log_probs",
+]
 
 
 class CausalLM(Protocol):
@@ -48,6 +54,41 @@ def response_log_probs(
     return token_log_probs(logits, input_ids[:, -num_response:]), logits
 
 
+def sample_next(
+    logits: torch.Tensor,
+    *,
+    temperature: float,
+    top_k: int | None = None,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One token per row from next-token logits (B, V) -> (B,).
+
+    ``temperature`` 0 is greedy (argmax; ``top_k`` and ``top_p`` then change
+    nothing). ``top_k`` keeps the k most likely tokens (ties at the k-th are all
+    kept); ``top_p`` < 1 keeps the smallest set of most likely tokens whose
+    probability reaches ``top_p`` (nucleus sampling; the most likely token is
+    always kept). Draws from ``generator``, else torch's global RNG; with
+    ``top_p`` 1 the draws are the same as ``generate_tokens`` has always made.
+    """
+    logits = logits.float()  # (B, V)
+    if temperature == 0:
+        return logits.argmax(dim=-1)  # (B,)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V) each
+        sorted_probs = F.softmax(sorted_logits, dim=-1)  # (B, V)
+        # A token goes when the tokens more likely than it already reach top_p.
+        drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p  # (B, V)
+        drop[:, 0] = False
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    probs = F.softmax(logits, dim=-1)  # (B, V)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # (B,)
+
+
 @torch.no_grad()
 def generate_tokens(
     model: CausalLM,
@@ -67,9 +108,10 @@ def generate_tokens(
     sequence emits ``eos_token_id`` (which stays in the response, mask 1) its
     later tokens are ``pad_token_id`` with mask 0. ``temperature`` 0 means
     greedy. Sampling draws from torch's global RNG, so a seeded run repeats.
-    The whole sequence is recomputed each step: no KV cache, which is fine for
-    the short responses this is used for and keeps every model's interface one
-    call.
+    The whole sequence is recomputed each step (no KV cache): quadratic in the
+    response length, and kept as it is because the sort examples' results are
+    pinned to it bit for bit. ``rlhfjob.rollout`` has the cached engines for
+    long responses.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -80,16 +122,8 @@ def generate_tokens(
     done = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)
     new_tokens, new_mask = [], []
     for _ in range(max_new_tokens):
-        logits = model(ids, mask)[:, -1, :].float()  # (B, V)
-        if temperature == 0:
-            token = logits.argmax(dim=-1)  # (B,)
-        else:
-            logits = logits / temperature
-            if top_k is not None:
-                kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            probs = F.softmax(logits, dim=-1)
-            token = torch.multinomial(probs, num_samples=1).squeeze(-1)  # (B,)
+        logits = model(ids, mask)[:, -1, :]  # (B, V)
+        token = sample_next(logits, temperature=temperature, top_k=top_k)  # (B,)
         token = torch.where(done, torch.full_like(token, pad_token_id), token)
         new_tokens.append(token)
         new_mask.append((~done).to(prompt_mask.dtype))

@@ -7,7 +7,9 @@ state dict).
 
 Beyond nanoGPT, ``forward`` takes an optional ``attention_mask`` (B, T) so
 that left-padded prompts of different lengths share a batch: padding is never
-attended to and positions count real tokens only.
+attended to and positions count real tokens only; and an optional ``KVCache``
+so that decoding one more token computes that token alone (the keys and
+values of the tokens before it are kept per layer).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import nn
 
 from rlhfjob.models.generation import generate_tokens, token_log_probs
 
-__all__ = ["GPT", "GPTConfig"]
+__all__ = ["GPT", "GPTConfig", "KVCache"]
 
 
 @dataclass(kw_only=True)
@@ -59,6 +61,51 @@ class GPTConfig:
         return asdict(self)
 
 
+class LayerCache:
+    """One layer's past keys and values, (B, nh, T, hs) each, filled left to right.
+
+    The buffers are allocated on the first ``append``, ``capacity`` tokens long,
+    so a step writes its keys in place instead of copying the past.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.length = 0
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store new keys and values (B, nh, t, hs); return all of them (B, nh, T + t, hs)."""
+        B, nh, t, hs = k.shape
+        end = self.length + t
+        if end > self.capacity:
+            raise ValueError(f"KV cache holds {self.capacity} tokens; {end} do not fit")
+        if self.k is None or self.v is None:
+            self.k = k.new_empty(B, nh, self.capacity, hs)
+            self.v = v.new_empty(B, nh, self.capacity, hs)
+        self.k[:, :, self.length : end] = k
+        self.v[:, :, self.length : end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]  # (B, nh, T + t, hs) each
+
+
+class KVCache:
+    """Past keys and values of every layer, for one batch of sequences.
+
+    Made by ``GPT.new_cache()`` and filled by forward calls: the first with the
+    prompts, each later one with the next token(s) only. It grows to
+    ``block_size`` tokens and cannot be rewound or shared between batches.
+    """
+
+    def __init__(self, config: GPTConfig) -> None:
+        self.layers = [LayerCache(config.block_size) for _ in range(config.n_layer)]
+
+    @property
+    def length(self) -> int:
+        """Tokens cached so far (padding included)."""
+        return self.layers[0].length
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -68,12 +115,16 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None, cache: LayerCache | None
+    ) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if cache is not None:
+            k, v = cache.append(k, v)  # (B, nh, past + T, hs) each
         y = F.scaled_dot_product_attention(
             q,
             k,
@@ -106,8 +157,10 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), attn_mask)  # (B, T, C)
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None, cache: LayerCache | None
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), attn_mask, cache)  # (B, T, C)
         return x + self.mlp(self.ln_2(x))  # (B, T, C)
 
 
@@ -144,8 +197,15 @@ class GPT(nn.Module):
     def hidden_size(self) -> int:
         return self.config.n_embd
 
+    def new_cache(self) -> KVCache:
+        """An empty KV cache for one batch, up to ``block_size`` tokens long."""
+        return KVCache(self.config)
+
     def hidden_states(
-        self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self,
+        idx: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
         """Final-layer hidden states (B, T, C) of token ids (B, T).
 
@@ -153,32 +213,66 @@ class GPT(nn.Module):
         real tokens and no query attends to padding; a padding query attends to
         itself alone so its row is finite (its output is meaningless and must
         be masked by the caller).
+
+        With ``cache``, ``idx`` are the tokens after the cached ones and
+        ``attention_mask`` (optional: all ones) covers the cached tokens and
+        these, (B, past + T); the new tokens' keys and values join the cache.
         """
         B, T = idx.shape
-        if self.config.block_size < T:
+        past = 0 if cache is None else cache.length
+        S = past + T  # tokens attended to: the cached ones and these
+        if self.config.block_size < S:
             raise ValueError(
-                f"sequence of {T} tokens is longer than GPTConfig.block_size "
+                f"sequence of {S} tokens is longer than GPTConfig.block_size "
                 f"({self.config.block_size}); raise block_size"
             )
         attn_mask = None
-        if attention_mask is None:
+        if attention_mask is None and cache is None:
             pos = torch.arange(T, device=idx.device).expand(B, T)  # (B, T)
         else:
-            keep = attention_mask.bool()  # (B, T)
-            pos = (keep.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
-            causal = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()  # (T, T)
-            eye = torch.eye(T, dtype=torch.bool, device=idx.device)  # (T, T)
-            attn_mask = ((causal & keep[:, None, :]) | eye)[:, None]  # (B, 1, T, T)
+            if attention_mask is None:
+                attention_mask = torch.ones(B, S, dtype=torch.long, device=idx.device)
+            if attention_mask.shape != (B, S):
+                raise ValueError(
+                    f"attention_mask is {tuple(attention_mask.shape)}; it must cover the "
+                    f"{past} cached and {T} new tokens: ({B}, {S})"
+                )
+            keep = attention_mask.bool()  # (B, S)
+            pos = (keep.long().cumsum(-1) - 1).clamp(min=0)[:, past:]  # (B, T)
+            # Query i sits at key position past + i: it sees keys up to there.
+            causal = torch.ones(T, S, dtype=torch.bool, device=idx.device).tril(past)  # (T, S)
+            eye = causal.triu(past)  # (T, S): each query's own key
+            attn_mask = ((causal & keep[:, None, :]) | eye)[:, None]  # (B, 1, T, S)
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
-        for block in self.h:
-            x = block(x, attn_mask)  # (B, T, C)
+        for i, block in enumerate(self.h):
+            x = block(x, attn_mask, None if cache is None else cache.layers[i])  # (B, T, C)
         return self.ln_f(x)  # (B, T, C)
 
     def forward(
-        self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self,
+        idx: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
-        """Logits (B, T, V) of token ids (B, T): position t scores token t+1."""
-        return self.lm_head(self.hidden_states(idx, attention_mask))  # (B, T, V)
+        """Logits (B, T, V) of token ids (B, T): position t scores token t+1.
+
+        ``cache`` as in ``hidden_states``: then the logits are of the new tokens.
+        """
+        return self.lm_head(self.hidden_states(idx, attention_mask, cache))  # (B, T, V)
+
+    def decode_logits(
+        self, idx: torch.Tensor, attention_mask: torch.Tensor, cache: KVCache | None = None
+    ) -> tuple[torch.Tensor, KVCache]:
+        """Logits (B, V) of the token after ``idx`` (B, t), with a KV cache.
+
+        ``idx`` are the tokens after the cached ones (the prompts, when ``cache``
+        is None: a new cache is made) and ``attention_mask`` (B, past + t)
+        covers both. Returns the cache, now holding ``idx`` too.
+        """
+        if cache is None:
+            cache = self.new_cache()
+        x = self.hidden_states(idx, attention_mask, cache)[:, -1]  # (B, C)
+        return self.lm_head(x), cache  # (B, V)
 
     def log_probs(
         self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None

@@ -8,6 +8,7 @@ not depend on the hub being reachable from its pods.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,11 @@ class HFCausalLM(nn.Module):
         self.model = model
         self.model.eval()
         self.hf_config: Any = model.config
+        # Keyword names differ across transformers releases: the cache was
+        # ``past_key_values`` before 5.x named it ``cache``.
+        accepts = inspect.signature(model.forward).parameters
+        self._cache_key = "cache" if "cache" in accepts else "past_key_values"
+        self._keep_last = {"logits_to_keep": 1} if "logits_to_keep" in accepts else {}
 
     def train(self, mode: bool = True) -> HFCausalLM:
         super().train(mode)
@@ -106,6 +112,29 @@ class HFCausalLM(nn.Module):
     ) -> torch.Tensor:
         """Last layer's hidden states (B, T, C), after the final norm."""
         return self._run(idx, attention_mask, output_hidden_states=True).hidden_states[-1]
+
+    def decode_logits(
+        self, idx: torch.Tensor, attention_mask: torch.Tensor, cache: Any = None
+    ) -> tuple[torch.Tensor, Any]:
+        """Logits (B, V) of the token after ``idx`` (B, t), with the model's own cache.
+
+        ``idx`` are the tokens after the cached ones (the prompts, when ``cache``
+        is None: the model makes its cache) and ``attention_mask`` (B, past + t)
+        covers both; position ids count real tokens, so left padding and padding
+        after a finished response shift nothing. Returns the model's cache
+        (a ``transformers`` ``Cache``), now holding ``idx`` too. Only the last position's
+        logits are computed where the model allows it (``logits_to_keep``).
+        """
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, past + t)
+        out = self.model(
+            input_ids=idx,
+            attention_mask=attention_mask,
+            position_ids=position_ids[:, -idx.shape[1] :],  # (B, t)
+            use_cache=True,
+            **{self._cache_key: cache},
+            **self._keep_last,
+        )
+        return out.logits[:, -1], getattr(out, self._cache_key)  # (B, V)
 
     def generate(
         self,

@@ -1,0 +1,104 @@
+"""Hugging Face causal LMs decode with their own cache: the recompute path's tokens and
+log-probs, left padding that changes nothing, and the tokens of ``model.generate``.
+
+GPT-2, Llama and Qwen2, each a tiny random model built here from a config: no hub.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from rlhfjob.models import HFCausalLM, response_log_probs  # noqa: E402
+from rlhfjob.rollout import (  # noqa: E402
+    CachedEngine,
+    GenerationSettings,
+    RecomputeEngine,
+    engine_for,
+)
+
+V = 32
+
+
+def tiny(kind: str) -> HFCausalLM:
+    torch.manual_seed(0)
+    if kind == "gpt2":
+        model = transformers.GPT2LMHeadModel(
+            transformers.GPT2Config(vocab_size=V, n_positions=64, n_embd=16, n_layer=2, n_head=2)
+        )
+    else:
+        config_class, model_class = {
+            "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+            "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+        }[kind]
+        model = model_class(
+            config_class(
+                vocab_size=V,
+                hidden_size=16,
+                intermediate_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,  # grouped-query attention, as the real ones
+                max_position_embeddings=64,
+            )
+        )
+    return HFCausalLM(model)
+
+
+KINDS = ["gpt2", "llama", "qwen2"]
+
+
+def left_padded() -> tuple[torch.Tensor, torch.Tensor]:
+    """Three prompts of 6, 4 and 2 tokens, left-padded to 6 (padding id 0)."""
+    ids = torch.randint(1, V, (3, 6), generator=torch.Generator().manual_seed(1))
+    mask = torch.tensor([[1] * 6, [0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 1, 1]])
+    return ids * mask, mask
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("temperature", [0.0, 1.0], ids=["greedy", "sampled"])
+def test_cache_gives_the_recompute_tokens_and_logprobs(kind: str, temperature: float) -> None:
+    model = tiny(kind)
+    ids, mask = left_padded()
+    settings = GenerationSettings(
+        max_new_tokens=20, temperature=temperature, top_k=20, top_p=0.95, eos_token_ids=(7,), n=2
+    )
+    engine = engine_for(model)
+    assert isinstance(engine, CachedEngine)
+    cached = engine.generate(ids, mask, settings, generator=torch.Generator().manual_seed(3))
+    recomputed = RecomputeEngine(model).generate(
+        ids, mask, settings, generator=torch.Generator().manual_seed(3)
+    )
+    assert torch.equal(cached.response_ids, recomputed.response_ids)
+    assert torch.equal(cached.response_mask, recomputed.response_mask)
+    assert torch.allclose(cached.logprobs, recomputed.logprobs, atol=1e-5, rtol=0)
+    full = torch.cat([cached.prompt_ids, cached.response_ids], dim=1)
+    full_mask = torch.cat([cached.prompt_mask, cached.response_mask], dim=1)
+    with torch.no_grad():
+        again = response_log_probs(model, full, full_mask, settings.max_new_tokens)[0]
+    assert torch.allclose(cached.logprobs, again * cached.response_mask, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_left_padding_and_hf_generate_agree_with_one_prompt_alone(kind: str) -> None:
+    model = tiny(kind)
+    ids, mask = left_padded()
+    settings = GenerationSettings(max_new_tokens=12, temperature=0)
+    batch = engine_for(model).generate(ids, mask, settings)
+    for row in range(3):
+        alone = ids[row : row + 1, mask[row].bool()]  # (1, P_row): no padding at all
+        single = engine_for(model).generate(alone, None, settings)
+        assert torch.equal(single.response_ids[0], batch.response_ids[row]), row
+    # Transformers' own greedy loop over the same left-padded batch.
+    model.model.generation_config.eos_token_id = None
+    with torch.no_grad():
+        theirs = model.model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=12,
+            do_sample=False,
+            pad_token_id=0,
+        )[:, ids.shape[1] :]
+    assert torch.equal(theirs, batch.response_ids)
