@@ -1,4 +1,5 @@
-"""rlhfjob against Ray, raw TensorPipe, raw gloo and memcpy, in one run: ``make bench``.
+"""rlhfjob against Ray, raw TensorPipe, raw gloo, memcpy and generation without a KV cache,
+in one run: ``make bench``.
 
 Prints Markdown tables, each figure beside its baseline with the ratio (how
 many times better rlhfjob is; for parameter sync, the share of the flat
@@ -334,11 +335,36 @@ def startup() -> list[Row]:
     return rows
 
 
+def generation(lengths: list[int]) -> list[Row]:
+    result = run_script([str(HERE / "gen_bench.py"), ",".join(map(str, lengths))])
+    rows = []
+    for model, figures in result["models"].items():
+        for length in lengths:
+            tps = figures[str(length)]
+            ratio = tps["cached"] / tps["recompute"]
+            target = length == 512
+            rows.append(
+                Row(
+                    f"generation, {model}: {result['batch']} prompts of {result['prompt']} "
+                    f"tokens, {length}-token responses, 1 thread",
+                    f"{tps['cached']:.0f} tokens/s (KV cache)",
+                    f"recompute per token (before the cache): {tps['recompute']:.0f} tokens/s",
+                    ratio,
+                    "≥10×" if target else "",
+                    ratio >= 10 if target else None,
+                )
+            )
+    return rows
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, help="also write the tables to this file")
     parser.add_argument("--only", nargs="*", help="sections to run (default: all)")
     parser.add_argument("--ppo-episodes", type=int, default=6)
+    parser.add_argument(
+        "--gen-lengths", default="16,128,512", help="response lengths of the generation bench"
+    )
     parser.add_argument("--sweep", default="4,25,400", help="bucket sizes (MB) for the sweep")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -364,6 +390,10 @@ def main(argv: list[str]) -> int:
             "ppo": ("framework overhead", lambda: ppo(tmp, args.ppo_episodes)),
             "memory": ("driver memory", lambda: memory(tmp)),
             "startup": ("start-up", startup),
+            "generation": (
+                "generation (KV cache)",
+                lambda: generation([int(n) for n in args.gen_lengths.split(",")]),
+            ),
         }
         for key, (title, run) in sections.items():
             if args.only and key not in args.only:

@@ -112,7 +112,8 @@ class _LocalEngine(abc.ABC):
             tokens[:, t] = token
             alive[:, t] = live
             logprobs[:, t] = token_log_probs(logits[:, None], token[:, None])[:, 0] * live
-            done = done | torch.isin(token, eos)
+            if len(eos):
+                done = done | torch.isin(token, eos)
             for stop in stops:
                 if len(stop) <= t + 1:
                     done = done | (tokens[:, t + 1 - len(stop) : t + 1] == stop).all(dim=1)
