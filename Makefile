@@ -48,11 +48,12 @@ bench: $(BENCH_STAMP) ## Benchmarks against Ray, raw TensorPipe, gloo, memcpy, u
 
 .PHONY: bench
 
-lint: $(STAMP) ## ruff, mypy, and the import rules (lint-imports; e.g. the operator never imports torch)
+lint: $(STAMP) ## ruff, mypy, the import rules (lint-imports; e.g. the operator never imports torch), uv.lock current
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+	$(UV) lock --check
 
 # Binaries go to ${RLHFJOB_CACHE:-~/.cache/rlhfjob}, keyed by version; present ones are skipped.
 cluster-bin: $(STAMP) ## Build the test control plane and kubectl/helm into the cache
