@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import secrets
 import shutil
@@ -86,10 +87,39 @@ class RunResult:
 
 
 def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (bound and released)."""
+    """A free TCP port on 127.0.0.1 (bound and released), from below the kernel's
+    ephemeral range where there is room.
+
+    A port from that range (what binding port 0 gives) stays free only until the
+    kernel hands it to the next port-0 bind or outgoing connection, and a job makes
+    hundreds (gloo's and TensorPipe's listeners, every connection): one did take the
+    driver's metrics port between this call and the driver's bind, which failed the
+    job. Ports below the range go only to who asks for them by number. When the range
+    starts too low to leave room, or 64 tries find nothing free, it falls back to port 0.
+    """
+    low = _ephemeral_low()
+    for _ in range(64 if low > _LOWEST + 1024 else 0):
+        port = random.randrange(_LOWEST, low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+_LOWEST = 20000  # below: the ports of services that may run on a developer's machine
+
+
+def _ephemeral_low(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> int:
+    """The first port the kernel hands out to port-0 binds (32768 where unknown)."""
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def sweep_shm(prefix: str, root: Path = Path("/dev/shm")) -> list[str]:
