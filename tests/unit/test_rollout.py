@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from rollouts import assert_cache_matches_recompute
 
-from rlhfjob.models import GPT, GPTConfig, generate_tokens, response_log_probs, sample_next
+from rlhfjob.models import GPT, GPTConfig, generate_tokens, sample_next
 from rlhfjob.rollout import (
     CachedEngine,
     GenerationSettings,
@@ -56,21 +57,7 @@ SETTINGS = {
 def test_cache_gives_the_recompute_tokens_and_logprobs(settings: GenerationSettings) -> None:
     model = tiny()
     ids, mask = left_padded()
-    cached = CachedEngine(model).generate(
-        ids, mask, settings, generator=torch.Generator().manual_seed(7)
-    )
-    recomputed = RecomputeEngine(model).generate(
-        ids, mask, settings, generator=torch.Generator().manual_seed(7)
-    )
-    assert torch.equal(cached.response_ids, recomputed.response_ids)
-    assert torch.equal(cached.response_mask, recomputed.response_mask)
-    assert torch.allclose(cached.logprobs, recomputed.logprobs, atol=1e-5, rtol=0)
-    # The log-probs are the model's own, as a trainer recomputes them in one pass.
-    full = torch.cat([cached.prompt_ids, cached.response_ids], dim=1)
-    full_mask = torch.cat([cached.prompt_mask, cached.response_mask], dim=1)
-    with torch.no_grad():
-        again = response_log_probs(model, full, full_mask, settings.max_new_tokens)[0]
-    assert torch.allclose(cached.logprobs, again * cached.response_mask, atol=1e-5, rtol=0)
+    assert_cache_matches_recompute(model, ids, mask, settings, seed=7)
 
 
 def test_recompute_engine_draws_as_generate_tokens_did() -> None:

@@ -11,11 +11,11 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from rlhfjob.models import HFCausalLM, response_log_probs  # noqa: E402
+from rollouts import assert_cache_matches_recompute  # noqa: E402
+
+from rlhfjob.models import HFCausalLM  # noqa: E402
 from rlhfjob.rollout import (  # noqa: E402
-    CachedEngine,
     GenerationSettings,
-    RecomputeEngine,
     engine_for,
 )
 
@@ -65,20 +65,7 @@ def test_cache_gives_the_recompute_tokens_and_logprobs(kind: str, temperature: f
     settings = GenerationSettings(
         max_new_tokens=20, temperature=temperature, top_k=20, top_p=0.95, eos_token_ids=(7,), n=2
     )
-    engine = engine_for(model)
-    assert isinstance(engine, CachedEngine)
-    cached = engine.generate(ids, mask, settings, generator=torch.Generator().manual_seed(3))
-    recomputed = RecomputeEngine(model).generate(
-        ids, mask, settings, generator=torch.Generator().manual_seed(3)
-    )
-    assert torch.equal(cached.response_ids, recomputed.response_ids)
-    assert torch.equal(cached.response_mask, recomputed.response_mask)
-    assert torch.allclose(cached.logprobs, recomputed.logprobs, atol=1e-5, rtol=0)
-    full = torch.cat([cached.prompt_ids, cached.response_ids], dim=1)
-    full_mask = torch.cat([cached.prompt_mask, cached.response_mask], dim=1)
-    with torch.no_grad():
-        again = response_log_probs(model, full, full_mask, settings.max_new_tokens)[0]
-    assert torch.allclose(cached.logprobs, again * cached.response_mask, atol=1e-5, rtol=0)
+    assert_cache_matches_recompute(model, ids, mask, settings, seed=3)
 
 
 @pytest.mark.parametrize("kind", KINDS)
