@@ -67,7 +67,7 @@ _QUANTITY_RE = re.compile(
 
 def check_quantity(value: str | int) -> str | int:
     """``value`` unchanged; ValueError when a string is no Kubernetes quantity (an int is)."""
-    if isinstance(value, str) and not _QUANTITY_RE.match(value):
+    if isinstance(value, str) and not _QUANTITY_RE.fullmatch(value):
         raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 500m, 2, 4Gi)")
     return value
 

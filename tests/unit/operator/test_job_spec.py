@@ -142,3 +142,13 @@ def test_status_parses_what_the_operator_writes() -> None:
     cond = job.status.condition("Running")
     assert cond is not None and cond.status == "True"
     assert job.status.models["policy"].ready == 2
+
+
+@pytest.mark.parametrize("value", ["4Gi\n", "500m\n"])
+def test_a_quantity_with_a_trailing_newline_is_refused(value: str) -> None:
+    # re.match's $ matches before a final newline; the pod's creation would fail later.
+    from rlhfjob_operator.spec.base import check_quantity
+
+    with pytest.raises(ValueError, match="is not a Kubernetes quantity"):
+        check_quantity(value)
+    assert check_quantity(value.strip()) == value.strip()
