@@ -22,6 +22,10 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+# What a terminal, systemd or `timeout` sends to stop a command.
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
 class _Stopped(BaseException):
     """SIGTERM or SIGHUP reached ``rlhfjob run``: unwinds run_job so that its cleanup
     (stop every process group, sweep the job's shared memory, remove its scratch) runs.
@@ -36,7 +40,7 @@ class _Stopped(BaseException):
 def _stop_on_signal(signum: int, frame: FrameType | None) -> None:
     del frame
     # One unwinding is enough: a second signal must not cut the cleanup short.
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    for sig in _STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     raise _Stopped(signum)
 
@@ -44,7 +48,7 @@ def _stop_on_signal(signum: int, frame: FrameType | None) -> None:
 def _run(args: argparse.Namespace) -> int:
     from rlhfjob_operator.local import run_job
 
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    for sig in _STOP_SIGNALS:
         signal.signal(sig, _stop_on_signal)
     try:
         result = run_job(

@@ -74,7 +74,8 @@ def _end_with_the_launcher() -> None:
     ``rlhfjob run`` starts workers in sessions of their own (so it can stop each
     group), which also keeps them alive when the launcher itself is SIGKILLed; this
     takes them down with it instead of leaving a gang training with nobody to stop
-    it. A parent that died before the request is caught by the ppid check. In a pod
+    it. The ppid check catches a parent that died between reading it and the request;
+    one that died earlier, while this process imported torch, is not caught. In a pod
     the worker is the container's first process, whose parent never dies: a no-op.
     Elsewhere than Linux (no prctl) nothing is asked.
     """
