@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -15,19 +14,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rlhfjob_operator.local import free_port
+
 
 def free_ports(n: int) -> list[int]:
-    """n distinct free TCP ports on loopback (held open together so none repeats)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    """n distinct free TCP ports on loopback, from below the kernel's ephemeral range
+    (rlhfjob_operator.local.free_port: a port-0 port can be handed to the next outgoing
+    connection before the component binds it, as happened to the driver's metrics port).
+    """
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
 
 
 def _die_with_parent() -> None:
