@@ -278,7 +278,7 @@ def _watch(procs: list[_Proc], *, timeout: float | None) -> tuple[int, str]:
         for index, proc in enumerate(procs):
             code = proc.popen.poll()
             if code is not None and index not in ended:
-                who = f"the driver {proc.describe()}" if index == 0 else f"worker {proc.describe()}"
+                who = proc.describe() if index == 0 else f"worker {proc.describe()}"
                 ended[index] = (time.monotonic(), who, code)
 
     def settle() -> None:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from rlhfjob import context, resume, timing
 from rlhfjob import metrics as prom
+from rlhfjob.comm import stopping
 from rlhfjob.data import PromptStream, StreamDataset, collate
 from rlhfjob.executor import Executor
 from rlhfjob.flow import FlowGraph, run_graph
@@ -33,6 +34,7 @@ class EpisodeRun:
         self.episode = 0  # completed episodes
         self.iterations: dict[str, int] = {}
         self.summaries: list[dict[str, Any]] = []
+        self.stop_why: str | None = None  # a SIGTERM somewhere in the gang (comm.stopping)
         self.stream: PromptStream | None = None
         if engine.environment is not None:
             assert engine._datasets is not None
@@ -102,6 +104,9 @@ class EpisodeRun:
                 _write(bar, _format(summary, total=self.rt.num_episode))
                 if bar is not None:
                     bar.update(1)
+                if self.stop_why is not None:
+                    saved = self.rt.data_checkpoint_path is not None
+                    raise stopping.Disrupted(self.stop_why, episode=self.episode, saved=saved)
         finally:
             if bar is not None:
                 bar.close()
@@ -141,8 +146,13 @@ class EpisodeRun:
         summary["seconds"] = elapsed
         summary["samples_per_s"] = len(samples) / elapsed if elapsed > 0 else math.inf
         self.episode = number
+        # The safe point: every call of the episode is done and nothing of the next began.
+        if number < self.rt.num_episode:
+            self.stop_why = stopping.requested()
         save = self.rt.save_episode_interval
-        if save and number % save == 0:
+        periodic = save is not None and save > 0 and number % save == 0
+        emergency = self.stop_why is not None and self.rt.data_checkpoint_path is not None
+        if periodic or emergency:
             resume.save(self, summary)
         return summary
 

@@ -11,7 +11,8 @@ code with ``if __name__ == "__main__":`` to skip it in workers entirely.
 Exit codes: 0 success; 78 (``EXIT_PERMANENT``) a failure a restart cannot fix
 (bad spec, a flow or config error, an exception in user code); 75
 (``EXIT_RETRYABLE``) a peer died or never came, or the rendezvous was lost: a
-restart of the gang can succeed.
+restart of the gang can succeed; 79 (``EXIT_DISRUPTED``) it was SIGTERMed and
+stopped at a safe point, after an emergency checkpoint (``rlhfjob.comm.stopping``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import types
 import torch
 
 from rlhfjob_operator.contract import (
+    EXIT_DISRUPTED,
     EXIT_OK,
     EXIT_PERMANENT,
     EXIT_RETRYABLE,
@@ -93,7 +95,7 @@ def main() -> int:
     _end_with_the_launcher()
     from rlhfjob import context, timing
     from rlhfjob.checkpoint import RNGStream
-    from rlhfjob.comm import heartbeat, rendezvous
+    from rlhfjob.comm import heartbeat, rendezvous, stopping
     from rlhfjob.comm.env import WorkerEnv
     from rlhfjob.comm.errors import StartupError
     from rlhfjob.executor.rpc import WorkerFailed
@@ -108,6 +110,7 @@ def main() -> int:
         print(f"rlhfjob worker: {exc}", file=sys.stderr)
         return EXIT_PERMANENT
     context.env, context.job = env, job
+    stopping.take_sigterm(env.name)
     # Intra-op threads from the spec's num_cpu (default 1): processes sharing a host must
     # not each spin a thread per core.
     cpus = sum(job.spec.models[m].num_cpu for m in env.models if m in job.spec.models)
@@ -133,17 +136,22 @@ def main() -> int:
         print(f"rlhfjob {env.name}: {exc}", file=sys.stderr)
         return EXIT_RETRYABLE
     context.peers = session.peers
+    stopping.arm(session)
     heartbeat.watch(session, lambda msg: heartbeat.fail_fast(msg, code=EXIT_RETRYABLE))
     timing.mark("rendezvous, gloo and RPC up")
     if not env.is_driver:
         session.stop(graceful=True)  # returns once the driver is done
-        return EXIT_OK
+        return EXIT_DISRUPTED if stopping.stopped() else EXIT_OK
     context.role = "driver"
     try:
         _exec_entrypoint(job.spec.entrypoint, env.spec_path, as_main=True)
     except SystemExit as exc:
         if exc.code not in (0, None):
             heartbeat.fail_fast(f"the entrypoint exited with {exc.code}", code=EXIT_PERMANENT)
+    except stopping.Disrupted as exc:
+        print(f"rlhfjob: job {env.job_name} {exc}", file=sys.stderr, flush=True)
+        session.stop(graceful=True)
+        return EXIT_DISRUPTED
     except WorkerFailed as exc:
         print(f"rlhfjob: {exc}", file=sys.stderr)
         heartbeat.fail_fast(

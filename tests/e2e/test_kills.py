@@ -21,6 +21,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -137,6 +138,7 @@ def test_a_random_kill_resumes_from_the_last_checkpoint_bitwise(
 
 # -- rlhfjob run: kills inside a checkpoint save --------------------------------------
 
+VICTIMS_LOCAL = ("driver", "actor-scorer", "learner")  # RLHFJOB_ROLE of each process
 SAVE_EPISODE = 3  # checkpoints 1 and 2 exist: the killed save is the third
 # (point, victim): 0 before the gather, 1-3 the module files, 4 engine state, 5 COMPLETE,
 # 6 the rename into place.
@@ -151,10 +153,17 @@ SAVE_KILLS = [
 ]
 
 
-def _local_manifest(path: Path, name: str, ckpt_dir: Path, args: list[str]) -> Path:
+def _local_manifest(
+    path: Path, name: str, ckpt_dir: Path, args: list[str], *, pause: float = 0.0, **runtime: Any
+) -> Path:
+    """The small job under ``rlhfjob run``; ``pause`` (seconds a batch) paces its episodes
+    (the weights do not depend on it), ``runtime`` overrides runtime keys."""
     manifest = gang_manifest(name, claim=None, args=args, backoff_limit=1)
     manifest["spec"]["entrypoint"]["file"] = str(REPO / "tests" / "e2e" / "gangjob.py")
     manifest["spec"]["runtime"]["data_checkpoint_path"] = str(ckpt_dir)
+    manifest["spec"]["runtime"].update(runtime)
+    if pause:
+        manifest["spec"]["models"]["actor"] = {"args": {"pause": pause}}
     out = path / f"{name}.yaml"
     out.write_text(yaml.safe_dump(manifest))
     return out
@@ -241,4 +250,79 @@ def test_kill_inside_a_distributed_save_keeps_the_previous_checkpoint(
             + ("identical weights" if not diff else f"DIFFERENT: {diff[:3]}")
         )
     assert half_done == []
+    assert diff == []
+
+
+# -- rlhfjob run: SIGTERM (a drain, an eviction, a preemption) --------------------------
+
+PREEMPT_RUNS = int(os.environ.get("RLHFJOB_PREEMPT_RUNS", "3"))  # the note's figure: 10
+PERIODIC = 4  # checkpoints at episodes 4 and 8 only: an emergency one is any other
+
+
+def _lines(stream: Any, into: list[str]) -> threading.Thread:
+    def pump() -> None:
+        for line in stream:
+            into.append(line)
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("run", range(PREEMPT_RUNS))
+def test_a_sigterm_stops_the_gang_with_an_emergency_checkpoint_and_resumes_bitwise(
+    tmp_path: Path, uninterrupted: dict[str, Any], run: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGTERM to a random process of the gang during episode 2 or 6: the driver stops at
+    that episode's end with a checkpoint (not one of the periodic ones, 4 and 8), the
+    launcher restarts the gang without counting it, and it resumes from that checkpoint to
+    the weights of an uninterrupted run."""
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    victim, after = rng.choice(VICTIMS_LOCAL), rng.choice([1, 5])
+    name, ckpt_dir = f"e2e-term-{run}-{os.getpid()}", tmp_path / "ckpt"
+    # Episodes of at least 0.5 s: the stop lands in the episode the SIGTERM came in.
+    path = _local_manifest(tmp_path, name, ckpt_dir, [], pause=0.25, save_episode_interval=PERIODIC)
+    out: list[str] = []
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rlhfjob_operator.cli", "run", str(path), "--backoff-base", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    pump = _lines(proc.stdout, out)
+    try:
+        wait_for(
+            lambda: any(line.startswith(f"episode {after}/") for line in out),
+            what=f"episode {after} done",
+            timeout=300,
+        )
+        time.sleep(rng.uniform(0.0, 0.05))
+        (pid,) = _pids(name, victim)
+        os.kill(pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=30)
+        pump.join(timeout=30)
+    assert proc.returncode == 0, err[-3000:]
+    stopped = [line for line in err.splitlines() if "stopped after episode" in line]
+    assert len(stopped) == 1, err[-3000:]
+    episode = int(stopped[0].split("stopped after episode ", 1)[1].split()[0])
+    role = "driver" if victim == "driver" else f"{victim}-0"
+    assert f"(SIGTERM to {role}): saved episode {episode}" in stopped[0]
+    assert f"resumed from {ckpt_dir / f'episode_{episode:06d}'} (episode {episode})" in err
+    assert f"restarting the gang from episode {episode + 1} in 0s (not counted)" in err
+    diff = differing(uninterrupted, final_weights(ckpt_dir))
+    with capsys.disabled():
+        print(
+            f"\n  rlhfjob run, seed {seed}: SIGTERM to {role} after episode {after}; stopped "
+            f"after episode {episode} with an emergency checkpoint, resumed from it; "
+            + ("identical weights" if not diff else f"DIFFERENT: {diff[:3]}")
+        )
+    # Taken in the episode after `after` (a loaded machine may see it one later): never a
+    # periodic checkpoint's episode.
+    assert episode in (after + 1, after + 2) and episode % PERIODIC != 0, episode
     assert diff == []
