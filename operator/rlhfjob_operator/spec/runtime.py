@@ -44,6 +44,21 @@ class RuntimeSpec(ConfigModel):
     )
     enable_eval_before_training: bool = False
     data_shuffle: bool = True
+    data_path: str | None = Field(
+        None,
+        description="Training prompts: a local JSONL, JSON or parquet file, read when the "
+        "entrypoint calls no set_dataset.",
+    )
+    eval_data_path: str | None = Field(
+        None,
+        description="Evaluation prompts (a file as data_path), read when the evaluator has "
+        "no set_dataset.",
+    )
+    prompt_key: str = Field(
+        "prompt",
+        min_length=1,
+        description="The prompt's column in those files: a string or a list of chat messages.",
+    )
     colocation: list[list[str]] = Field(
         default_factory=list, description="Groups of model names that share one worker."
     )
