@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -25,14 +25,30 @@ __all__ = [
 ]
 
 
+def _per_sample(value: Any) -> bool:
+    """Whether a sample's value batches as a plain list, one entry per sample: text, chat
+    messages, a file's other columns and nulls (``default_collate`` would transpose a
+    list, and refuses None)."""
+    return value is None or isinstance(value, (str, list, tuple, Mapping))
+
+
 def collate(samples: Sequence[Any]) -> Any:
     """Collate per-sample dicts into one batch (torch's ``default_collate``).
 
-    Raises ValueError naming the key when samples disagree in shape, the usual
-    cause being responses of different lengths: pad them to one length.
+    In dicts, a key whose value in some sample is a string, list, tuple, mapping or
+    None becomes a list of the samples' values, unchanged (so a batch of chat
+    prompts is a list of message lists). Raises ValueError naming the key when
+    samples disagree in shape, the usual cause being responses of different
+    lengths: pad them to one length.
     """
+    samples = list(samples)
+    if samples and all(isinstance(s, dict) for s in samples):
+        listed = {k for k in samples[0] if any(_per_sample(s.get(k)) for s in samples)}
+        if listed:
+            rest = collate([{k: v for k, v in s.items() if k not in listed} for s in samples])
+            return {k: [s.get(k) for s in samples] if k in listed else rest[k] for k in samples[0]}
     try:
-        return default_collate(list(samples))
+        return default_collate(samples)
     except RuntimeError as exc:
         keys = ""
         if samples and isinstance(samples[0], dict):

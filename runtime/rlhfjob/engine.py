@@ -42,6 +42,7 @@ from rlhfjob.data import EpisodeReplayBuffer
 from rlhfjob.episodes import EpisodeRun
 from rlhfjob.executor import Executor, LocalExecutor
 from rlhfjob.module import BaseModule
+from rlhfjob.text import read_prompt_file
 from rlhfjob_operator.contract import ENV_TERMINATION_LOG, TERMINATION_LOG
 from rlhfjob_operator.progress import from_summary
 from rlhfjob_operator.spec import JobConfig, load_job_config
@@ -101,7 +102,8 @@ class Engine:
         return self
 
     def set_dataset(self, dataset: Sequence[Any]) -> Engine:
-        """The prompts of the env flow; taken ``sample_per_episode`` at a time, wrapping."""
+        """The prompts of the env flow; taken ``sample_per_episode`` at a time, wrapping.
+        Without it, ``learn()`` reads ``runtime.data_path`` (``rlhfjob.text``)."""
         return self.set_multiple_datasets([dataset])
 
     def set_multiple_datasets(self, datasets: Sequence[Sequence[Any]]) -> Engine:
@@ -178,6 +180,32 @@ class Engine:
                 f"{sorted(names)}); fix the name or remove the section"
             )
 
+    def _read_prompt_files(self) -> None:
+        """``runtime.data_path`` (``eval_data_path``) as the env (eval) flow's prompts where
+        no ``set_dataset`` gave them; read on the driver, so a bad file fails the job before
+        any worker starts. ValueError when a flow has neither, or the file is refused
+        (``rlhfjob.text.read_prompt_file``: the error names the key and the path)."""
+        rt = self.config.runtime
+        if self.environment is not None and self._datasets is None:
+            if rt.data_path is None:
+                raise ValueError(
+                    "the environment has no prompts; call engine.set_dataset(prompts) or set "
+                    "runtime.data_path to a prompt file"
+                )
+            key = "runtime.data_path"
+            self.set_dataset(read_prompt_file(rt.data_path, key=key, prompt_key=rt.prompt_key))
+        if self.evaluator is not None and self.evaluator.dataset is None:
+            if rt.eval_data_path is None:
+                raise ValueError(
+                    "the evaluator has no dataset; call Evaluator(...).set_dataset(data) or set "
+                    "runtime.eval_data_path to a prompt file"
+                )
+            self.evaluator.set_dataset(
+                read_prompt_file(
+                    rt.eval_data_path, key="runtime.eval_data_path", prompt_key=rt.prompt_key
+                )
+            )
+
     # --- running -------------------------------------------------------------
 
     def learn(self, *, progress: bool = True) -> list[dict[str, Any]]:
@@ -192,13 +220,10 @@ class Engine:
         timing.mark("learn() called")
         if self.environment is None and self.trainer is None and self.evaluator is None:
             raise ValueError("the engine has no environment, trainer or evaluator to run")
-        if self.environment is not None and self._datasets is None:
-            raise ValueError("the environment has no prompts; call engine.set_dataset(prompts)")
-        if self.evaluator is not None and self.evaluator.dataset is None:
-            raise ValueError("the evaluator has no dataset; call Evaluator(...).set_dataset(data)")
         self._check_config_names()
         for module in self.modules:  # a bad models.<name>.args key fails here, before any worker
             module.parse_config(self.config)
+        self._read_prompt_files()
         if context.env is not None and context.env.checkpoint_dir:
             # The launcher's checkpoint directory (a mounted volume in a pod) wins.
             runtime = self.config.runtime.model_copy(
