@@ -27,6 +27,7 @@ from rlhfjob.algorithms.settings import (
 )
 from rlhfjob.algorithms.tasks import SortTask, get_task
 from rlhfjob.models import GPTConfig
+from rlhfjob.text.tokens import Truncation
 
 __all__ = [
     "GRPOTrainerConfig",
@@ -164,6 +165,19 @@ class PolicyInferenceConfig(ModelConfig):
     )
     eval_temperature: float = field(
         default=0.0, metadata=about("temperature of `eval_step`; 0: greedy", check=NON_NEGATIVE)
+    )
+    max_prompt_length: int | None = field(
+        default=None,
+        metadata=about(
+            "tokens a text prompt may have (chat template applied); null: any", check=AT_LEAST_1
+        ),
+    )
+    prompt_truncation: Truncation = field(
+        default="error",
+        metadata=about(
+            "a longer text prompt fails the job naming its row (`error`) or keeps its last "
+            "`max_prompt_length` tokens (`left`)"
+        ),
     )
 
     def validate(self) -> None:

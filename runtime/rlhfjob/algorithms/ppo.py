@@ -50,6 +50,7 @@ from rlhfjob.algorithms.losses import (
 )
 from rlhfjob.models import generate_tokens, response_log_probs
 from rlhfjob.module import BaseModule
+from rlhfjob.text import encode_prompts, is_text_dataset, load_tokenizer
 
 __all__ = [
     "PolicyInference",
@@ -81,11 +82,16 @@ class PolicyInference(_LMModule):
 
     Settings: ``PolicyInferenceConfig``. Prompts (``set_dataset``) are dicts
     with ``prompt_ids`` (P,) and optionally ``prompt_mask`` (P,) for left
-    padding; P must be the same within a batch.
+    padding; P must be the same within a batch. Or text prompts: dicts with a
+    ``prompt`` (a string or chat messages: ``runtime.data_path``'s rows), which
+    ``build_dataset`` tokenizes with the tokenizer saved beside ``model_path``
+    (the fields: ``rlhfjob.text``).
     """
 
     config_class = PolicyInferenceConfig
     config: PolicyInferenceConfig
+
+    tokenizer: Any = None  # loaded from model_path by the first text dataset
 
     def setup(self) -> None:
         self.model = build_lm(self.config)
@@ -94,15 +100,28 @@ class PolicyInference(_LMModule):
         self.pad_token_id = self.config.pad_id()
 
     def build_dataset(self, prompts: list[Any], is_eval: bool = False) -> list[Any]:
-        """Checks that every prompt is a dict holding ``prompt_ids``; ValueError names
-        the first one that is not."""
-        for i, prompt in enumerate(prompts):
-            if not isinstance(prompt, dict) or "prompt_ids" not in prompt:
-                raise ValueError(
-                    f"prompt {i} is {type(prompt).__name__}; {type(self).__name__} takes dicts "
-                    "with 'prompt_ids' (a 1-d LongTensor) and optionally 'prompt_mask'"
-                )
-        return prompts
+        """Token prompts as they are; text prompts (a ``prompt``, no ``prompt_ids``)
+        tokenized, chat-templated and left-padded to the longest (``encode_prompts``).
+
+        ValueError names the first prompt that is no dict or has neither key, a dataset
+        mixing the two kinds (``is_text_dataset``), and says that text needs a
+        ``model_path`` (its tokenizer) when the model is the small GPT.
+        """
+        if not is_text_dataset(prompts, owner=type(self).__name__):
+            return prompts
+        if self.config.model_path is None:
+            raise ValueError(
+                f"models.{self.name}.args: text prompts need a tokenizer; set model_path to a "
+                "saved Hugging Face model with its tokenizer"
+            )
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer(self.config.model_path)
+        return encode_prompts(
+            self.tokenizer,
+            prompts,
+            max_length=self.config.max_prompt_length,
+            truncation=self.config.prompt_truncation,
+        )
 
     def _generate(self, data: dict[str, Any], temperature: float) -> dict[str, Any]:
         assert self.model is not None
