@@ -3,7 +3,7 @@
 from rlhfjob import Engine, Environment, Trainer, Evaluator, BaseModule
 """
 
-from rlhfjob.engine import Engine, Environment, Evaluator, Trainer
+from rlhfjob.engine import Engine, Environment, EvalEngine, Evaluator, Trainer
 from rlhfjob.flow import ControlDependencies, FlowError
 from rlhfjob.module import BaseModule
 from rlhfjob_operator.spec import JobConfig, SpecError
@@ -13,6 +13,7 @@ __all__ = [
     "ControlDependencies",
     "Engine",
     "Environment",
+    "EvalEngine",
     "Evaluator",
     "FlowError",
     "JobConfig",

@@ -31,7 +31,7 @@ import random
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -47,9 +47,10 @@ from rlhfjob_operator.contract import ENV_TERMINATION_LOG, TERMINATION_LOG
 from rlhfjob_operator.progress import from_summary
 from rlhfjob_operator.spec import JobConfig, load_job_config
 
-__all__ = ["Engine", "Environment", "Evaluator", "Trainer"]
+__all__ = ["Engine", "Environment", "EvalEngine", "Evaluator", "Trainer"]
 
 ReplayManager = Callable[[list[EpisodeReplayBuffer]], list[Any]]
+T = TypeVar("T")
 
 
 class Engine:
@@ -165,7 +166,7 @@ class Engine:
                     "config and checkpoints, so each must be unique"
                 )
         env = self.environment
-        if env is not None and self.trainer is not None and env.graph.output is None:
+        if env is not None and self.trainer is not None and not env.graph.outputs:
             raise ValueError(
                 f"env flow {env.graph.name} returns nothing, so the trainer "
                 "would get no samples; return the last model call's output"
@@ -220,6 +221,32 @@ class Engine:
         timing.mark("learn() called")
         if self.environment is None and self.trainer is None and self.evaluator is None:
             raise ValueError("the engine has no environment, trainer or evaluator to run")
+        summaries = self._run(lambda run: run.learn(progress=progress))
+        if context.role == "driver":
+            _report_end(summaries, num_episode=self.config.runtime.num_episode)
+        return summaries
+
+    def eval(self, cur_iter: int | None = None, train_iteration: int | None = None) -> Any:
+        """ChatLearn's ``engine.eval()``: run the eval flow once over its dataset and return
+        what ``post_process(results, eval_info)`` returns; ``eval_info`` has
+        ``episode_iteration`` and ``train_iteration`` only where they are given. No
+        episode runs and no checkpoint is read or written. Like ``learn()``, it ends the
+        executor when done: under ``rlhfjob run`` an entrypoint calls one of them, once."""
+        if context.role == "worker":
+            raise context.StopEntrypoint
+        if self.evaluator is None:
+            raise ValueError("the engine has no evaluator; pass Evaluator(eval_flow) to it")
+        info = {"episode_iteration": cur_iter, "train_iteration": train_iteration}
+        return self._run(
+            lambda run: run.post_processed({k: v for k, v in info.items() if v is not None})
+        )
+
+    def stop(self) -> None:
+        """ChatLearn's ``engine.stop()``: there is nothing left to stop here, since
+        ``eval()`` and ``learn()`` end their workers before they return."""
+
+    def _run(self, body: Callable[[EpisodeRun], T]) -> T:
+        """Check, set up the executor, run ``body`` on an EpisodeRun, shut down."""
         self._check_config_names()
         for module in self.modules:  # a bad models.<name>.args key fails here, before any worker
             module.parse_config(self.config)
@@ -235,13 +262,33 @@ class Engine:
         try:
             executor.setup(self.modules, sync_pairs=self._sync_pairs)
             timing.mark("executor set up")
-            run = EpisodeRun(self, executor)
-            summaries = run.learn(progress=progress)
+            return body(EpisodeRun(self, executor))
         finally:
             executor.shutdown()
-        if context.role == "driver":
-            _report_end(summaries, num_episode=self.config.runtime.num_episode)
-        return summaries
+
+
+class EvalEngine(Engine):
+    """ChatLearn's ``EvalEngine(eval_flow)``: an engine with only an evaluator, whose
+    ``set_dataset`` sets the evaluator's data; run it with ``eval()``.
+
+    ``eval_flow`` is a flow function or an ``Evaluator``.
+    """
+
+    def __init__(
+        self,
+        eval_flow: Callable[[Any], Any] | Evaluator,
+        *,
+        config: JobConfig | dict[str, Any] | str | None = None,
+        executor: Executor | None = None,
+    ) -> None:
+        evaluator = eval_flow if isinstance(eval_flow, Evaluator) else Evaluator(eval_flow)
+        super().__init__(evaluator=evaluator, config=config, executor=executor)
+
+    def set_dataset(self, dataset: Sequence[Any]) -> EvalEngine:
+        """The evaluator's data (what ``Evaluator.set_dataset`` sets)."""
+        assert self.evaluator is not None
+        self.evaluator.set_dataset(dataset)
+        return self
 
 
 def _report_end(summaries: list[dict[str, Any]], *, num_episode: int) -> None:

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 from rlhfjob import context, resume, timing
 from rlhfjob import metrics as prom
 from rlhfjob.comm import stopping
+from rlhfjob.components import metrics_of
 from rlhfjob.data import PromptStream, StreamDataset, collate
-from rlhfjob.executor import Executor
+from rlhfjob.executor import Executor, join_samples
 from rlhfjob.flow import FlowGraph, run_graph
 
 if TYPE_CHECKING:
@@ -36,8 +37,7 @@ class EpisodeRun:
         self.summaries: list[dict[str, Any]] = []
         self.stop_why: str | None = None  # a SIGTERM somewhere in the gang (comm.stopping)
         self.stream: PromptStream | None = None
-        if engine.environment is not None:
-            assert engine._datasets is not None
+        if engine.environment is not None and engine._datasets is not None:
             first = engine.environment.graph.entry_modules[0]
             datasets = [
                 executor.build_dataset(first, data, is_eval=False) for data in engine._datasets
@@ -92,7 +92,7 @@ class EpisodeRun:
                 and self.rt.enable_eval_before_training
                 and self.engine.evaluator is not None
             ):
-                metrics = self.evaluate()
+                metrics = self.evaluate(before_training=True)
                 _write(bar, "before training  " + _format(metrics))
             timing.mark(f"episode {self.episode + 1} begins")
             while self.episode < self.rt.num_episode:
@@ -124,7 +124,8 @@ class EpisodeRun:
             manager = self.engine._replay_manager
             if manager is not None:
                 samples = self.ex.materialize(samples)
-            self.dataset.set_episode(number, samples, manager)
+            # The replay buffers' episode_id is ChatLearn's: 0-based.
+            self.dataset.set_episode(number - 1, samples, manager)
             summary["train_steps"] = self.train()
             self.ex.wait()  # training done everywhere: what follows times the sync alone
             sync_start, synced = time.perf_counter(), 0
@@ -159,19 +160,20 @@ class EpisodeRun:
     def generate(self) -> list[Any]:
         assert self.engine.environment is not None and self.stream is not None
         graph = self.engine.environment.graph
-        assert graph.output is not None or self.engine.trainer is None
+        assert graph.outputs or self.engine.trainer is None
         prompts = self.stream.take(self.rt.sample_per_episode)
         size = self.rt.generation_batch_size
-        handles = []
+        batches = []
         for start in range(0, len(prompts), size):
-            batch = collate(prompts[start : start + size])
-            results = self._run(graph, batch, iterate=True)
-            if graph.output is not None:
-                handles.append(results[graph.output])
-        label = graph.nodes[graph.output].label if graph.output is not None else ""
+            results = self._run(graph, collate(prompts[start : start + size]), iterate=True)
+            batches.append([results[i] for i in graph.outputs])
+        labels = [graph.nodes[i].label for i in graph.outputs]
         samples: list[Any] = []
-        for handle in handles:
-            samples.extend(self.ex.samples(handle, label=label))
+        for handles in batches:
+            pairs = zip(handles, labels, strict=True)
+            per_output = [self.ex.samples(handle, label=label) for handle, label in pairs]
+            if per_output:
+                samples.extend(join_samples(per_output, labels))
         return samples
 
     def train(self) -> int:
@@ -183,19 +185,33 @@ class EpisodeRun:
                 steps += 1
         return steps
 
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, *, before_training: bool = False) -> dict[str, float]:
+        """One evaluation in the episode loop, as ``eval/<key>`` metrics: ``eval_info`` has
+        ``episode_iteration`` (the 0-based episode just trained; -1 before training)
+        and ``train_iteration`` (train steps so far), as ChatLearn's."""
+        trainer = self.engine.trainer
+        steps = self.iterations.get(trainer.graph.nodes[0].label, 0) if trainer else 0
+        info = {
+            "episode_iteration": -1 if before_training else self.episode,
+            "train_iteration": steps,
+        }
+        return {f"eval/{k}": v for k, v in metrics_of(self.post_processed(info)).items()}
+
+    def post_processed(self, eval_info: dict[str, Any]) -> Any:
+        """Run the eval flow over its dataset; what ``post_process(results, eval_info)``
+        returns, ``results`` mapping each returned model's name to its batches."""
         evaluator = self.engine.evaluator
         assert evaluator is not None and self.eval_data is not None
         graph = evaluator.graph
         size = self.rt.generation_batch_size
-        handles = []
+        handles: list[tuple[str, Any]] = []
         for start in range(0, len(self.eval_data), size):
-            results = self._run(graph, collate(self.eval_data[start : start + size]), iterate=False)
-            if graph.output is not None:
-                handles.append(results[graph.output])
-        outputs = [self.ex.fetch(h) for h in handles]
-        metrics = evaluator.post_process(outputs, {"episode": self.episode})
-        return {f"eval/{k}": float(v) for k, v in metrics.items()}
+            results = self._run(graph, collate(self.eval_data[start : start + size]), iterate=True)
+            handles.extend((graph.nodes[i].module.name, results[i]) for i in graph.outputs)
+        outputs: dict[str, list[Any]] = {}
+        for name, handle in handles:
+            outputs.setdefault(name, []).append(self.ex.fetch(handle))
+        return evaluator.post_process(outputs, eval_info)
 
 
 def _progress(*, total: int, initial: int, enabled: bool) -> Any:

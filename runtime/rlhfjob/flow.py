@@ -15,7 +15,13 @@ What the tracer refuses, naming the flow function and the line:
 - calling the same method of the same module twice in one flow, which would
   make its outputs and its state ambiguous (call another method, e.g.
   ``forward_step2``, or use another module);
-- returning something that is not a model output (or None).
+- returning something that is neither a model output, nor a tuple or list of
+  distinct model outputs, nor None.
+
+A flow may return several model outputs (``return value_out, reward_out``), as
+ChatLearn's engines do: an environment's samples then merge the outputs' dicts
+sample by sample, in the order returned (a later output's key wins), and an
+evaluator's ``post_process`` gets each output's batches under its model's name.
 
 ``ControlDependencies(node, ...)`` used as a context manager adds ordering
 edges: calls inside the block run after the given calls even without a data
@@ -67,11 +73,11 @@ class Node:
 
 @dataclasses.dataclass(frozen=True)
 class FlowGraph:
-    """A traced flow: nodes in topological (call) order and the output node."""
+    """A traced flow: nodes in topological (call) order and the returned nodes."""
 
     name: str
     nodes: tuple[Node, ...]
-    output: int | None  # index of the returned node; None when the flow returns nothing
+    outputs: tuple[int, ...]  # indices of the returned nodes, in order; () for nothing
 
     @property
     def modules(self) -> list[BaseModule]:
@@ -91,14 +97,14 @@ class FlowGraph:
         return list(seen.values())
 
     def consumers(self) -> dict[int, int]:
-        """How many later nodes read each node's output (the flow's output counts once)."""
+        """How many later nodes read each node's output (each flow output counts once)."""
         counts = {node.index: 0 for node in self.nodes}
         for node in self.nodes:
             for i in node.inputs:
                 if i >= 0:
                     counts[i] += 1
-        if self.output is not None:
-            counts[self.output] += 1
+        for i in self.outputs:
+            counts[i] += 1
         return counts
 
 
@@ -272,19 +278,35 @@ def trace(fn: Callable[..., Any], *, name: str | None = None) -> FlowGraph:
             ) from exc
     if not tracer.nodes:
         raise FlowError(f"flow {_qualname(fn)} calls no model; a flow calls at least one")
-    output: int | None
+    outputs = _outputs(fn, tracer, result)
+    return FlowGraph(name=name or _qualname(fn), nodes=tuple(tracer.nodes), outputs=outputs)
+
+
+def _outputs(fn: Callable[..., Any], tracer: _Tracer, result: Any) -> tuple[int, ...]:
+    """The returned nodes: none, one, or a tuple or list of distinct model outputs."""
+
+    def ours(value: Any) -> bool:
+        return isinstance(value, _Value) and value._tracer is tracer and value._index >= 0
+
     if result is None:
-        output = None
-    elif isinstance(result, _Value) and result._tracer is tracer and result._index >= 0:
-        output = result._index
-    else:
-        code = getattr(fn, "__code__", None)
-        where = f"{code.co_filename}:{code.co_firstlineno}" if code else "<unknown>"
-        raise FlowError(
-            f"flow {_qualname(fn)} ({where}): it returns {_short(result)}, which is not a "
-            "model output; return one model call's result, or nothing"
-        )
-    return FlowGraph(name=name or _qualname(fn), nodes=tuple(tracer.nodes), output=output)
+        return ()
+    if ours(result):
+        return (result._index,)
+    code = getattr(fn, "__code__", None)
+    where = f"{code.co_filename}:{code.co_firstlineno}" if code else "<unknown>"
+    if isinstance(result, (tuple, list)) and result and all(ours(v) for v in result):
+        indices = tuple(v._index for v in result)
+        if len(set(indices)) < len(indices):
+            twice = next(i for i in indices if indices.count(i) > 1)
+            raise FlowError(
+                f"flow {_qualname(fn)} ({where}): it returns the output of "
+                f"{tracer.nodes[twice].label} twice; return each model output once"
+            )
+        return indices
+    raise FlowError(
+        f"flow {_qualname(fn)} ({where}): it returns {_short(result)}, which is not a "
+        "model output; return a model call's result, a tuple of them, or nothing"
+    )
 
 
 class ControlDependencies:

@@ -73,6 +73,27 @@ def test_same_weights_bitwise_as_in_process(tmp_path, job_name):
     assert "samples/s" in proc.stdout
 
 
+def test_an_env_flow_returning_two_outputs_trains_on_their_merged_rows(tmp_path, job_name):
+    """ChatLearn's ``return value_out, reward_out``: under `rlhfjob run` each trainer pulls
+    a sample's row from the actor and from the scorer and merges them; the weights are
+    toyjob's (one output carrying every key), bitwise."""
+    runtime = {**RUNTIME, "num_episode": 2, "save_episode_interval": 2}
+    path = write_job(
+        tmp_path,
+        job_name,
+        {**runtime, "data_checkpoint_path": str(tmp_path / "dist")},
+        MODELS,
+        entry="tuplejob.py",
+    )
+    proc = rlhfjob_run(path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    remote = ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path / "dist"))[0]
+    local = flat(in_process(tmp_path, runtime, MODELS))
+    assert local.keys() == flat(remote).keys() and local
+    for key, value in flat(remote).items():
+        assert torch.equal(value, local[key]), key
+
+
 def test_two_trainer_replicas_match_within_tolerance(tmp_path, job_name):
     models = {**MODELS, "learner": {"trainable": True, "num_replica": 2}}
     _, remote = distributed(tmp_path, job_name, RUNTIME, models)

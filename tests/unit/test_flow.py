@@ -36,7 +36,7 @@ def test_fan_in_keeps_argument_order():
         "d.forward_step",
     ]
     assert graph.nodes[3].inputs == (2, 0, 1)
-    assert graph.output == 3
+    assert graph.outputs == (3,)
     assert [m.name for m in graph.entry_modules] == ["a", "b", "c"]
 
 
@@ -96,7 +96,7 @@ def test_trainer_flow_returning_nothing():
         a.forward_step(batch)
         b.forward_step(batch)
 
-    assert trace(flow).output is None
+    assert trace(flow).outputs == ()
 
 
 def _line_of(fn, text):

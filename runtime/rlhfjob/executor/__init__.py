@@ -12,7 +12,7 @@ The RPC executor's data plane, by module:
 - ``pulls``: stored values, and workers pulling their inputs from producers.
 """
 
-from rlhfjob.executor.base import Executor
+from rlhfjob.executor.base import Executor, join_samples
 from rlhfjob.executor.local import LocalExecutor
 
-__all__ = ["Executor", "LocalExecutor"]
+__all__ = ["Executor", "LocalExecutor", "join_samples"]

@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from rlhfjob.executor.protocol import Joined, Row
 from rlhfjob.flow import Node
 from rlhfjob.module import BaseModule
+
+__all__ = ["Executor", "join_samples"]
 
 
 class Executor(Protocol):
@@ -36,7 +39,8 @@ class Executor(Protocol):
     def fetch(self, handle: Any) -> Any: ...
 
     def samples(self, handle: Any, *, label: str) -> list[Any]:
-        """The per-sample entries of an env-flow output: dicts, or row references."""
+        """The per-sample entries of an env-flow output: dicts, or row references
+        (``join_samples`` joins those of several outputs)."""
         ...
 
     def materialize(self, samples: list[Any]) -> list[Any]:
@@ -70,3 +74,31 @@ class Executor(Protocol):
     def load_state_dicts(self, states: dict[str, dict[str, Any]]) -> None: ...
 
     def shutdown(self) -> None: ...
+
+
+def join_samples(per_output: Sequence[list[Any]], labels: Sequence[str]) -> list[Any]:
+    """One entry per sample from the entries of each returned output of one env-flow
+    batch (``labels`` name the calls): dicts merge in order (a later output's key
+    wins); row references become a ``Joined``, merged when pulled.
+
+    Raises ValueError when the outputs disagree on how many samples the batch has.
+    """
+    if len(per_output) == 1:
+        return per_output[0]
+    counts = [len(entries) for entries in per_output]
+    if len(set(counts)) > 1:
+        listed = ", ".join(f"{label} {n}" for label, n in zip(labels, counts, strict=True))
+        raise ValueError(
+            f"the env flow returns {len(labels)} outputs that disagree on the batch's "
+            f"samples ({listed}); each returned call must return one row per sample"
+        )
+    joined: list[Any] = []
+    for parts in zip(*per_output, strict=True):
+        if all(isinstance(part, Row) for part in parts):
+            joined.append(Joined(tuple(parts)))
+        else:
+            merged: dict[str, Any] = {}
+            for part in parts:
+                merged.update(part)
+            joined.append(merged)
+    return joined

@@ -37,6 +37,7 @@ __all__ = [
     "Fill",
     "Free",
     "Hook",
+    "Joined",
     "Layout",
     "LayoutReply",
     "LoadState",
@@ -66,6 +67,14 @@ class Row:
 
     ref: Ref
     index: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Joined:
+    """One sample of an env flow that returns several outputs: its Row in each output,
+    merged in that order when pulled (a later output's key wins)."""
+
+    parts: tuple[Row, ...]
 
 
 @dataclasses.dataclass(frozen=True)

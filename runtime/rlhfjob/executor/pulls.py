@@ -29,6 +29,7 @@ from rlhfjob.executor.protocol import (
     Failure,
     Fetch,
     Fill,
+    Joined,
     Layout,
     LayoutReply,
     Ref,
@@ -69,22 +70,42 @@ def select(batch: Any, indices: list[int] | None) -> Any:
 def gather_rows(
     samples: Sequence[Any], fetch: Callable[[Ref, list[int]], Callable[[], Any]]
 ) -> list[Any]:
-    """``samples`` with every Row replaced by its per-sample dict, in order.
+    """``samples`` with every Row replaced by its per-sample dict, and every Joined by
+    the merge of its parts' dicts (in order: a later part's key wins), in order.
 
     ``fetch(ref, indices)`` starts one request for those rows of ``ref``'s batch
     and returns a function that waits for the batch; every request is started
-    before any is waited for. Entries that are not Rows pass through.
+    before any is waited for. Entries that are neither pass through.
     """
     wanted: dict[Ref, list[int]] = defaultdict(list)
     for sample in samples:
-        if isinstance(sample, Row):
-            wanted[sample.ref].append(sample.index)
+        for row in _rows_of(sample):
+            wanted[row.ref].append(row.index)
     waits = {ref: fetch(ref, indices) for ref, indices in wanted.items()}
     pulled: dict[tuple[Ref, int], Any] = {}
     for ref, indices in wanted.items():
         for index, sample in zip(indices, split_samples(waits[ref]()), strict=True):
             pulled[(ref, index)] = sample
-    return [pulled[(s.ref, s.index)] if isinstance(s, Row) else s for s in samples]
+
+    def value(sample: Any) -> Any:
+        if isinstance(sample, Row):
+            return pulled[(sample.ref, sample.index)]
+        if isinstance(sample, Joined):
+            merged: dict[str, Any] = {}
+            for row in sample.parts:
+                merged.update(pulled[(row.ref, row.index)])
+            return merged
+        return sample
+
+    return [value(s) for s in samples]
+
+
+def _rows_of(sample: Any) -> tuple[Row, ...]:
+    if isinstance(sample, Row):
+        return (sample,)
+    if isinstance(sample, Joined):
+        return sample.parts
+    return ()
 
 
 class Exchange:
