@@ -60,7 +60,7 @@ def _small_config(name: str, *, episodes: int, checkpoints: Path) -> dict[str, A
         train_micro_batch_size=8,
         train_global_batch_size=8,
         num_training_epoch=2,
-        eval_episode_interval=None,
+        eval_episode_interval=0,
         enable_eval_before_training=False,
         data_checkpoint_path=str(checkpoints),
         save_episode_interval=1,

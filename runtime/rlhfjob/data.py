@@ -136,7 +136,7 @@ class PromptStream:
 class EpisodeReplayBuffer:
     """One episode's samples, as ChatLearn's replay sample manager sees them."""
 
-    episode_id: int
+    episode_id: int  # 0-based, as ChatLearn's (the first episode's buffer is 0)
     buffer: list[Any]
 
 
@@ -213,7 +213,8 @@ class StreamDataset:
         train = samples
         if replay_manager is not None:
             self.replay.append(EpisodeReplayBuffer(episode_id=episode, buffer=samples))
-            self.replay = self.replay[-(self.max_replay_episode or 1) :]
+            if self.max_replay_episode >= 0:  # -1 keeps every episode
+                self.replay = self.replay[-(self.max_replay_episode or 1) :]
             train = replay_manager(list(self.replay))
         if not isinstance(train, list):
             raise ValueError(

@@ -27,7 +27,7 @@ import zlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from rlhfjob import tracing
+from rlhfjob import batching, tracing
 from rlhfjob.checkpoint import RNGStream
 
 if TYPE_CHECKING:
@@ -187,10 +187,24 @@ class BaseModule:
         return dict(self.model.named_parameters())
 
     def call_hook(self, method: str, data: Any, iteration: int | None) -> Any:
-        """Call ``method`` in this module's RNG stream, with ``iteration`` only if it takes one."""
+        """Call ``method`` in this module's RNG stream, with ``iteration`` only if it takes one.
+
+        A dict batch larger than this model's ``generation_batch_size`` (when its
+        section sets one) is cut into pieces of that size, each called in turn with
+        the same ``iteration``, and the outputs joined (``rlhfjob.batching``), as
+        ChatLearn does; a train step's list of micro-batches is never cut.
+        """
         fn = getattr(self, method)
-        args = (data, iteration) if iteration is not None and _takes_iteration(fn) else (data,)
-        return self.run_hook(fn, *args)
+        takes = iteration is not None and _takes_iteration(fn)
+        size = self.module_args.generation_batch_size if self._config is not None else None
+        n = batching.batch_size(data) if size is not None and isinstance(data, dict) else None
+        if size is None or n is None or n <= size:
+            return self.run_hook(fn, *((data, iteration) if takes else (data,)))
+        outputs = [
+            self.run_hook(fn, *((piece, iteration) if takes else (piece,)))
+            for piece in batching.pieces(data, size)
+        ]
+        return batching.concat(outputs, f"{self.name}.{method}")
 
     def run_hook(self, fn: Any, *args: Any) -> Any:
         """Run ``fn(*args)`` inside this module's RNG stream (plainly when unbound)."""

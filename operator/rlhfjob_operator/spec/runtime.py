@@ -39,8 +39,8 @@ class RuntimeSpec(ConfigModel):
     save_episode_interval: int | None = Field(
         None, ge=1, description="Checkpoint every N episodes; none when unset."
     )
-    eval_episode_interval: int | None = Field(
-        None, ge=1, description="Evaluate every N episodes; never when unset."
+    eval_episode_interval: int = Field(
+        0, ge=0, description="Evaluate every N episodes; 0 (the default): never."
     )
     enable_eval_before_training: bool = False
     data_shuffle: bool = True
@@ -68,7 +68,9 @@ class RuntimeSpec(ConfigModel):
     enable_resume_training: bool = True
     stream_data_loader_type: Literal["fixed", "dynamic"] = "fixed"
     max_replay_episode: int = Field(
-        0, ge=0, description="Episodes kept for the replay sample manager (0: this one only)."
+        0,
+        ge=-1,
+        description="Episodes kept for the replay sample manager (0: this one only; -1: all).",
     )
     coalesced_buffer_mb: int = Field(100, ge=1, description="Parameter-sync bucket size in MB.")
     seed: int = 1234
