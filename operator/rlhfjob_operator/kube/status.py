@@ -1,6 +1,6 @@
 """A job's status as :func:`~.decisions.decide` writes it: conditions (Kubernetes
 semantics), times, and what it reads off the pods (phase, generation, readiness,
-why one failed, the driver's progress, the ready counts).
+why one failed or is being taken away, the driver's progress, the ready counts).
 
 Pods are the plain dicts the API returns (``metadata``, ``status``); a field
 missing reads as the API's default (phase Pending, no conditions: ready once
