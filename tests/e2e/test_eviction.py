@@ -149,5 +149,6 @@ def test_an_evicted_pod_stops_the_gang_with_an_emergency_checkpoint_and_resumes_
     assert status["restarts"] == 0 and status["restartGeneration"] == 1, status
     assert len(restarting) == 1, restarting
     assert restarting[0].startswith(f"pod {pod} disrupted ("), restarting
+    assert "restarting the gang from the checkpoint it saves as it stops" in restarting[0]
     assert restarting[0].endswith(", disrupted (not counted)"), restarting
     assert diff == []

@@ -248,7 +248,9 @@ def _restart(turn: Turn, what: str, attempt: Retry) -> Decision:
         reason, tail = "PodFailed", f" (restart {status.restarts} of {policy.backoff_limit})"
     else:
         reason, tail = "PodDisrupted", ", disrupted (not counted)"
-    origin = restart_origin_on_kubernetes(turn.job, last_checkpoint=status.last_checkpoint)
+    origin = restart_origin_on_kubernetes(
+        turn.job, last_checkpoint=status.last_checkpoint, stopping=not attempt.counted
+    )
     msg = f"{what}; restarting the gang {origin} in {delay:g}s{tail}"
     status.message = msg
     set_condition(status, "Restarting", True, reason=reason, message=msg, now=stamp)
