@@ -93,11 +93,24 @@ def restart_origin(
     return f"from the beginning: no checkpoint yet (one is saved after {every})"
 
 
-def restart_origin_on_kubernetes(job: RLHFJob, *, last_checkpoint: str | None) -> str:
+def restart_origin_on_kubernetes(
+    job: RLHFJob, *, last_checkpoint: str | None, stopping: bool = False
+) -> str:
     """:func:`restart_origin` for a gang of pods: its checkpoint volume decides what is
     certain (an emptyDir is lost, a claim is unseen); ``last_checkpoint`` is the job's
-    ``status.lastCheckpoint`` (None when nothing reported one)."""
+    ``status.lastCheckpoint`` (None when nothing reported one).
+
+    ``stopping``: the gang was disrupted and is stopping, its driver saving an emergency
+    checkpoint on the way (``rlhfjob.comm.stopping``; a pod always has a checkpoint
+    directory, the mount), whatever ``save_episode_interval`` says; one that cannot
+    reach the end of its episode in time leaves the last one standing.
+    """
     pvc = job.spec.checkpoint.persistent_volume_claim
+    if stopping and pvc is not None and job.spec.runtime.enable_resume_training:
+        return (
+            f"from the checkpoint it saves as it stops (on claim {pvc.claim_name}; "
+            "else its last one)"
+        )
     return restart_origin(
         job.spec.runtime,
         saved=None,

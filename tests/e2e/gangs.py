@@ -110,13 +110,14 @@ def episode_of(root: Path) -> int:
 
 
 @contextmanager
-def running_pods(cluster: Cluster) -> Iterator[PodRunner]:
+def running_pods(cluster: Cluster, *, grace: float = 5.0) -> Iterator[PodRunner]:
     """A PodRunner as the kubelet's handler; afterwards none of its processes may be
-    left and the kubelet must have reported no error."""
+    left and the kubelet must have reported no error. ``grace``: at most this many
+    seconds from a deleted pod's SIGTERM to its SIGKILL (PodRunner's)."""
     kubelet = cluster.kubelet
     assert kubelet is not None
     errors = len(kubelet.errors)
-    runner = PodRunner(REPO, inherit=PASSED_ON)
+    runner = PodRunner(REPO, inherit=PASSED_ON, grace=grace)
     try:
         with kubelet.using(runner):
             yield runner

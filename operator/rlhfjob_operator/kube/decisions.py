@@ -7,17 +7,33 @@ observations gives the same answer, so an operator killed at any point resumes
 without duplicating pods.
 
 The gang's life: pods of generation ``status.restartGeneration`` are created
-(create-if-absent; a pod that vanishes is re-created under the same name).
-When every pod runs and is ready the job is Running. The driver pod
-succeeding makes the job Succeeded (the other pods are then deleted). Any pod
-of the gang failing deletes the whole gang; after a backoff of
+(create-if-absent; a pod that vanishes before the gang was first Running is
+re-created under the same name). When every pod runs and is ready the job is
+Running. The driver pod succeeding makes the job Succeeded (the other pods are
+then deleted).
+
+A disruption ends the generation without counting against the backoff limit:
+a pod of it with the ``DisruptionTarget`` condition (an eviction, a preemption,
+a drain), being deleted by anyone but the operator, or gone once the gang was
+Running (a force deletion the operator did not see happen). The rest of the
+gang is deleted at once: every process takes the SIGTERM, the driver saves an
+emergency checkpoint at the end of the episode (``rlhfjob.comm.stopping``), and
+the next generation starts as soon as the old pods are gone and resumes from
+it. A disruption seen together with a failed pod wins: the failure is most
+likely its consequence (peers of a pod killed at the end of its grace period).
+A disruption during the last episode lets the old driver finish; the new
+generation then resumes from the final checkpoint and ends at once.
+
+Any pod of the gang failing deletes the whole gang; after a backoff of
 ``base * 2**(restarts-1)`` seconds (capped), the next generation is created,
 until ``runPolicy.backoffLimit`` restarts are spent: then Failed. A pod that
-exits with :data:`~rlhfjob_operator.contract.EXIT_PERMANENT` fails the job at once
-(the contract's :func:`~rlhfjob_operator.contract.next_attempt` decides).
-A new generation is only created once every pod of older ones is gone (the
-new driver reuses the old one's DNS name). ``suspend`` deletes the pods and
-keeps the status; resuming starts a new generation and restarts the
+exits with :data:`~rlhfjob_operator.contract.EXIT_PERMANENT` fails the job at
+once, one that exits :data:`~rlhfjob_operator.contract.EXIT_DISRUPTED` (the
+driver does, after an emergency checkpoint) restarts it at once uncounted (the
+contract's :func:`~rlhfjob_operator.contract.next_attempt` decides). A new
+generation is only created once every pod of older ones is gone (the new
+driver reuses the old one's DNS name). ``suspend`` deletes the pods and keeps
+the status; resuming starts a new generation and restarts the
 ``activeDeadlineSeconds`` clock. Succeeded and Failed are final; the TTL then
 deletes the job.
 """
@@ -25,28 +41,26 @@ deletes the job.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
 
-from rlhfjob_operator.contract import EXIT_RETRYABLE, Backoff, Final, next_attempt
-from rlhfjob_operator.kube.names import pod_name
+from rlhfjob_operator.contract import EXIT_RETRYABLE, Backoff, Final, Retry, next_attempt
 from rlhfjob_operator.kube.status import (
     Pod,
     active_names,
+    disruption,
     failed_exit,
     format_time,
     parse_time,
     pod_generation,
     pod_phase,
-    record_counts,
     record_progress,
     set_condition,
     terminating,
 )
+from rlhfjob_operator.kube.turn import FINAL, Decision, Event, Turn, finish, soonest
 from rlhfjob_operator.plan import JobPlan
 from rlhfjob_operator.restarts import restart_origin_on_kubernetes
-from rlhfjob_operator.spec import ConditionType, RLHFJob, RLHFJobStatus
+from rlhfjob_operator.spec import RLHFJob, RLHFJobStatus
 
 __all__ = [
     "Backoff",
@@ -58,105 +72,16 @@ __all__ = [
     "parse_time",
 ]
 
-_FINAL = ("Succeeded", "Failed")
-
-
-@dataclass(frozen=True)
-class Event:
-    """A Kubernetes Event about the job."""
-
-    type: Literal["Normal", "Warning"]
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True, kw_only=True)
-class Decision:
-    status: RLHFJobStatus
-    events: tuple[Event, ...] = ()
-    create: tuple[str, ...] = ()  # names of pods (current generation) to create
-    delete: tuple[str, ...] = ()  # names of pods to delete
-    delete_job: bool = False  # the TTL after finishing has passed
-    requeue_after: float | None = None  # look again then, even if nothing changes
-
-
-def _finish(
-    status: RLHFJobStatus,
-    *,
-    succeeded: bool,
-    reason: str,
-    message: str,
-    now: str,
-) -> Event:
-    status.phase = "Succeeded" if succeeded else "Failed"
-    status.completion_time = now
-    status.next_restart_time = None
-    status.message = message
-    set_condition(status, status.phase, True, reason=reason, message=message, now=now)
-    others: tuple[ConditionType, ...] = ("Running", "Restarting")
-    for other in others:
-        set_condition(status, other, False, reason=reason, message=message, now=now)
-    return Event("Normal" if succeeded else "Warning", reason, message)
-
 
 def invalid_spec(job_status: RLHFJobStatus | None, message: str, *, now: dt.datetime) -> Decision:
     """A spec the API server let through but pydantic or the planner refuses: Failed."""
     status = (job_status or RLHFJobStatus()).model_copy(deep=True)
-    if status.phase in _FINAL:
+    if status.phase in FINAL:
         return Decision(status=status)
-    event = _finish(
+    event = finish(
         status, succeeded=False, reason="InvalidSpec", message=message, now=format_time(now)
     )
     return Decision(status=status, events=(event,))
-
-
-@dataclass
-class _Turn:
-    """One call of :func:`decide`: what it was given, and the status (a copy) and
-    Events the phases have worked out so far."""
-
-    job: RLHFJob
-    plan: JobPlan
-    pods: Sequence[Pod]
-    now: dt.datetime
-    backoff: Backoff
-    status: RLHFJobStatus
-    current: dict[str, Pod]  # pods of this generation, by name
-    stale: list[Pod]  # pods of other generations (or none: unlabelled)
-    events: list[Event] = field(default_factory=list)
-
-    @property
-    def stamp(self) -> str:
-        return format_time(self.now)
-
-    @property
-    def gen(self) -> int:
-        return self.status.restart_generation
-
-    @property
-    def driver_name(self) -> str:
-        return pod_name(self.job.name, self.plan.driver, generation=self.gen)
-
-    @property
-    def deadline_left(self) -> float | None:
-        """Seconds to ``activeDeadlineSeconds`` from the (last) start; None: no deadline."""
-        deadline = self.job.spec.run_policy.active_deadline_seconds
-        if deadline is None:
-            return None
-        started = parse_time(self.status.start_time) or self.now
-        return deadline - (self.now - started).total_seconds()
-
-    def counts(self, current: Mapping[str, Pod]) -> None:
-        record_counts(self.status, self.job, self.plan, current)
-
-    def finish(self, *, succeeded: bool, reason: str, message: str) -> None:
-        event = _finish(
-            self.status, succeeded=succeeded, reason=reason, message=message, now=self.stamp
-        )
-        self.events.append(event)
-
-    def decision(self, **changes: Any) -> Decision:
-        return Decision(status=self.status, events=tuple(self.events), **changes)
 
 
 def decide(
@@ -174,7 +99,7 @@ def decide(
     status.observed_generation = job.metadata.generation
     status.num_episode = job.spec.runtime.num_episode
     gen = status.restart_generation
-    turn = _Turn(
+    turn = Turn(
         job=job,
         plan=plan,
         pods=pods,
@@ -191,10 +116,10 @@ def decide(
     return _run_gang(turn)
 
 
-def _finished(turn: _Turn) -> Decision | None:
+def _finished(turn: Turn) -> Decision | None:
     """Succeeded or Failed: delete the pods still running, then wait for the TTL."""
     status = turn.status
-    if status.phase not in _FINAL:
+    if status.phase not in FINAL:
         return None
     delete = active_names(turn.pods)
     ttl = turn.job.spec.run_policy.ttl_seconds_after_finished
@@ -207,7 +132,7 @@ def _finished(turn: _Turn) -> Decision | None:
     return Decision(status=status, delete=delete, requeue_after=left)
 
 
-def _suspended(turn: _Turn) -> Decision | None:
+def _suspended(turn: Turn) -> Decision | None:
     """``runPolicy.suspend``: the pods go, the status stays (phase Suspended)."""
     status, stamp = turn.status, turn.stamp
     if not turn.job.spec.run_policy.suspend:
@@ -223,7 +148,7 @@ def _suspended(turn: _Turn) -> Decision | None:
     return turn.decision(delete=active_names(turn.pods))
 
 
-def _started(turn: _Turn) -> None:
+def _started(turn: Turn) -> None:
     """Never decides: a suspended job resumed starts a new generation (every pod it
     sees is stale) and its deadline clock again; a new job's clock starts now."""
     status, stamp = turn.status, turn.stamp
@@ -239,7 +164,7 @@ def _started(turn: _Turn) -> None:
         status.start_time = stamp
 
 
-def _past_deadline(turn: _Turn) -> Decision | None:
+def _past_deadline(turn: Turn) -> Decision | None:
     """``activeDeadlineSeconds`` since the (last) start have passed: Failed."""
     left = turn.deadline_left
     if left is None or left > 0:
@@ -251,7 +176,7 @@ def _past_deadline(turn: _Turn) -> Decision | None:
     return turn.decision(delete=active_names(turn.pods))
 
 
-def _driver_succeeded(turn: _Turn) -> Decision | None:
+def _driver_succeeded(turn: Turn) -> Decision | None:
     """The driver pod of this generation succeeded: the job did; every pod goes."""
     name = turn.driver_name
     driver = turn.current.get(name)
@@ -260,12 +185,26 @@ def _driver_succeeded(turn: _Turn) -> Decision | None:
     record_progress(turn.status, driver)
     turn.counts(turn.current)
     turn.finish(succeeded=True, reason="Succeeded", message=f"driver pod {name} succeeded")
-    return turn.decision(
-        delete=tuple(sorted({*active_names(turn.pods), *active_names(turn.stale)}))
+    return turn.decision(delete=_all_active(turn))
+
+
+def _disrupted(turn: Turn) -> Decision | None:
+    """A pod of this generation is being taken away (:func:`~.status.disruption`), or is
+    gone once the gang was Running: the gang goes now and the next generation follows
+    as soon as it is gone, uncounted (the first disrupted pod by name speaks)."""
+    named = sorted(
+        (name, why) for name, pod in turn.current.items() if (why := disruption(pod)) is not None
     )
+    if not named and turn.status.phase == "Running":
+        named = [(name, "gone") for name in turn.wanted if name not in turn.current]
+    if not named:
+        return None
+    name, why = named[0]
+    what = f"pod {name} disrupted ({why})"
+    return _restart(turn, what, Retry(0.0, counted=False))
 
 
-def _pod_failed(turn: _Turn) -> Decision | None:
+def _pod_failed(turn: Turn) -> Decision | None:
     """A pod of this generation failed (the first by name speaks): the gang goes, and
     :func:`~rlhfjob_operator.contract.next_attempt` says Failed or when to restart."""
     failed = sorted(
@@ -274,14 +213,13 @@ def _pod_failed(turn: _Turn) -> Decision | None:
     )
     if not failed:
         return None
-    status, stamp, policy = turn.status, turn.stamp, turn.job.spec.run_policy
+    status, policy = turn.status, turn.job.spec.run_policy
     pod = failed[0]
     code, why = failed_exit(pod)
     name = pod["metadata"]["name"]
     what = f"pod {name} failed" + (
         f" (exit code {code}: {why})" if code is not None else f" ({why})"
     )
-    to_delete = tuple(sorted({*active_names(turn.current.values()), *active_names(turn.stale)}))
     # A pod that failed without an exit code (evicted, lost) is retryable.
     attempt = next_attempt(
         code if code is not None else EXIT_RETRYABLE,
@@ -292,26 +230,42 @@ def _pod_failed(turn: _Turn) -> Decision | None:
     if isinstance(attempt, Final):
         turn.finish(succeeded=False, reason=attempt.reason, message=f"{what}; {attempt.why}")
         turn.counts({})
-        return turn.decision(delete=to_delete)
+        return turn.decision(delete=_all_active(turn))
+    return _restart(turn, what, attempt)
+
+
+def _restart(turn: Turn, what: str, attempt: Retry) -> Decision:
+    """Delete the gang and start the next generation after ``attempt.delay``; an uncounted
+    attempt is a disruption (Normal Event), a counted one spends a restart (Warning)."""
+    status, stamp, policy = turn.status, turn.stamp, turn.job.spec.run_policy
+    to_delete = _all_active(turn)
     status.restarts += attempt.counted
     status.restart_generation += 1
     delay = attempt.delay
     status.next_restart_time = format_time(turn.now + dt.timedelta(seconds=delay))
     status.phase = "Restarting"
-    counted = (
-        f"restart {status.restarts} of {policy.backoff_limit}" if attempt.counted else "not counted"
+    if attempt.counted:
+        reason, tail = "PodFailed", f" (restart {status.restarts} of {policy.backoff_limit})"
+    else:
+        reason, tail = "PodDisrupted", ", disrupted (not counted)"
+    origin = restart_origin_on_kubernetes(
+        turn.job, last_checkpoint=status.last_checkpoint, stopping=not attempt.counted
     )
-    origin = restart_origin_on_kubernetes(turn.job, last_checkpoint=status.last_checkpoint)
-    msg = f"{what}; restarting the gang {origin} in {delay:g}s ({counted})"
+    msg = f"{what}; restarting the gang {origin} in {delay:g}s{tail}"
     status.message = msg
-    set_condition(status, "Restarting", True, reason="PodFailed", message=msg, now=stamp)
-    set_condition(status, "Running", False, reason="PodFailed", message=msg, now=stamp)
-    turn.events.append(Event("Warning", "Restarting", msg))
+    set_condition(status, "Restarting", True, reason=reason, message=msg, now=stamp)
+    set_condition(status, "Running", False, reason=reason, message=msg, now=stamp)
+    turn.events.append(Event("Warning" if attempt.counted else "Normal", "Restarting", msg))
     turn.counts({})
     return turn.decision(delete=to_delete, requeue_after=delay)
 
 
-def _waiting(turn: _Turn) -> Decision | None:
+def _all_active(turn: Turn) -> tuple[str, ...]:
+    """Every pod of the job still worth deleting, this generation's and older ones'."""
+    return tuple(sorted({*active_names(turn.current.values()), *active_names(turn.stale)}))
+
+
+def _waiting(turn: Turn) -> Decision | None:
     """Wait out the backoff (then clear it), and for the live pods of older generations
     to be gone (the new driver reuses the old one's DNS name). Finished pods of old
     generations stay, for their logs."""
@@ -322,7 +276,7 @@ def _waiting(turn: _Turn) -> Decision | None:
         turn.counts(turn.current)
         left = (wake - turn.now).total_seconds()
         return Decision(
-            status=status, delete=stale_active, requeue_after=_soonest(left, turn.deadline_left)
+            status=status, delete=stale_active, requeue_after=soonest(left, turn.deadline_left)
         )
     status.next_restart_time = None
     stale_live = [
@@ -332,15 +286,16 @@ def _waiting(turn: _Turn) -> Decision | None:
         return None
     turn.counts(turn.current)
     return Decision(
-        status=status, delete=stale_active, requeue_after=_soonest(1.0, turn.deadline_left)
+        status=status, delete=stale_active, requeue_after=soonest(1.0, turn.deadline_left)
     )
 
 
-def _run_gang(turn: _Turn) -> Decision:
-    """Create the missing pods of this generation; Created, Running when every pod
-    runs and is ready, back to Created when one goes unready or vanishes."""
+def _run_gang(turn: Turn) -> Decision:
+    """Create the missing pods of this generation (none is missing once it was Running:
+    :func:`_disrupted`); Created, Running when every pod runs and is ready, back to
+    Created when one goes unready."""
     status, stamp, plan, gen = turn.status, turn.stamp, turn.plan, turn.gen
-    wanted = [pod_name(turn.job.name, w, generation=gen) for w in plan.workers]
+    wanted = turn.wanted
     create = tuple(n for n in wanted if n not in turn.current)
     turn.counts(turn.current)
     all_ready = not create and status.ready_replicas == plan.world_size
@@ -359,7 +314,7 @@ def _run_gang(turn: _Turn) -> Decision:
         set_condition(status, "Restarting", False, reason="PodsRunning", message=msg, now=stamp)
         turn.events.append(Event("Normal", "Running", msg))
     elif not all_ready and status.phase == "Running":
-        # A pod went unready or vanished: not a failure (yet); a missing one is re-created.
+        # A pod went unready (or ended early, as a worker may): not a failure (yet).
         msg = f"{status.ready_replicas} of {plan.world_size} pods ready"
         status.phase = "Created"
         status.message = msg
@@ -369,16 +324,13 @@ def _run_gang(turn: _Turn) -> Decision:
 
 
 # Tried in this order; each returns a Decision when it decides, else None.
-_PHASES: tuple[Callable[[_Turn], Decision | None], ...] = (
+_PHASES: tuple[Callable[[Turn], Decision | None], ...] = (
     _finished,
     _suspended,
     _started,
     _past_deadline,
     _driver_succeeded,
+    _disrupted,
     _pod_failed,
     _waiting,
 )
-
-
-def _soonest(a: float, b: float | None) -> float:
-    return a if b is None else max(0.0, min(a, b))

@@ -1,6 +1,6 @@
 """A job's status as :func:`~.decisions.decide` writes it: conditions (Kubernetes
 semantics), times, and what it reads off the pods (phase, generation, readiness,
-why one failed, the driver's progress, the ready counts).
+why one failed or is being taken away, the driver's progress, the ready counts).
 
 Pods are the plain dicts the API returns (``metadata``, ``status``); a field
 missing reads as the API's default (phase Pending, no conditions: ready once
@@ -72,6 +72,23 @@ def pod_phase(pod: Pod) -> str:
 
 def terminating(pod: Pod) -> bool:
     return bool(pod["metadata"].get("deletionTimestamp"))
+
+
+def disruption(pod: Pod) -> str | None:
+    """Why the pod is being taken away from outside the operator, or None.
+
+    The ``DisruptionTarget`` condition (True) that the API server, scheduler or kubelet
+    sets on a pod it is about to stop (an eviction, a preemption, a taint, node
+    pressure) gives its reason and message; a pod being deleted without one (``kubectl
+    delete``, a drain by hand) reads "being deleted". Only meaningful for pods of the
+    current generation: the operator deletes a generation's pods only once it has
+    moved past it.
+    """
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
+            why = str(cond.get("reason") or "DisruptionTarget")
+            return f"{why}: {cond['message']}" if cond.get("message") else why
+    return "being deleted" if terminating(pod) else None
 
 
 def pod_generation(pod: Pod) -> int | None:

@@ -131,3 +131,10 @@ def test_on_kubernetes_the_checkpoint_volume_decides_what_is_certain() -> None:
     assert restart_origin_on_kubernetes(on_claim, last_checkpoint="/c/episode_000003") == (
         "from its last checkpoint (/c/episode_000003, on claim ckpt)"
     )
+    # A disrupted gang saves on its way out, off the save_episode_interval beat.
+    assert restart_origin_on_kubernetes(on_claim, last_checkpoint=None, stopping=True) == (
+        "from the checkpoint it saves as it stops (on claim ckpt; else its last one)"
+    )
+    assert "emptyDir, gone with its pods" in restart_origin_on_kubernetes(
+        on_empty_dir, last_checkpoint=None, stopping=True
+    )
