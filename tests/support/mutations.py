@@ -106,6 +106,7 @@ def full_manifest(name: str = "full") -> Manifest:
         "activeDeadlineSeconds": 3600,
         "ttlSecondsAfterFinished": 60,
         "suspend": False,
+        "terminationGracePeriodSeconds": 60,
     }
     return m
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from rlhfjob_operator.contract import ENV_JOB_SECRET, GPU_RESOURCE, WORKER_COMMAND
+from rlhfjob_operator.contract import ENV_JOB_SECRET, ENV_STOP_GRACE, GPU_RESOURCE, WORKER_COMMAND
 from rlhfjob_operator.kube.names import (
     ANNOTATION_MODELS,
     LABEL_JOB,
@@ -132,6 +132,20 @@ def _secret_env(job: RLHFJob) -> dict[str, Any]:
     return {"name": ENV_JOB_SECRET, "valueFrom": {"secretKeyRef": ref}}
 
 
+# What a SIGTERMed process leaves itself before the kubelet's SIGKILL: the gang's
+# shutdown after the emergency checkpoint, and the process's exit.
+_STOP_MARGIN_S = 5
+
+
+def _stop_env(job: RLHFJob) -> list[dict[str, Any]]:
+    """RLHFJOB_STOP_GRACE_S under runPolicy.terminationGracePeriodSeconds; none when that
+    is unset (the runtime's default, 25 s, is under Kubernetes' default 30 s)."""
+    grace = job.spec.run_policy.termination_grace_period_seconds
+    if grace is None:
+        return []
+    return [{"name": ENV_STOP_GRACE, "value": str(max(1, grace - _STOP_MARGIN_S))}]
+
+
 def _customise(pod_spec: dict[str, Any], container: dict[str, Any], pod: PodSettings) -> None:
     """The role's optional pod settings (spec.podTemplate merged with the role's own).
 
@@ -158,7 +172,8 @@ def build_pod(job: RLHFJob, plan: JobPlan, worker: Worker, *, generation: int) -
     and map, and never replace them: the spec refuses a user's reserved env name,
     own volume name or mount path, and ``rlhf.dev/*`` or ``app.kubernetes.io``
     label (spec/pod.py), and the operator's labels and annotations are written last
-    regardless.
+    regardless. runPolicy.terminationGracePeriodSeconds is read here, so a change
+    to it reaches the pods of the next generation.
     """
     spec = job.spec
     pod = worker.pod
@@ -182,6 +197,7 @@ def build_pod(job: RLHFJob, plan: JobPlan, worker: Worker, *, generation: int) -
         "command": list(WORKER_COMMAND),
         "env": [{"name": k, "value": v} for k, v in env.items()]
         + [_secret_env(job)]
+        + _stop_env(job)
         + [e.container_env() for e in pod.env],
         "ports": ports,
         "resources": _resources(worker),
@@ -225,6 +241,9 @@ def build_pod(job: RLHFJob, plan: JobPlan, worker: Worker, *, generation: int) -
         ],
     }
     _customise(pod_spec, container, pod)
+    grace = spec.run_policy.termination_grace_period_seconds
+    if grace is not None:
+        pod_spec["terminationGracePeriodSeconds"] = grace
     if worker.node_selector:
         pod_spec["nodeSelector"] = dict(worker.node_selector)
     if worker.tolerations:

@@ -117,7 +117,7 @@ class CheckpointSpec(KubeModel):
 
 
 class RunPolicy(KubeModel):
-    """When the job gives up, how long it may run, when it is cleaned up."""
+    """When the job gives up, how long it may run and take to stop, when it is cleaned up."""
 
     backoff_limit: int = Field(
         3, ge=0, le=1000, description="Gang restarts before the job is Failed."
@@ -129,6 +129,13 @@ class RunPolicy(KubeModel):
         None, ge=0, description="Delete the job this long after it Succeeded or Failed."
     )
     suspend: bool = Field(False, description="True deletes the pods and keeps the status.")
+    termination_grace_period_seconds: int | None = Field(
+        None,
+        ge=1,
+        description="Every pod's terminationGracePeriodSeconds (Kubernetes' 30 when unset): "
+        "the time a SIGTERMed gang has to write its emergency checkpoint. Applies to the "
+        "pods of the next restart generation.",
+    )
 
 
 # --- Rules of RLHFJobSpec beyond those it shares with JobConfig --------------------

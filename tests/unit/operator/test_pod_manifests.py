@@ -1,5 +1,5 @@
 """The merged pod settings in the rendered pods: spec.podTemplate, per-role overrides,
-and rlhfjob's own labels and env kept."""
+runPolicy.terminationGracePeriodSeconds, and rlhfjob's own labels and env kept."""
 
 from __future__ import annotations
 
@@ -125,6 +125,7 @@ def test_a_job_without_pod_settings_renders_as_before() -> None:
     for key in ("serviceAccountName", "priorityClassName", "imagePullSecrets", "affinity"):
         assert key not in pod["spec"]
     assert "envFrom" not in pod["spec"]["containers"][0]
+    assert "terminationGracePeriodSeconds" not in pod["spec"]
     assert [v["name"] for v in pod["spec"]["volumes"]] == ["spec", "tmp", "shm", "checkpoint"]
 
 
@@ -143,6 +144,27 @@ def test_rlhfjobs_labels_and_env_win() -> None:
     names = [e["name"] for e in pod["spec"]["containers"][0]["env"]]
     assert names.index("RANK") < names.index("HF_TOKEN")  # the contract's first
     assert len(names) == len(set(names))
+
+
+@pytest.mark.parametrize(("grace", "stop"), [(60, "55"), (6, "1"), (3, "1"), (1, "1")])
+def test_termination_grace_reaches_every_pod_and_the_stop_timer(grace: int, stop: str) -> None:
+    job = _job(runPolicy={"terminationGracePeriodSeconds": grace})
+    for pod in _pods(job).values():
+        assert pod["spec"]["terminationGracePeriodSeconds"] == grace
+        env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+        assert env["RLHFJOB_STOP_GRACE_S"] == stop
+
+
+def test_without_a_grace_period_kubernetes_default_and_the_runtimes_stand() -> None:
+    for pod in _pods(_job()).values():
+        assert "terminationGracePeriodSeconds" not in pod["spec"]
+        names = {e["name"] for e in pod["spec"]["containers"][0]["env"]}
+        assert "RLHFJOB_STOP_GRACE_S" not in names
+
+
+def test_termination_grace_is_at_least_one_second() -> None:
+    with pytest.raises(ValueError, match="terminationGracePeriodSeconds"):
+        _job(runPolicy={"terminationGracePeriodSeconds": 0})
 
 
 @pytest.mark.parametrize(
