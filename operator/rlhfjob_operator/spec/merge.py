@@ -9,7 +9,8 @@ overrides an earlier one:
   key-wise, the later layer's value for a key wins;
 - lists of named items, keyed by ``name`` (env, volumes, imagePullSecrets) or
   by ``mountPath`` (volumeMounts, whose names may repeat with subPaths): an item
-  whose key is already there replaces it in place, a new one is appended;
+  whose key is already there replaces it in place, a new one is appended (within
+  one layer too: the last item of a key wins, at the first one's place);
 - lists of unnamed items (tolerations, envFrom): the union, in order, exact
   duplicates dropped.
 """
