@@ -129,3 +129,30 @@ def test_every_k8s_example_and_its_pods_are_accepted(api: tuple[Cluster, str], p
     core = k8s.CoreV1Api(cluster.api_client)
     for pod in build_gang(job, plan_job(job), generation=0):
         core.create_namespaced_pod(namespace, pod, dry_run="All", field_validation="Strict")
+
+
+@pytest.mark.parametrize(
+    ("edit", "where"),
+    [
+        (lambda s: s.update(env=[{"name": "RANK", "value": "1"}]), "spec.env"),
+        (lambda s: s.update(podTemplate={"env": [{"name": "RLHFJOB_X"}]}), "spec.podTemplate.env"),
+        (lambda s: s.update(driver={"env": [{"name": "LOCAL_RANK"}]}), "spec.driver.env"),
+        (
+            lambda s: s["models"]["policy"].update(pod={"env": [{"name": "MASTER_PORT"}]}),
+            "spec.models[policy].pod.env",
+        ),
+    ],
+    ids=["spec", "podTemplate", "driver", "model"],
+)
+def test_reserved_env_is_refused_in_every_layer_naming_it(
+    api: tuple[Cluster, str], edit: Any, where: str
+) -> None:
+    cluster, namespace = api
+    m = copy.deepcopy(base_manifest("reserved"))
+    edit(m["spec"])
+    with pytest.raises(ApiException) as info:
+        _objects(cluster).create_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, m, dry_run="All"
+        )
+    message = _message(info.value)
+    assert f"{where}: Invalid value" in message and "are set by rlhfjob" in message, message
