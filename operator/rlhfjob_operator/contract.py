@@ -77,6 +77,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 __all__ = [
+    "COMMON_LABELS",
     "DEFAULT_BACKOFF",
     "DEFAULT_MASTER_PORT",
     "DEFAULT_METRICS_PORT",
@@ -95,6 +96,7 @@ __all__ = [
     "ENV_RESTART_GENERATION",
     "ENV_ROLE",
     "ENV_SPEC",
+    "ENV_STOP_GRACE",
     "ENV_TERMINATION_LOG",
     "ENV_TIMING",
     "ENV_WORLD_SIZE",
@@ -106,6 +108,7 @@ __all__ = [
     "LOG_DEBUG",
     "LOG_INFO",
     "NOISE_PATTERN",
+    "OWN_KEY_PREFIX",
     "RESERVED_ENV",
     "RESERVED_ENV_PREFIX",
     "TERMINATION_LOG",
@@ -145,11 +148,21 @@ LOG_DEBUG = "debug"
 # groups); pods' logs keep a worker's later groups' lines.
 NOISE_PATTERN = r"\[Gloo\] Rank \d+ is connected to \d+ peer ranks\."
 ENV_TIMING = "RLHFJOB_TIMING"
+# Seconds a SIGTERMed process waits for the gang to stop before it exits by itself
+# (rlhfjob.comm.stopping); the operator sets it under the pod's grace period.
+ENV_STOP_GRACE = "RLHFJOB_STOP_GRACE_S"
 TERMINATION_LOG = "/dev/termination-log"
 
 # Set by the launcher: a user's spec.env may neither set these nor any RLHFJOB_* name.
 RESERVED_ENV = (ENV_RANK, ENV_WORLD_SIZE, ENV_MASTER_ADDR, ENV_MASTER_PORT, "LOCAL_RANK")
 RESERVED_ENV_PREFIX = "RLHFJOB_"
+# Pod labels and annotations the operator sets (kube/names.py): a user's podTemplate,
+# driver or models.<name>.pod may set none of these keys, nor any rlhf.dev/* key.
+OWN_KEY_PREFIX = "rlhf.dev/"
+COMMON_LABELS = {
+    "app.kubernetes.io/name": "rlhfjob",
+    "app.kubernetes.io/managed-by": "rlhfjob-operator",
+}
 
 DRIVER_ROLE = "driver"
 # What every process of a job runs; its role comes from the environment.

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from rlhfjob_operator.contract import (
     DEFAULT_MASTER_PORT,
@@ -43,6 +44,8 @@ from rlhfjob_operator.spec import (
     RLHFJob,
     Toleration,
 )
+from rlhfjob_operator.spec.merge import merge_pod_settings
+from rlhfjob_operator.spec.pod import OWN_VOLUMES
 
 __all__ = [
     "JobPlan",
@@ -84,9 +87,20 @@ class Worker:
     num_gpu: int = 0
     num_cpu: int = 0
     image: str
-    node_selector: Mapping[str, str] = field(default_factory=dict)
-    tolerations: tuple[Toleration, ...] = ()
-    resources: ResourceRequirements | None = None
+    # Every pod setting of the role, merged (spec/merge.py); its image is ``image``'s source.
+    pod: PodSettings = field(default_factory=lambda: PodSettings.model_validate({}))
+
+    @property
+    def node_selector(self) -> Mapping[str, str]:
+        return self.pod.node_selector
+
+    @property
+    def tolerations(self) -> tuple[Toleration, ...]:
+        return tuple(self.pod.tolerations)
+
+    @property
+    def resources(self) -> ResourceRequirements | None:
+        return self.pod.resources
 
     @property
     def is_driver(self) -> bool:
@@ -145,27 +159,39 @@ class JobPlan:
         }
 
 
+# What a pod has one of, so a colocation group's models must agree on: field, its name.
+_ONE_PER_POD = {
+    "image": "images",
+    "service_account_name": "serviceAccountNames",
+    "priority_class_name": "priorityClassNames",
+    "affinity": "affinities",
+}
+
+
 def _merge_settings(role: str, settings: Sequence[PodSettings]) -> PodSettings:
-    """One PodSettings for a colocation group; two models that disagree is an error."""
-    image: str | None = None
+    """One PodSettings for a colocation group, merged in the group's model order.
+
+    Two models that ask for different images, service accounts, priority classes,
+    affinities, nodeSelector values or resources are an error (they share one pod);
+    other settings merge as spec/merge.py says.
+    """
+    scalars: dict[str, object] = {}
     selector: dict[str, str] = {}
-    tolerations: list[Toleration] = []
     requests: dict[str, str | int] = {}
     limits: dict[str, str | int] = {}
     for item in settings:
-        if item.image is not None:
-            if image is not None and image != item.image:
+        for name, what in _ONE_PER_POD.items():
+            value = getattr(item, name)
+            if value is not None and scalars.setdefault(name, value) != value:
                 raise ValueError(
-                    f"colocation group {role!r}: its models ask for different images "
-                    f"({image!r}, {item.image!r}); they share one pod, so use one image"
+                    f"colocation group {role!r}: its models ask for different {what} "
+                    f"({scalars[name]!r}, {value!r}); they share one pod, so use one"
                 )
-            image = item.image
         for key, value in item.node_selector.items():
             if selector.setdefault(key, value) != value:
                 raise ValueError(
                     f"colocation group {role!r}: nodeSelector {key!r} differs between its models"
                 )
-        tolerations.extend(t for t in item.tolerations if t not in tolerations)
         if item.resources is not None:
             for mine, theirs, kind in (
                 (requests, item.resources.requests, "requests"),
@@ -177,19 +203,25 @@ def _merge_settings(role: str, settings: Sequence[PodSettings]) -> PodSettings:
                             f"colocation group {role!r}: resources.{kind}.{resource} differs "
                             "between its models; they share one pod"
                         )
-    resources = (
-        ResourceRequirements.model_validate({"requests": requests, "limits": limits})
-        if requests or limits
-        else None
-    )
-    return PodSettings.model_validate(
-        {
-            "image": image,
-            "resources": resources.model_dump() if resources else None,
-            "nodeSelector": selector,
-            "tolerations": [t.model_dump(exclude_none=True) for t in tolerations],
-        }
-    )
+    return merge_pod_settings(*settings)
+
+
+def _check_mounts(role: str, pod: PodSettings, *, checkpoint_path: str) -> None:
+    """Raise ValueError (naming the role) for a volumeMount that names none of the role's
+    volumes, or that takes the checkpoint's mountPath: the API server would refuse the pod
+    only when the operator creates it, long after the job was accepted."""
+    volumes = {v.name for v in pod.volumes} | set(OWN_VOLUMES)
+    for mount in pod.volume_mounts:
+        if mount.name not in volumes:
+            raise ValueError(
+                f"role {role!r}: volumeMounts {mount.mount_path!r} names volume {mount.name!r}, "
+                "which neither spec.podTemplate.volumes nor the role's own volumes define"
+            )
+        if mount.mount_path == checkpoint_path:
+            raise ValueError(
+                f"role {role!r}: volumeMounts {mount.mount_path!r} is spec.checkpoint.mountPath; "
+                "choose another mountPath"
+            )
 
 
 def _roles(job: RLHFJob) -> list[tuple[str, tuple[str, ...]]]:
@@ -218,24 +250,25 @@ def plan_job(
 ) -> JobPlan:
     """The driver and every model worker of ``job`` with ranks, resources and placement.
 
-    Raises ValueError (naming the group and field) when a colocation group's models
-    ask for placements that cannot share one pod.
+    Each worker's pod settings are spec.nodeSelector, tolerations and env, under
+    spec.podTemplate, under the role's own (spec.driver, models.<name>.pod; a colocation
+    group's models merged in order), as spec/merge.py merges them. Raises ValueError
+    (naming the group or role and the field) when a colocation group's models ask for
+    placements that cannot share one pod, or a volumeMount names no volume.
     """
     spec = job.spec
-    base_selector = dict(spec.node_selector)
-    base_tolerations = tuple(spec.tolerations)
+    # spec.nodeSelector, tolerations and env: the oldest layer, under spec.podTemplate.
+    base = PodSettings.model_validate(
+        spec.model_dump(mode="json", include={"node_selector", "tolerations", "env"})
+    )
 
-    def placed(settings: PodSettings | None) -> dict[str, object]:
-        settings = settings or PodSettings.model_validate({})
-        extra = tuple(t for t in settings.tolerations if t not in base_tolerations)
-        return {
-            "image": settings.image or spec.image,
-            "node_selector": {**base_selector, **settings.node_selector},
-            "tolerations": base_tolerations + extra,
-            "resources": settings.resources,
-        }
+    def placed(role: str, settings: PodSettings | None) -> dict[str, Any]:
+        pod = merge_pod_settings(base, spec.pod_template, settings)
+        _check_mounts(role, pod, checkpoint_path=spec.checkpoint.mount_path)
+        return {"image": pod.image or spec.image, "pod": pod}
 
-    workers = [Worker(role=DRIVER_ROLE, models=(), replica=0, rank=0, **placed(spec.driver))]  # type: ignore[arg-type]
+    driver = placed(DRIVER_ROLE, spec.driver)
+    workers = [Worker(role=DRIVER_ROLE, models=(), replica=0, rank=0, **driver)]
     for role, models in _roles(job):
         specs: list[ModelSpec] = [spec.models[name] for name in models]
         settings = [s.pod for s in specs if s.pod is not None]
@@ -254,7 +287,7 @@ def plan_job(
                     # Colocated models time-share one set of devices, as in ChatLearn.
                     num_gpu=max(s.num_gpu for s in specs),
                     num_cpu=max(s.num_cpu for s in specs),
-                    **placed(merged),  # type: ignore[arg-type]
+                    **placed(role, merged),
                 )
             )
     return JobPlan(

@@ -48,6 +48,20 @@ def _pod() -> dict[str, Any]:
         "resources": {"requests": {"memory": "1Gi"}, "limits": {"memory": "2Gi"}},
         "nodeSelector": {"pool": "a"},
         "tolerations": _tolerations(),
+        "serviceAccountName": "trainer",
+        "imagePullSecrets": [{"name": "registry"}],
+        "env": [
+            {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hub", "key": "token"}}}
+        ],
+        "envFrom": [{"prefix": "S3_", "secretRef": {"name": "s3", "optional": True}}],
+        "volumes": [{"name": "weights", "persistentVolumeClaim": {"claimName": "weights"}}],
+        "volumeMounts": [
+            {"name": "weights", "mountPath": "/models", "subPath": "llama", "readOnly": True}
+        ],
+        "affinity": {"nodeAffinity": {}},
+        "labels": {"team": "rl"},
+        "annotations": {"example.com/owner": "rl"},
+        "priorityClassName": "high",
     }
 
 
@@ -82,6 +96,7 @@ def full_manifest(name: str = "full") -> Manifest:
         pod=_pod(),
     )
     spec["driver"] = _pod()
+    spec["podTemplate"] = _pod()
     spec["nodeSelector"] = {"zone": "b"}
     spec["tolerations"] = _tolerations()
     spec["env"] = [{"name": "HF_HOME", "value": "/tmp/hf"}]
@@ -94,6 +109,7 @@ def full_manifest(name: str = "full") -> Manifest:
         "activeDeadlineSeconds": 3600,
         "ttlSecondsAfterFinished": 60,
         "suspend": False,
+        "terminationGracePeriodSeconds": 60,
     }
     return m
 
@@ -186,7 +202,9 @@ def mutations_of(path: Path_, schema: dict[str, Any]) -> Iterator[Mutation]:
         yield Mutation(path, "wrong-type", "not-a-list", name)
     elif kind == "object" and path not in _FREE_FORM:
         yield Mutation(path, "wrong-type", ["not", "a", "map"], name)
-        if "properties" in schema and "additionalProperties" not in schema:
+        # A Kubernetes type passed through whole (a volume's source) keeps unknown keys.
+        closed = not schema.get("x-kubernetes-preserve-unknown-fields")
+        if "properties" in schema and "additionalProperties" not in schema and closed:
             yield Mutation((*path, "bogusKey"), "unknown-key", 1, "bogusKey")
 
 

@@ -29,8 +29,9 @@ from typing import Any
 
 import yaml
 
-from rlhfjob_operator.contract import ENV_JOB_SECRET, GPU_RESOURCE, WORKER_COMMAND
+from rlhfjob_operator.contract import ENV_JOB_SECRET, ENV_STOP_GRACE, GPU_RESOURCE, WORKER_COMMAND
 from rlhfjob_operator.kube.names import (
+    ANNOTATION_MODELS,
     LABEL_JOB,
     SECRET_KEY,
     common_labels,
@@ -43,7 +44,7 @@ from rlhfjob_operator.kube.names import (
     service_name,
 )
 from rlhfjob_operator.plan import JobPlan, Worker
-from rlhfjob_operator.spec import API_VERSION, KIND, RLHFJob
+from rlhfjob_operator.spec import API_VERSION, KIND, PodSettings, RLHFJob
 
 __all__ = [
     "RUN_AS",
@@ -131,9 +132,51 @@ def _secret_env(job: RLHFJob) -> dict[str, Any]:
     return {"name": ENV_JOB_SECRET, "valueFrom": {"secretKeyRef": ref}}
 
 
+# What a SIGTERMed process leaves itself before the kubelet's SIGKILL: the gang's
+# shutdown after the emergency checkpoint, and the process's exit.
+_STOP_MARGIN_S = 5
+
+
+def _stop_env(job: RLHFJob) -> list[dict[str, Any]]:
+    """RLHFJOB_STOP_GRACE_S under runPolicy.terminationGracePeriodSeconds; none when that
+    is unset (the runtime's default, 25 s, is under Kubernetes' default 30 s)."""
+    grace = job.spec.run_policy.termination_grace_period_seconds
+    if grace is None:
+        return []
+    return [{"name": ENV_STOP_GRACE, "value": str(max(1, grace - _STOP_MARGIN_S))}]
+
+
+def _customise(pod_spec: dict[str, Any], container: dict[str, Any], pod: PodSettings) -> None:
+    """The role's optional pod settings (spec.podTemplate merged with the role's own).
+
+    A ServiceAccount named here still gets no automounted token (workers never talk
+    to the API server); a workload that needs one mounts a projected token volume.
+    """
+    if pod.env_from:
+        container["envFrom"] = [e.model_dump(mode="json", exclude_none=True) for e in pod.env_from]
+    optional = {
+        "serviceAccountName": pod.service_account_name,
+        "priorityClassName": pod.priority_class_name,
+        "affinity": pod.affinity,
+    }
+    pod_spec.update({key: value for key, value in optional.items() if value is not None})
+    if pod.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": s.name} for s in pod.image_pull_secrets]
+
+
 def build_pod(job: RLHFJob, plan: JobPlan, worker: Worker, *, generation: int) -> dict[str, Any]:
-    """The pod of one worker for restart ``generation``."""
+    """The pod of one worker for restart ``generation``.
+
+    The user's settings (``worker.pod``: spec.env, nodeSelector, tolerations,
+    podTemplate and the role's own, merged) come after rlhfjob's own in every list
+    and map, and never replace them: the spec refuses a user's reserved env name,
+    own volume name or mount path, and ``rlhf.dev/*`` or ``app.kubernetes.io``
+    label (spec/pod.py), and the operator's labels and annotations are written last
+    regardless. runPolicy.terminationGracePeriodSeconds is read here, so a change
+    to it reaches the pods of the next generation.
+    """
     spec = job.spec
+    pod = worker.pod
     ckpt = spec.checkpoint
     env = plan.env(
         worker,
@@ -154,7 +197,8 @@ def build_pod(job: RLHFJob, plan: JobPlan, worker: Worker, *, generation: int) -
         "command": list(WORKER_COMMAND),
         "env": [{"name": k, "value": v} for k, v in env.items()]
         + [_secret_env(job)]
-        + [{"name": e.name, "value": e.value} for e in spec.env],
+        + _stop_env(job)
+        + [e.container_env() for e in pod.env],
         "ports": ports,
         "resources": _resources(worker),
         "volumeMounts": [
@@ -162,6 +206,7 @@ def build_pod(job: RLHFJob, plan: JobPlan, worker: Worker, *, generation: int) -
             {"name": "tmp", "mountPath": "/tmp"},
             {"name": "shm", "mountPath": "/dev/shm"},
             ckpt_mount,
+            *(m.model_dump(mode="json", exclude_none=True) for m in pod.volume_mounts),
         ],
         "securityContext": {
             "runAsNonRoot": True,
@@ -192,15 +237,21 @@ def build_pod(job: RLHFJob, plan: JobPlan, worker: Worker, *, generation: int) -
             {"name": "tmp", "emptyDir": {}},
             {"name": "shm", "emptyDir": {"medium": "Memory"}},
             _checkpoint_volume(job),
+            *(v.model_dump(mode="json", exclude_none=True) for v in pod.volumes),
         ],
     }
+    _customise(pod_spec, container, pod)
+    grace = spec.run_policy.termination_grace_period_seconds
+    if grace is not None:
+        pod_spec["terminationGracePeriodSeconds"] = grace
     if worker.node_selector:
         pod_spec["nodeSelector"] = dict(worker.node_selector)
     if worker.tolerations:
         pod_spec["tolerations"] = [t.model_dump(exclude_none=True) for t in worker.tolerations]
     name = pod_name(job.name, worker, generation=generation)
     meta = _meta(job, name, pod_labels(job.name, worker, generation=generation))
-    meta["annotations"] = {"rlhf.dev/models": ",".join(worker.models)}
+    meta["labels"] = {**pod.labels, **meta["labels"]}
+    meta["annotations"] = {**pod.annotations, ANNOTATION_MODELS: ",".join(worker.models)}
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec}
 
 

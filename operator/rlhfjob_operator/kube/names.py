@@ -8,11 +8,13 @@ predecessor.
 
 from __future__ import annotations
 
+from rlhfjob_operator.contract import COMMON_LABELS
 from rlhfjob_operator.plan import Worker
 
 __all__ = [
     "ANNOTATION_EPISODE",
     "ANNOTATION_LAST_CHECKPOINT",
+    "ANNOTATION_MODELS",
     "LABEL_GENERATION",
     "LABEL_JOB",
     "LABEL_REPLICA",
@@ -28,6 +30,7 @@ __all__ = [
     "service_name",
 ]
 
+# Under contract.OWN_KEY_PREFIX, which users may not set on a pod.
 LABEL_JOB = "rlhf.dev/job"
 LABEL_ROLE = "rlhf.dev/role"
 LABEL_REPLICA = "rlhf.dev/replica"
@@ -36,9 +39,10 @@ LABEL_GENERATION = "rlhf.dev/generation"
 # operator also scrapes the driver's metrics): episodes done, last checkpoint.
 ANNOTATION_EPISODE = "rlhf.dev/episode"
 ANNOTATION_LAST_CHECKPOINT = "rlhf.dev/last-checkpoint"
+# The models a pod hosts, comma-separated (empty for the driver).
+ANNOTATION_MODELS = "rlhf.dev/models"
 # The key of the job's rendezvous Secret that holds its token.
 SECRET_KEY = "token"
-_COMMON = {"app.kubernetes.io/name": "rlhfjob", "app.kubernetes.io/managed-by": "rlhfjob-operator"}
 
 
 def service_name(job: str) -> str:
@@ -71,7 +75,7 @@ def job_selector(job: str) -> dict[str, str]:
 
 def pod_labels(job: str, worker: Worker, *, generation: int) -> dict[str, str]:
     return {
-        **_COMMON,
+        **COMMON_LABELS,
         LABEL_JOB: job,
         LABEL_ROLE: worker.role,
         LABEL_REPLICA: str(worker.replica),
@@ -81,4 +85,4 @@ def pod_labels(job: str, worker: Worker, *, generation: int) -> dict[str, str]:
 
 def common_labels(job: str) -> dict[str, str]:
     """Labels of the job's Service, ConfigMap, NetworkPolicy and Secret."""
-    return {**_COMMON, LABEL_JOB: job}
+    return {**COMMON_LABELS, LABEL_JOB: job}

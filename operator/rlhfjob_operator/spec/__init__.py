@@ -11,11 +11,12 @@ Each cross-field rule is one :class:`~rlhfjob_operator.spec.rules.Rule` that
 gives both the CRD's CEL rule and pydantic's check.
 
 Layers, each importing only those above it: ``rules`` (Rule), ``base`` (names,
-SpecError, base models), ``pod``, ``runtime`` (ChatLearn's sections,
+SpecError, base models), ``env``, ``pod``, ``merge``, ``runtime`` (ChatLearn's sections,
 JobConfig), ``status``, ``job`` (RLHFJobSpec, RLHFJob), ``load``.
 """
 
 from rlhfjob_operator.spec.base import API_VERSION, GROUP, KIND, PLURAL, VERSION, SpecError
+from rlhfjob_operator.spec.env import EnvFromSource, EnvVar, NameRef
 from rlhfjob_operator.spec.job import (
     JOB_NAME_MAX,
     JOB_NAME_PATTERN,
@@ -28,7 +29,14 @@ from rlhfjob_operator.spec.job import (
     RunPolicy,
 )
 from rlhfjob_operator.spec.load import format_validation_error, load_job, load_job_config
-from rlhfjob_operator.spec.pod import EnvVar, PodSettings, ResourceRequirements, Toleration
+from rlhfjob_operator.spec.merge import merge_pod_settings
+from rlhfjob_operator.spec.pod import (
+    PodSettings,
+    ResourceRequirements,
+    Toleration,
+    Volume,
+    VolumeMount,
+)
 from rlhfjob_operator.spec.rules import Rule
 from rlhfjob_operator.spec.runtime import JobConfig, ModelSpec, RuntimeSpec
 from rlhfjob_operator.spec.status import (
@@ -54,10 +62,12 @@ __all__ = [
     "Condition",
     "ConditionType",
     "Entrypoint",
+    "EnvFromSource",
     "EnvVar",
     "JobConfig",
     "ModelSpec",
     "ModelStatus",
+    "NameRef",
     "ObjectMeta",
     "Phase",
     "PodSettings",
@@ -70,7 +80,10 @@ __all__ = [
     "RuntimeSpec",
     "SpecError",
     "Toleration",
+    "Volume",
+    "VolumeMount",
     "format_validation_error",
     "load_job",
     "load_job_config",
+    "merge_pod_settings",
 ]

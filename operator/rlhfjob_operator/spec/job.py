@@ -8,10 +8,11 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from rlhfjob_operator.contract import DRIVER_ROLE, RESERVED_ENV, RESERVED_ENV_PREFIX
+from rlhfjob_operator.contract import DRIVER_ROLE
 from rlhfjob_operator.spec.base import API_VERSION, KIND, KubeModel, Quantity, check_quantity
-from rlhfjob_operator.spec.pod import EnvVar, NodeSelector, PodSettings, Toleration
-from rlhfjob_operator.spec.rules import Rule, immutable, transition
+from rlhfjob_operator.spec.env import EnvVar, reserved_env_rule
+from rlhfjob_operator.spec.pod import NodeSelector, PodSettings, Toleration
+from rlhfjob_operator.spec.rules import Rule, cel_or, immutable, transition
 from rlhfjob_operator.spec.runtime import (
     COLOCATED_MODELS_EXIST,
     COLOCATED_REPLICAS_MATCH,
@@ -116,7 +117,7 @@ class CheckpointSpec(KubeModel):
 
 
 class RunPolicy(KubeModel):
-    """When the job gives up, how long it may run, when it is cleaned up."""
+    """When the job gives up, how long it may run and take to stop, when it is cleaned up."""
 
     backoff_limit: int = Field(
         3, ge=0, le=1000, description="Gang restarts before the job is Failed."
@@ -128,6 +129,13 @@ class RunPolicy(KubeModel):
         None, ge=0, description="Delete the job this long after it Succeeded or Failed."
     )
     suspend: bool = Field(False, description="True deletes the pods and keeps the status.")
+    termination_grace_period_seconds: int | None = Field(
+        None,
+        ge=1,
+        description="Every pod's terminationGracePeriodSeconds (Kubernetes' 30 when unset): "
+        "the time a SIGTERMed gang has to write its emergency checkpoint. Applies to the "
+        "pods of the next restart generation.",
+    )
 
 
 # --- Rules of RLHFJobSpec beyond those it shares with JobConfig --------------------
@@ -137,27 +145,23 @@ _NAME_RULE = (
     "at most 40 characters, starting and ending with a letter or digit"
 )
 _DRIVER_NAME = f"'{DRIVER_ROLE}' is the driver's role; rename the model"
-_RESERVED = f"{', '.join(RESERVED_ENV)} and {RESERVED_ENV_PREFIX}*"
+_SUSPENDED = "(has({o}.runPolicy) && has({o}.runPolicy.suspend) && {o}.runPolicy.suspend)"
 
 
-def _quoted(names: tuple[str, ...]) -> list[str]:
-    return [f"'{name}'" for name in names]
+def _placement_rule(name: str, empty: str) -> Rule[Any]:
+    """spec.<name> changes only while the job is suspended before or after the update,
+    so Kueue can inject (on admission) and restore (on eviction) a flavour's placement."""
+    return transition(
+        f"{_SUSPENDED.format(o='oldSelf')} || {_SUSPENDED.format(o='self')} || "
+        f"{cel_or('self', name, empty)} == {cel_or('oldSelf', name, empty)}",
+        f"spec.{name} may change only while spec.runPolicy.suspend is true",
+        field_path=f".{name}",
+    )
 
 
 def _misnamed(spec: RLHFJobSpec) -> str | None:
     # fullmatch, as RE2 in the API server: re.match's $ would let a trailing newline through.
     return next((n for n in spec.models if not re.fullmatch(MODEL_NAME_PATTERN, n)), None)
-
-
-def _reserved(spec: RLHFJobSpec) -> str | None:
-    return next(
-        (
-            v.name
-            for v in spec.env
-            if v.name in RESERVED_ENV or v.name.startswith(RESERVED_ENV_PREFIX)
-        ),
-        None,
-    )
 
 
 _SPEC_RULES: tuple[Rule[RLHFJobSpec], ...] = (
@@ -179,17 +183,9 @@ _SPEC_RULES: tuple[Rule[RLHFJobSpec], ...] = (
     COLOCATED_MODELS_EXIST,
     COLOCATED_REPLICAS_MATCH,
     REPLICAS_GET_BATCHES,
-    Rule(
-        cel="!has(self.env) || self.env.all(e, !(e.name in "
-        f"[{', '.join(_quoted(RESERVED_ENV))}]) && "
-        f"!e.name.startsWith('{RESERVED_ENV_PREFIX}'))",
-        message=f"spec.env: {_RESERVED} are set by rlhfjob; remove them",
-        holds=lambda s: _reserved(s) is None,
-        explain=lambda s: (
-            f"env: {_reserved(s)} is set by rlhfjob; remove it ({_RESERVED} are reserved)"
-        ),
-        field_path=".env",
-    ),
+    reserved_env_rule("spec.env"),
+    _placement_rule("nodeSelector", "{}"),
+    _placement_rule("tolerations", "[]"),
     # Transition rules on a field run only when it is in the old and the new object, so
     # adding or removing an optional field needs these.
     *(
@@ -198,13 +194,14 @@ _SPEC_RULES: tuple[Rule[RLHFJobSpec], ...] = (
             f"spec.{name} is immutable; delete and re-create the job",
             field_path=f".{name}",
         )
-        for name in ("driver", "checkpoint", "imagePullPolicy")
+        for name in ("driver", "podTemplate", "checkpoint", "imagePullPolicy")
     ),
 )
 
 
 class RLHFJobSpec(KubeModel):
-    """``spec`` of an RLHFJob. Everything but ``runPolicy`` is immutable once created."""
+    """``spec`` of an RLHFJob. Everything but ``runPolicy`` is immutable once created;
+    ``nodeSelector`` and ``tolerations`` may change while the job is suspended."""
 
     entrypoint: Entrypoint = Field(json_schema_extra=immutable("entrypoint"))
     image: str = Field(
@@ -228,16 +225,20 @@ class RLHFJobSpec(KubeModel):
     driver: PodSettings | None = Field(
         None, description="The driver pod's settings.", json_schema_extra=immutable("driver")
     )
+    pod_template: PodSettings | None = Field(
+        None,
+        description="Pod settings of every role; spec.driver and models.<name>.pod override "
+        "them (lists of named items merge by name, maps key-wise, scalars override).",
+        json_schema_extra=immutable("podTemplate"),
+    )
     node_selector: NodeSelector = Field(
         default_factory=dict,
-        description="For every pod of the job.",
-        json_schema_extra=immutable("nodeSelector"),
+        description="For every pod of the job; mutable while suspended.",
     )
     tolerations: list[Toleration] = Field(
         default_factory=list,
         max_length=32,
-        description="For every pod of the job.",
-        json_schema_extra=immutable("tolerations"),
+        description="For every pod of the job; mutable while suspended.",
     )
     env: list[EnvVar] = Field(
         default_factory=list,

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING
 from torch.distributed import TCPStore
 
 from rlhfjob.comm.signing import SignedStore, job_key
-from rlhfjob_operator.contract import EXIT_DISRUPTED
+from rlhfjob_operator.contract import ENV_STOP_GRACE, EXIT_DISRUPTED
 
 if TYPE_CHECKING:
     from rlhfjob.comm.rendezvous import Session
@@ -55,7 +55,6 @@ __all__ = ["DEFAULT_GRACE_S", "Disrupted", "arm", "requested", "stopped", "take_
 # Under Kubernetes' default terminationGracePeriodSeconds (30): what is left is the
 # shutdown's and the kubelet's margin.
 DEFAULT_GRACE_S = 25.0
-_ENV_GRACE = "RLHFJOB_STOP_GRACE_S"
 
 
 class Disrupted(BaseException):
@@ -90,7 +89,7 @@ def take_sigterm(name: str, *, grace: float | None = None) -> None:
     main thread, once. A SIGTERM before this call still ends the process by default."""
     _state.name = name
     if grace is None:
-        grace = float(os.environ.get(_ENV_GRACE) or DEFAULT_GRACE_S)
+        grace = float(os.environ.get(ENV_STOP_GRACE) or DEFAULT_GRACE_S)
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
     signal.set_wakeup_fd(ours.fileno(), warn_on_full_buffer=False)

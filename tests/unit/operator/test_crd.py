@@ -53,8 +53,14 @@ def test_no_refs_titles_defaults_or_closed_objects() -> None:
 
 
 def test_unknown_fields_are_kept_only_in_free_form_args() -> None:
+    # args, and Kubernetes' own pod types passed through whole (the API server checks
+    # them when the pod is created): a volume's source, affinity, an env var's valueFrom.
     kept = [p for p, node in _walk(_schema()) if node.get("x-kubernetes-preserve-unknown-fields")]
-    assert kept == [".properties.spec.properties.models.additionalProperties.properties.args"]
+    passed = (".volumes.items", ".affinity", ".valueFrom")
+    assert [p for p in kept if not p.endswith(passed)] == [
+        ".properties.spec.properties.models.additionalProperties.properties.args"
+    ]
+    assert len(kept) == 1 + 3 * 3 + 1  # 3 in podTemplate, driver, models.<name>.pod; spec.env
 
 
 def test_every_node_has_a_type() -> None:
@@ -91,10 +97,12 @@ def test_versions_columns_and_status_subresource() -> None:
 
 def test_immutable_fields_carry_transition_rules() -> None:
     spec = _schema()["properties"]["spec"]["properties"]
-    for name in ("entrypoint", "image", "runtime", "models", "checkpoint", "tolerations"):
+    for name in ("entrypoint", "image", "runtime", "models", "checkpoint", "podTemplate", "env"):
         rules = [r["rule"] for r in spec[name].get("x-kubernetes-validations", [])]
         assert "self == oldSelf" in rules, name
-    assert "x-kubernetes-validations" not in spec["runPolicy"]
+    # runPolicy is mutable; placement is, while suspended (a rule on spec, for Kueue).
+    for name in ("runPolicy", "nodeSelector", "tolerations"):
+        assert "x-kubernetes-validations" not in spec[name], name
 
 
 def test_cross_field_rules_are_present() -> None:

@@ -30,7 +30,10 @@ from rlhfjob_operator.crd import build_crd
 from rlhfjob_operator.spec import (
     CheckpointSpec,
     Entrypoint,
+    EnvFromSource,
+    EnvVar,
     JobConfig,
+    PodSettings,
     ResourceRequirements,
     RLHFJobSpec,
     Rule,
@@ -138,6 +141,32 @@ CASES: dict[type[BaseModel], st.SearchStrategy[dict[str, Any]]] = {
     CheckpointSpec: _optional(
         emptyDir=st.just({}), persistentVolumeClaim=st.just({"claimName": "c"})
     ),
+    EnvVar: st.builds(
+        lambda rest: {"name": "A", **rest},
+        _optional(value=st.sampled_from(["", "x"]), valueFrom=st.just({"secretKeyRef": {}})),
+    ),
+    EnvFromSource: _optional(
+        prefix=st.sampled_from(["", "HF_", "RLHFJOB_", "X_RLHFJOB_"]),
+        secretRef=st.just({"name": "hub"}),
+        configMapRef=st.just({"name": "cfg"}),
+    ),
+    PodSettings: _optional(
+        env=_ENV_VARS,
+        volumes=st.lists(st.sampled_from([{"name": "weights"}, {"name": "tmp"}]), max_size=2),
+        volumeMounts=st.lists(
+            st.sampled_from(["/weights", "/tmp", "/dev/shm/x", "/etc/rlhfjob"]).map(
+                lambda path: {"name": "weights", "mountPath": path}
+            ),
+            max_size=2,
+        ),
+        labels=st.dictionaries(
+            st.sampled_from(["team", "rlhf.dev/job", "app.kubernetes.io/name", "x/rlhf.dev"]),
+            st.just("x"),
+        ),
+        annotations=st.dictionaries(
+            st.sampled_from(["team", "rlhf.dev/models", "app.kubernetes.io/name"]), st.just("x")
+        ),
+    ),
 }
 
 
@@ -194,3 +223,33 @@ def test_every_crd_rule_compiles() -> None:
     assert len(rules) >= 20
     for cel in rules:
         _program(cel)
+
+
+def _transition_holds(cel: str, new: dict[str, Any], old: dict[str, Any]) -> bool:
+    env = {"self": celpy.json_to_cel(new), "oldSelf": celpy.json_to_cel(old)}
+    return bool(_program(cel).evaluate(env))
+
+
+_ZONE = {"nodeSelector": {"zone": "a"}}
+_TAINT = {"tolerations": [{"key": "gpu", "operator": "Exists"}]}
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "allowed"),
+    [
+        ({}, _ZONE, False),  # running: Kueue may not move the pods
+        ({"runPolicy": {"suspend": True}}, {"runPolicy": {"suspend": True}, **_ZONE}, True),
+        ({"runPolicy": {"suspend": True}}, {**_ZONE, **_TAINT}, True),  # admission: unsuspend
+        ({**_ZONE, **_TAINT}, {"runPolicy": {"suspend": True}}, True),  # eviction: restore
+        ({"runPolicy": {"suspend": False}, **_ZONE}, {**_ZONE, "runPolicy": {}}, True),
+        ({**_TAINT}, {"tolerations": []}, False),  # an empty list is no tolerations
+        ({"nodeSelector": {}}, {}, True),
+    ],
+)
+def test_placement_changes_only_while_suspended(
+    old: dict[str, Any], new: dict[str, Any], allowed: bool
+) -> None:
+    rules = [r for r in RLHFJobSpec.rules if "may change only while" in r.message]
+    assert [r.field_path for r in rules] == [".nodeSelector", ".tolerations"]
+    assert all(r.holds is None for r in rules)  # only the API server sees oldSelf
+    assert all(_transition_holds(r.cel, new, old) for r in rules) == allowed
