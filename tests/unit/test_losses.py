@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from rlhfjob.algorithms.losses import (
+    LossScale,
+    agg_loss,
     gae_advantages,
     group_normalized_advantages,
     kl_penalty,
@@ -114,3 +116,45 @@ def test_group_normalized_advantages_by_hand() -> None:
     assert adv.tolist() == pytest.approx([1.0, -1.0, 0.0, 0.0, 0.0], abs=1e-6)
     with pytest.raises(ValueError, match="same 1-d shape"):
         group_normalized_advantages(scores, groups[:2])
+
+
+# -- loss_agg_mode: how per-token losses add up over a global batch ----------------------
+
+# Two responses of a global batch, split in two micro-batches: lengths 1 and 3 of R = 4.
+LOSS = t([2.0, 9.0, 9.0, 9.0], [1.0, 2.0, 3.0, 9.0])
+MASK = t([1, 0, 0, 0], [1, 1, 1, 0])
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        ("token-mean", (2.0 + 1.0 + 2.0 + 3.0) / 4),  # every real token alike
+        ("seq-mean-token-mean", (2.0 / 1 + 6.0 / 3) / 2),  # every response alike
+        ("seq-mean-token-sum-norm", (2.0 / 4 + 6.0 / 4) / 2),  # Dr. GRPO: over the horizon
+    ],
+)
+def test_agg_loss_modes_by_hand_and_the_same_however_the_batch_is_split(mode, expected) -> None:
+    whole = agg_loss(LOSS, MASK, LossScale.of(mode, [MASK]))
+    assert whole.item() == pytest.approx(expected)
+    scale = LossScale.of(mode, [MASK[:1], MASK[1:]])
+    split = agg_loss(LOSS[:1], MASK[:1], scale) + agg_loss(LOSS[1:], MASK[1:], scale)
+    assert split.item() == pytest.approx(expected)
+
+
+def test_agg_loss_of_padding_only_is_zero_and_a_bad_mode_is_named() -> None:
+    empty = torch.zeros_like(MASK)
+    for mode in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"):
+        assert agg_loss(LOSS, empty, LossScale.of(mode, [empty])).item() == 0.0
+    with pytest.raises(ValueError, match="unknown loss_agg_mode 'sum'"):
+        agg_loss(LOSS, MASK, LossScale("sum", tokens=4.0, sequences=2))  # type: ignore[arg-type]
+
+
+def test_policy_and_value_losses_take_the_scale() -> None:
+    zeros = torch.zeros_like(LOSS)
+    scale = LossScale.of("seq-mean-token-mean", [MASK])
+    # ratio 1, advantage -LOSS: the surrogate per token is LOSS itself.
+    loss, _ = ppo_policy_loss(zeros, zeros, -LOSS, MASK, scale=scale)
+    assert loss.item() == pytest.approx(2.0)
+    # 0.5 * (v - R)^2 with v - R = sqrt(2 * LOSS): LOSS per token again.
+    value, _ = value_loss((2 * LOSS).sqrt(), zeros, zeros, MASK, clip_range=None, scale=scale)
+    assert value.item() == pytest.approx(2.0)

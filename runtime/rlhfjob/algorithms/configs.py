@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import field
 from typing import Any, Literal
 
-from rlhfjob.algorithms.losses import KLEstimator
+from rlhfjob.algorithms.losses import KLEstimator, LossAggMode
 from rlhfjob.algorithms.settings import (
     AT_LEAST_1,
     NON_NEGATIVE,
@@ -252,6 +252,13 @@ class TrainerConfig(ModelConfig):
     )
     max_grad_norm: float = field(
         default=1.0, metadata=about("gradients are clipped to this global norm", check=POSITIVE)
+    )
+    loss_agg_mode: LossAggMode = field(
+        default="token-mean",
+        metadata=about(
+            "how per-token losses add up over the global batch (`losses.agg_loss`): "
+            "`token-mean`, `seq-mean-token-mean` or `seq-mean-token-sum-norm` (Dr. GRPO)"
+        ),
     )
 
 

@@ -8,11 +8,16 @@ values (tests/unit/test_losses.py).
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 
 __all__ = [
+    "LossAggMode",
+    "LossScale",
+    "agg_loss",
     "gae_advantages",
     "group_normalized_advantages",
     "kl_penalty",
@@ -93,6 +98,58 @@ def kl_penalty(
     raise ValueError(f"unknown KL estimator {estimator!r}; use 'k1', 'k2' or 'k3'")
 
 
+LossAggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LossScale:
+    """How per-token losses add up to one global batch's loss, split in micro-batches.
+
+    ``tokens`` and ``sequences`` count the whole global batch (every micro-batch's
+    mask), so the micro-batches' :func:`agg_loss` values sum to the loss of the
+    global batch taken at once, however it is split.
+    """
+
+    mode: LossAggMode
+    tokens: float  # real response tokens in the global batch
+    sequences: int  # responses in the global batch
+
+    @classmethod
+    def of(cls, mode: LossAggMode, masks: Sequence[torch.Tensor]) -> LossScale:
+        """The scale of a global batch whose micro-batches have these (B, R) masks."""
+        tokens = float(sum(float(m.sum()) for m in masks))
+        return cls(mode, tokens=tokens, sequences=sum(int(m.shape[0]) for m in masks))
+
+
+def agg_loss(loss: torch.Tensor, mask: torch.Tensor, scale: LossScale) -> torch.Tensor:
+    """One micro-batch's share of its global batch's loss, from per-token ``loss`` (B, R):
+
+    - ``token-mean``: every real token of the global batch weighs the same,
+      sum(loss * mask) / tokens (DAPO's; long responses weigh more);
+    - ``seq-mean-token-mean``: each response's token mean, averaged over the global
+      batch's responses (GRPO's original; each response weighs the same);
+    - ``seq-mean-token-sum-norm``: each response's token sum over the response
+      horizon R (a constant: responses are padded to ``max_new_tokens``), averaged
+      over the responses (Dr. GRPO's: no length bias either way).
+
+    An all-padding response adds 0; a global batch with no real token gives 0.
+    """
+    mask = mask.to(loss.dtype)
+    per_token = loss * mask
+    if scale.mode == "token-mean":
+        return per_token.sum() / max(scale.tokens, 1.0)
+    if scale.mode == "seq-mean-token-mean":
+        per_seq = per_token.sum(-1) / mask.sum(-1).clamp(min=1.0)
+    elif scale.mode == "seq-mean-token-sum-norm":
+        per_seq = per_token.sum(-1) / loss.shape[-1]
+    else:
+        raise ValueError(
+            f"unknown loss_agg_mode {scale.mode!r}; use 'token-mean', 'seq-mean-token-mean' "
+            "or 'seq-mean-token-sum-norm'"
+        )
+    return per_seq.sum() / max(scale.sequences, 1)
+
+
 def ppo_policy_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
@@ -100,17 +157,20 @@ def ppo_policy_loss(
     mask: torch.Tensor,
     *,
     clip_eps: float = 0.2,
+    scale: LossScale | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO's clipped surrogate, to minimise: returns (loss, clip fraction).
 
-    loss = mean over masked tokens of -min(r * A, clip(r, 1-eps, 1+eps) * A)
-    with r = exp(logprobs - old_logprobs). The clip fraction is the share of
-    tokens where the clipped term was the one taken (their gradient is 0).
+    Per token -min(r * A, clip(r, 1-eps, 1+eps) * A) with r = exp(logprobs -
+    old_logprobs), aggregated by ``scale`` (:func:`agg_loss`), or the mean over
+    masked tokens when None. The clip fraction is the share of tokens where the
+    clipped term was the one taken (their gradient is 0).
     """
     ratio = torch.exp(logprobs - old_logprobs)
     unclipped = ratio * advantages
     clipped = ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps) * advantages
-    loss = masked_mean(-torch.min(unclipped, clipped), mask)
+    surrogate = -torch.min(unclipped, clipped)
+    loss = masked_mean(surrogate, mask) if scale is None else agg_loss(surrogate, mask, scale)
     clipfrac = masked_mean((clipped < unclipped).to(logprobs.dtype), mask)
     return loss, clipfrac.detach()
 
@@ -122,20 +182,26 @@ def value_loss(
     mask: torch.Tensor,
     *,
     clip_range: float | None = 0.2,
+    scale: LossScale | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Clipped value loss, to minimise: returns (loss, clip fraction).
 
-    loss = 0.5 * mean of max((v - R)^2, (v_clip - R)^2) with
-    v_clip = old_v + clip(v - old_v, -c, c), as in PPO2/OpenRLHF. With
+    Per token 0.5 * max((v - R)^2, (v_clip - R)^2) with v_clip = old_v +
+    clip(v - old_v, -c, c), as in PPO2/OpenRLHF, aggregated by ``scale``
+    (:func:`agg_loss`), or the mean over masked tokens when None. With
     ``clip_range`` None it is the plain 0.5 * squared error and the clip
     fraction is 0.
     """
+
+    def agg(per_token: torch.Tensor) -> torch.Tensor:
+        return masked_mean(per_token, mask) if scale is None else agg_loss(per_token, mask, scale)
+
     error = (values - returns) ** 2
     if clip_range is None:
-        return 0.5 * masked_mean(error, mask), torch.zeros(())
+        return agg(0.5 * error), torch.zeros(())
     clipped_values = old_values + (values - old_values).clamp(-clip_range, clip_range)
     clipped_error = (clipped_values - returns) ** 2
-    loss = 0.5 * masked_mean(torch.max(error, clipped_error), mask)
+    loss = agg(0.5 * torch.max(error, clipped_error))
     clipfrac = masked_mean((clipped_error > error).to(values.dtype), mask)
     return loss, clipfrac.detach()
 

@@ -41,6 +41,8 @@ from rlhfjob.algorithms.configs import (
     ValueTrainerConfig,
 )
 from rlhfjob.algorithms.losses import (
+    LossScale,
+    agg_loss,
     gae_advantages,
     kl_penalty,
     masked_mean,
@@ -155,7 +157,11 @@ class PolicyInference(_LMModule):
     def forward_step(self, data: dict[str, Any], iteration: int = 0) -> dict[str, Any]:
         out = self._generate(data, self.config.temperature)
         if self.config.eos_token_id is not None:  # otherwise always max_new_tokens
-            self.metrics.add("response_length", out["response_mask"].sum(1).float().mean())
+            lengths = out["response_mask"].sum(1).float()  # (B,)
+            self.metrics.add("response_length", lengths.mean())
+            self.metrics.add("response_length_max", lengths.max(), reduce="max")
+            # The share that filled max_new_tokens (cut before an EOS: TRL's clipped_ratio).
+            self.metrics.add("response_clip_ratio", (lengths >= self.max_new_tokens).float().mean())
         return out
 
     def eval_step(self, data: dict[str, Any]) -> dict[str, Any]:
@@ -317,30 +323,33 @@ class PolicyTrainer(_LMModule):
                 w.view_as(a) for w, a in zip(whitened.split(sizes), advantages, strict=True)
             ]
         clip_eps, kl_coef = self.config.clip_eps, self.config.kl_coef
+        scale = LossScale.of(self.config.loss_agg_mode, [mb["response_mask"] for mb in data])
         self.optimizer.zero_grad(set_to_none=True)
+        step_loss = step_kl = 0.0
         for mb, adv in zip(data, advantages, strict=True):
             ids, mask, R = sequence(mb)
             response_mask = mb["response_mask"]
             logprobs, logits = response_log_probs(self.model, ids, mask, R)  # (B, R)
             loss, clipfrac = ppo_policy_loss(
-                logprobs, mb["old_logprobs"], adv, response_mask, clip_eps=clip_eps
+                logprobs, mb["old_logprobs"], adv, response_mask, clip_eps=clip_eps, scale=scale
             )
-            self.metrics.add("policy_loss", loss.detach())
+            step_loss += float(loss)
             self.metrics.add("clipfrac", clipfrac)
             if kl_coef > 0 and "ref_logprobs" in mb:
-                kl = masked_mean(
-                    kl_penalty(logprobs, mb["ref_logprobs"], self.config.kl_estimator),
-                    response_mask,
-                )
-                self.metrics.add("kl_loss", kl.detach())
+                kl_tokens = kl_penalty(logprobs, mb["ref_logprobs"], self.config.kl_estimator)
+                kl = agg_loss(kl_tokens, response_mask, scale)
+                step_kl += float(kl)
                 loss = loss + kl_coef * kl
-            (loss / len(data)).backward()
+            loss.backward()  # this micro-batch's share of the global batch's loss (scale)
             with torch.no_grad():
                 probs = torch.softmax(logits.float(), dim=-1)  # (B, R, V)
                 entropy = -(probs * torch.log(probs.clamp(min=1e-12))).sum(-1)  # (B, R)
                 self.metrics.add("entropy", masked_mean(entropy, response_mask))
                 ratio_log = logprobs - mb["old_logprobs"]
                 self.metrics.add("approx_kl", masked_mean(0.5 * ratio_log**2, response_mask))
+        self.metrics.add("policy_loss", step_loss)
+        if kl_coef > 0 and "ref_logprobs" in data[0]:
+            self.metrics.add("kl_loss", step_kl)
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self.model.parameters(), self.config.max_grad_norm
         )
@@ -368,7 +377,9 @@ class ValueTrainer(_LMModule):
         if not data:
             return
         self.model.train()
+        scale = LossScale.of(self.config.loss_agg_mode, [mb["response_mask"] for mb in data])
         self.optimizer.zero_grad(set_to_none=True)
+        step_loss = 0.0
         for mb in data:
             values = _response_values(self.model, mb)  # (B, R)
             loss, clipfrac = value_loss(
@@ -377,9 +388,11 @@ class ValueTrainer(_LMModule):
                 mb["returns"],
                 mb["response_mask"],
                 clip_range=self.config.value_clip,
+                scale=scale,
             )
-            (loss / len(data)).backward()
-            self.metrics.add("value_loss", loss.detach())
+            loss.backward()  # this micro-batch's share of the global batch's loss (scale)
+            step_loss += float(loss)
             self.metrics.add("value_clipfrac", clipfrac)
+        self.metrics.add("value_loss", step_loss)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
         self.optimizer.step()
