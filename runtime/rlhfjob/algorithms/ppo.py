@@ -333,12 +333,12 @@ class PolicyTrainer(_LMModule):
             loss, clipfrac = ppo_policy_loss(
                 logprobs, mb["old_logprobs"], adv, response_mask, clip_eps=clip_eps, scale=scale
             )
-            step_loss += float(loss)
+            step_loss += float(loss.detach())
             self.metrics.add("clipfrac", clipfrac)
             if kl_coef > 0 and "ref_logprobs" in mb:
                 kl_tokens = kl_penalty(logprobs, mb["ref_logprobs"], self.config.kl_estimator)
                 kl = agg_loss(kl_tokens, response_mask, scale)
-                step_kl += float(kl)
+                step_kl += float(kl.detach())
                 loss = loss + kl_coef * kl
             loss.backward()  # this micro-batch's share of the global batch's loss (scale)
             with torch.no_grad():
@@ -391,7 +391,7 @@ class ValueTrainer(_LMModule):
                 scale=scale,
             )
             loss.backward()  # this micro-batch's share of the global batch's loss (scale)
-            step_loss += float(loss)
+            step_loss += float(loss.detach())
             self.metrics.add("value_clipfrac", clipfrac)
         self.metrics.add("value_loss", step_loss)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
