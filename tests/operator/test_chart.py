@@ -14,7 +14,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from operator_proc import REPO, apply, pods, running_operator, wait_phase
+from operator_proc import REPO, apply, pods, running_operator, wait_established, wait_phase
 
 from cluster import Cluster
 
@@ -180,9 +180,7 @@ def release(control_plane: Cluster) -> Iterator[Any]:
         made.append(ns)
         control_plane.helm_run("install", name, str(CHART), "-n", ns, *values, timeout=120)
         installed.append((name, ns))
-        control_plane.kubectl_run(
-            "wait", "--for=condition=Established", "crd/rlhfjobs.rlhf.dev", "--timeout=60s"
-        )
+        wait_established(control_plane)
         return ns
 
     try:

@@ -160,9 +160,29 @@ def running_operator(cluster: Cluster, namespace: str, **kwargs: Any) -> Iterato
 
 def install_crd(cluster: Cluster) -> None:
     cluster.kubectl_run("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    cluster.kubectl_run(
-        "wait", "--for=condition=Established", "crd/rlhfjobs.rlhf.dev", "--timeout=60s"
-    )
+    wait_established(cluster)
+
+
+def wait_established(cluster: Cluster, *, timeout: float = 120.0) -> None:
+    """Wait until the RLHFJob CRD is Established. On a loaded machine a fresh API server
+    can answer one ``kubectl wait`` with an error (its watch dropped, apiextensions not
+    serving yet): each attempt is retried until ``timeout``, and the TimeoutError names
+    the last attempt's stderr."""
+
+    def established() -> bool:
+        proc = cluster.kubectl_run(
+            "wait",
+            "--for=condition=Established",
+            "crd/rlhfjobs.rlhf.dev",
+            "--timeout=20s",
+            check=False,
+            timeout=40,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"kubectl wait exited {proc.returncode}: {proc.stderr.strip()}")
+        return True
+
+    wait_until(established, timeout=timeout, what="the RLHFJob CRD Established", interval=1.0)
 
 
 def apply(cluster: Cluster, namespace: str, manifest: dict[str, Any] | Path) -> None:
