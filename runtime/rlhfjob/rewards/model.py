@@ -25,9 +25,10 @@ __all__ = ["RewardModel"]
 class RewardModel:
     """Scores (B,) of prompt + completion texts under the model saved at ``path``.
 
-    ValueError names ``path`` when it is not a local directory or holds no sequence
-    classifier with one label, and names the sample when its prompt is chat messages
-    but the reward tokenizer has no chat template.
+    ValueError names the setting (``key``) and ``path`` when it is not a local directory,
+    holds no sequence classifier with one label (another label count, or a causal LM
+    whose score head would start random) or no tokenizer; and names the model when a
+    prompt is chat messages but the reward tokenizer has no chat template.
     """
 
     def __init__(self, path: str, *, key: str = "reward_model_path") -> None:
@@ -38,15 +39,21 @@ class RewardModel:
         if not Path(path).is_dir():
             raise ValueError(f"{key} {path!r} is not a local directory (nothing is downloaded)")
         self.name = Path(path).name
-        self.tokenizer = load_tokenizer(path)
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                path, num_labels=1, local_files_only=True
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=1, local_files_only=True, output_loading_info=True
             )
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: another label count
             raise ValueError(
                 f"{key} {path!r} holds no sequence-classification model with one label: {exc}"
             ) from exc
+        if info["missing_keys"]:  # a causal LM's directory: the score head would be random
+            raise ValueError(
+                f"{key} {path!r} is no trained reward model: its checkpoint lacks "
+                f"{', '.join(sorted(info['missing_keys']))} (a causal LM's directory?); save an "
+                "AutoModelForSequenceClassification with num_labels=1 there"
+            )
+        self.tokenizer = load_tokenizer(path, key=key)
         if model.config.pad_token_id is None:  # a batch of several needs one to pool
             model.config.pad_token_id = pad_token_id(self.tokenizer)
         self.pad_id = int(model.config.pad_token_id)

@@ -132,5 +132,5 @@ def build_scorer(
                 f"{where}.tokenizer_path is needed to decode responses for rewards over text: "
                 "set it to the policy's model_path (its tokenizer)"
             )
-        scorer.tokenizer = load_tokenizer(tokenizer_path)
+        scorer.tokenizer = load_tokenizer(tokenizer_path, key=f"{where}.tokenizer_path")
     return scorer
