@@ -64,7 +64,8 @@ __all__ = [
     "ValueTrainer",
 ]
 
-RewardFn = Callable[[dict[str, Any]], torch.Tensor]
+# fn(data) -> (B,) on the batch dict, or TRL-style (rlhfjob.rewards.functions).
+RewardFn = Callable[..., Any]
 
 
 class _LMModule(BaseModule):
