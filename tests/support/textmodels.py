@@ -79,3 +79,27 @@ def save_text_model(
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def save_reward_model(path: Path, *, padding_side: str = "right") -> Path:
+    """A tiny ``LlamaForSequenceClassification`` (one label, ``pad_token_id`` set) and the
+    tokenizer, padding on ``padding_side``, saved in ``path``: a reward model."""
+    import transformers
+
+    tokenizer = make_tokenizer()
+    tokenizer.padding_side = padding_side
+    torch.manual_seed(1)
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    transformers.LlamaForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

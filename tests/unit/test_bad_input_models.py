@@ -2,8 +2,9 @@
 
 Model paths that are not saved Hugging Face models (missing, a file, an empty
 directory, a config without weights, a broken config), a bad dtype, missing
-weights, model_args naming no model; and the worker's environment contract
-with a variable missing or malformed.
+weights, model_args naming no model; reward settings naming no reward model (a
+causal LM's directory among them), no tokenizer or no function; and the worker's
+environment contract with a variable missing or malformed.
 """
 
 from __future__ import annotations
@@ -121,3 +122,79 @@ def test_the_contract_itself_is_valid_and_keeps_the_secret_out_of_its_repr() -> 
     env = WorkerEnv.from_environ(CONTRACT)
     assert env.name == "policy-0" and env.secret == "s" * 43
     assert "s" * 43 not in repr(env)
+
+
+def _reward_model_of_a_causal_lm(t: Path) -> dict[str, Any]:
+    from textmodels import save_text_model
+
+    return {"reward_model_path": str(save_text_model(t / "lm")), "tokenizer_path": str(t / "lm")}
+
+
+def _reward_model_without_tokenizer(t: Path) -> dict[str, Any]:
+    from textmodels import save_reward_model
+
+    path = save_reward_model(t / "rm")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (path / name).unlink()
+    return {"reward_model_path": str(path), "tokenizer_path": str(t)}
+
+
+# (id, the reward's args for tmp_path, what the message must contain for tmp_path)
+REWARD_CASES: list[tuple[str, Any, Any]] = [
+    (
+        "reward-model-missing",
+        lambda t: {"reward_model_path": str(t / "nope"), "tokenizer_path": str(t)},
+        lambda t: f"models.reward.args.reward_model_path '{t / 'nope'}' is not a local",
+    ),
+    (
+        "reward-model-empty-dir",
+        lambda t: {"reward_model_path": str(t), "tokenizer_path": str(t)},
+        lambda t: f"reward_model_path '{t}' holds no sequence-classification model",
+    ),
+    (
+        "reward-model-of-a-causal-lm",
+        _reward_model_of_a_causal_lm,
+        lambda t: "is no trained reward model: its checkpoint lacks score.weight",
+    ),
+    (
+        "reward-model-without-tokenizer",
+        _reward_model_without_tokenizer,
+        lambda t: f"models.reward.args.reward_model_path '{t / 'rm'}' holds no tokenizer",
+    ),
+    (
+        "tokenizer-path-missing",
+        lambda t: {
+            "reward_fn": "rlhfjob.rewards.arith:exact_answer",
+            "tokenizer_path": str(t / "x"),
+        },
+        lambda t: f"models.reward.args.tokenizer_path '{t / 'x'}' is not a local directory",
+    ),
+    (
+        "reward-fn-missing",
+        lambda t: {"reward_fn": "rlhfjob.rewards.arith:no_such_fn"},
+        lambda t: "models.reward.args.reward_fn: cannot import 'rlhfjob.rewards.arith:no_such_fn'",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "args", "named"), REWARD_CASES, ids=[c[0] for c in REWARD_CASES])
+def test_bad_reward_args_are_refused_naming_the_setting(
+    tmp_path: Path, case: str, args: Any, named: Any, bad_inputs: Any
+) -> None:
+    """What RewardInference.setup() does on the worker, from the same settings."""
+    pytest.importorskip("transformers")
+    del case
+    from rlhfjob.algorithms.configs import RewardConfig
+    from rlhfjob.rewards import build_scorer
+
+    config = RewardConfig.from_args("reward", args(tmp_path))
+    with pytest.raises(ValueError) as info:
+        build_scorer(
+            "reward",
+            paths=config.reward_fn or (),
+            weights=config.reward_weights,
+            model_path=config.reward_model_path,
+            tokenizer_path=config.tokenizer_path,
+        )
+    assert named(tmp_path) in str(info.value), str(info.value)
+    bad_inputs.refused("model path")

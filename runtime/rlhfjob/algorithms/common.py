@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib
 import json
 from collections import defaultdict
 from collections.abc import Callable
@@ -29,7 +28,6 @@ __all__ = [
     "Metrics",
     "build_lm",
     "build_value_model",
-    "import_object",
     "optimizer_for",
     "sequence",
 ]
@@ -90,17 +88,6 @@ def build_value_model(config: ModelConfig) -> ValueModel:
     """A value model whose backbone is ``build_lm(config)`` (so it can start from the
     warmed-up policy, as RLHF critics start from the SFT or reward model)."""
     return ValueModel(build_lm(config))
-
-
-def import_object(path: str) -> Any:
-    """``"package.module:attr"`` -> the object; a bad path is a ValueError naming it."""
-    module_name, _, attr = path.partition(":")
-    if not module_name or not attr:
-        raise ValueError(f"{path!r} is not of the form 'package.module:attribute'")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"cannot import {path!r}: {exc}") from exc
 
 
 def sequence(data: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, int]:

@@ -208,15 +208,74 @@ class GroupPolicyInferenceConfig(PolicyInferenceConfig):
     )
 
 
+def _reward_paths(value: Any) -> tuple[str, ...]:
+    paths = [value] if isinstance(value, str) else value
+    if not isinstance(paths, (list, tuple)) or not paths:
+        raise SettingError(
+            "", f"must be a 'package.module:function' or a list of them, got {value!r}"
+        )
+    for i, path in enumerate(paths):
+        module, _, attr = path.partition(":") if isinstance(path, str) else ("", "", "")
+        if not module or not attr:
+            raise SettingError(
+                f"[{i}]" if len(paths) > 1 else "",
+                f"{path!r} is not of the form 'package.module:function'",
+            )
+    return tuple(paths)
+
+
+def _weights(value: Any) -> tuple[float, ...]:
+    if not isinstance(value, (list, tuple)) or not value:
+        raise SettingError("", f"must be a list of floats, got {value!r}")
+    return tuple(float(_float_setting(w, f"[{i}]")) for i, w in enumerate(value))
+
+
+def _float_setting(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise SettingError(key, f"must be of type float, got {value!r}")
+    try:
+        return float(value)
+    except ValueError:
+        raise SettingError(key, f"must be of type float, got {value!r}") from None
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RewardConfig(Settings):
     """Scores responses; with values in the data (PPO) also per-token rewards and GAE
-    advantages. The reward function is the constructor's `reward_fn`, else `reward_fn`
-    here, else the task's reward."""
+    advantages. The rewards are the constructor's `reward_fn`, else the `reward_fn`
+    functions here, then the `reward_model_path` model, weighted and summed; with
+    neither, the task's reward."""
 
-    reward_fn: str | None = field(
+    reward_fn: tuple[str, ...] | None = field(
         default=None,
-        metadata=about('"package.module:function": the batch dict in, (B,) scores out'),
+        metadata=about(
+            '"package.module:function" or a list of them: TRL-style (`prompts`, `completions`, '
+            "the dataset's columns in; a float or None per sample out), or `fn(data) -> (B,)`",
+            parse=_reward_paths,
+            kind="str, list of str, or null",
+        ),
+    )
+    reward_weights: tuple[float, ...] | None = field(
+        default=None,
+        metadata=about(
+            "one weight per reward: the functions, then the model; null: all 1.0",
+            parse=_weights,
+            kind="list of float or null",
+        ),
+    )
+    reward_model_path: str | None = field(
+        default=None,
+        metadata=about(
+            "a local `AutoModelForSequenceClassification` (one label) with its tokenizer, "
+            "scoring prompt + completion at the last non-pad token"
+        ),
+    )
+    tokenizer_path: str | None = field(
+        default=None,
+        metadata=about(
+            "the policy's tokenizer (its `model_path`), which decodes responses for TRL-style "
+            "functions and the reward model"
+        ),
     )
     task: SortTask | None = field(default=None, metadata=_TASK)
     kl_coef: float = field(
@@ -230,12 +289,22 @@ class RewardConfig(Settings):
     lam: float = field(default=0.95, metadata=about("GAE lambda", check=UNIT))
 
     def validate(self) -> None:
-        if self.reward_fn is not None:
-            module, _, attr = self.reward_fn.partition(":")
-            if not module or not attr:
+        if self.reward_weights is not None:
+            rewards = len(self.reward_fn or ()) + (self.reward_model_path is not None)
+            if len(self.reward_weights) != rewards:
                 raise SettingError(
-                    "reward_fn", f"{self.reward_fn!r} is not of the form 'package.module:function'"
+                    "reward_weights",
+                    f"has {len(self.reward_weights)} weights but reward_fn names "
+                    f"{len(self.reward_fn or ())} functions and reward_model_path "
+                    f"{int(self.reward_model_path is not None)} model; give one weight per "
+                    "reward (the functions first, then the model)",
                 )
+        if self.reward_model_path is not None and self.tokenizer_path is None:
+            raise SettingError(
+                "tokenizer_path",
+                "must be set with reward_model_path: the policy's tokenizer (its model_path) "
+                "decodes the responses the reward model reads",
+            )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

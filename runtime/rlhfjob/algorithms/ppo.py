@@ -29,7 +29,6 @@ from rlhfjob.algorithms.common import (
     Metrics,
     build_lm,
     build_value_model,
-    import_object,
     optimizer_for,
     sequence,
 )
@@ -52,6 +51,7 @@ from rlhfjob.algorithms.losses import (
 )
 from rlhfjob.models import generate_tokens, response_log_probs
 from rlhfjob.module import BaseModule
+from rlhfjob.rewards import build_scorer
 from rlhfjob.text import encode_prompts, is_text_dataset, load_tokenizer
 
 __all__ = [
@@ -64,7 +64,8 @@ __all__ = [
     "ValueTrainer",
 ]
 
-RewardFn = Callable[[dict[str, Any]], torch.Tensor]
+# fn(data) -> (B,) on the batch dict, or TRL-style (rlhfjob.rewards.functions).
+RewardFn = Callable[..., Any]
 
 
 class _LMModule(BaseModule):
@@ -217,10 +218,13 @@ class ValueInference(_LMModule):
 class RewardInference(_LMModule):
     """Scores responses and turns scores into per-token rewards and advantages.
 
-    The reward function ``fn(data) -> (B,)`` is the constructor's ``reward_fn``,
-    else ``models.<name>.args.reward_fn`` ("package.module:function"), else the
-    task's reward. Settings: ``RewardConfig``; the KL penalty is skipped when
-    the data has no ``ref_logprobs``.
+    The rewards (``rlhfjob.rewards.build_scorer``) are the constructor's ``reward_fn``,
+    else ``models.<name>.args.reward_fn`` (one "package.module:function" or a list),
+    then ``reward_model_path``, weighted by ``reward_weights``; with neither, the
+    task's reward. A function is TRL-style (decoded ``prompts`` and ``completions``
+    and the dataset's columns as keywords) or ``fn(data) -> (B,)``
+    (``rlhfjob.rewards.functions``). Settings: ``RewardConfig``; the KL penalty is
+    skipped when the data has no ``ref_logprobs``.
 
     With ``values`` in the data (PPO), adds ``rewards``, ``advantages`` and
     ``returns`` (GAE); without (GRPO), only ``scores``: advantages then come
@@ -235,32 +239,26 @@ class RewardInference(_LMModule):
         self._reward_fn = reward_fn
 
     def setup(self) -> None:
-        if self._reward_fn is not None:
-            self.reward_fn: RewardFn = self._reward_fn
-        elif self.config.reward_fn is not None:
-            self.reward_fn = import_object(self.config.reward_fn)
-        else:
-            task = self.config.task
-            if task is None:
-                raise ValueError(
-                    f"{type(self).__name__}({self.name!r}) has no reward function: pass "
-                    f"reward_fn=..., or set models.{self.name}.args.reward_fn or .task"
-                )
-            self.reward_fn = task.reward
+        config = self.config
+        self.scorer = build_scorer(
+            self.name,
+            reward_fn=self._reward_fn,
+            paths=config.reward_fn or (),
+            weights=config.reward_weights,
+            model_path=config.reward_model_path,
+            tokenizer_path=config.tokenizer_path,
+            task_reward=config.task.reward if config.task is not None else None,
+        )
 
-    def _scores(self, data: dict[str, Any]) -> torch.Tensor:
-        scores = torch.as_tensor(self.reward_fn(data), dtype=torch.float32)
-        batch = data["response_ids"].shape[0]
-        if scores.shape != (batch,):
-            raise ValueError(
-                f"the reward function returned shape {tuple(scores.shape)}; it must return "
-                f"one score per sample, shape ({batch},)"
-            )
+    def _scores(self, data: dict[str, Any], iteration: int = 0, *, record: bool) -> torch.Tensor:
+        scores, means = self.scorer(data, step=iteration)
+        for key, value in means.items() if record else ():
+            self.metrics.add(key, value)  # per reward: <fn_name>_mean
         return scores
 
     @torch.no_grad()
     def forward_step(self, data: dict[str, Any], iteration: int = 0) -> dict[str, Any]:
-        scores = self._scores(data)
+        scores = self._scores(data, iteration, record=True)
         mask = data["response_mask"].float()  # (B, R)
         self.metrics.add("reward_mean", scores.mean())
         self.metrics.add("reward_min", scores.min(), reduce="min")
@@ -289,7 +287,7 @@ class RewardInference(_LMModule):
     @torch.no_grad()
     def eval_step(self, data: dict[str, Any]) -> dict[str, Any]:
         """``{"reward": (B,)}``: the evaluator averages it into ``eval/reward``."""
-        return {"reward": self._scores(data)}
+        return {"reward": self._scores(data, record=False)}
 
 
 class PolicyTrainer(_LMModule):

@@ -36,16 +36,17 @@ __all__ = [
 Truncation = Literal["error", "left"]
 
 
-def load_tokenizer(path: str | Path) -> Any:
+def load_tokenizer(path: str | Path, *, key: str = "model_path") -> Any:
     """``AutoTokenizer`` from a local model directory (``model_path``), never downloaded.
 
-    Raises ValueError naming ``path`` when it is not a directory or holds no tokenizer
-    ``transformers`` can load; ImportError says how to install transformers.
+    Raises ValueError naming ``key`` (the setting) and ``path`` when it is not a
+    directory or holds no tokenizer ``transformers`` can load; ImportError says how to
+    install transformers.
     """
     local = Path(path)
     if not local.is_dir():
         raise ValueError(
-            f"model_path {str(path)!r} is not a local directory, so it has no tokenizer; save "
+            f"{key} {str(path)!r} is not a local directory, so it has no tokenizer; save "
             "the model and its tokenizer there (save_pretrained) — nothing is downloaded"
         )
     try:
@@ -56,7 +57,7 @@ def load_tokenizer(path: str | Path) -> Any:
         return AutoTokenizer.from_pretrained(str(local), local_files_only=True)
     except (OSError, ValueError, TypeError) as exc:
         raise ValueError(
-            f"model_path {str(path)!r} holds no tokenizer transformers can load ({exc}); save "
+            f"{key} {str(path)!r} holds no tokenizer transformers can load ({exc}); save "
             "one there with tokenizer.save_pretrained(path)"
         ) from exc
 
