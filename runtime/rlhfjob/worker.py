@@ -7,6 +7,8 @@ imports the same entrypoint as ``__mp_main__`` (as multiprocessing's spawn
 does), so classes defined there unpickle in the worker; top-level code runs
 until ``Engine.learn()``, which stops the import there. Guard the training
 code with ``if __name__ == "__main__":`` to skip it in workers entirely.
+With ``spec.entrypoint.engine`` there is no user code: every process imports
+``rlhfjob.algorithms.engines`` and the driver runs ``learn_from_spec``.
 
 Exit codes: 0 success; 78 (``EXIT_PERMANENT``) a failure a restart cannot fix
 (bad spec, a flow or config error, an exception in user code); 75
@@ -58,6 +60,13 @@ def _load_code(entry: Entrypoint, spec_path: str) -> tuple[types.CodeType, str]:
 def _exec_entrypoint(entry: Entrypoint, spec_path: str, *, as_main: bool) -> None:
     from rlhfjob import context
 
+    if entry.engine is not None:
+        # No file of the user's: the engines' module holds every class the workers run.
+        from rlhfjob.algorithms import engines
+
+        if as_main:
+            engines.learn_from_spec(entry.engine)
+        return
     code, filename = _load_code(entry, spec_path)
     module = types.ModuleType("__main__" if as_main else "__mp_main__")
     module.__file__ = filename

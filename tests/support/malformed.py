@@ -117,6 +117,17 @@ CASES: list[Case] = [
         "entrypoint",
     ),
     Case("entrypoint-neither", _spec(entrypoint={"args": ["--x"]}), "entrypoint"),
+    Case(
+        "entrypoint-file-and-engine",
+        _spec(entrypoint={"file": "a.py", "engine": "grpo"}),
+        "entrypoint",
+    ),
+    Case("entrypoint-unknown-engine", _spec(entrypoint={"engine": "dpo"}), "engine"),
+    Case(
+        "entrypoint-engine-with-args",
+        _spec(entrypoint={"engine": "ppo", "args": ["--episodes", "3"]}),
+        "entrypoint",
+    ),
     Case("entrypoint-bad-module", _spec(entrypoint={"module": "not a module"}), "module"),
     Case("unknown-spec-key", _spec(replicas=3), "replicas"),
     Case("unknown-runtime-key", _runtime(num_episodes=3), "num_episodes"),

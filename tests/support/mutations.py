@@ -1,7 +1,8 @@
 """Bad RLHFJob manifests generated from the CRD's own schema, for pydantic and the API server.
 
 :func:`full_manifest` is a valid job that sets every field of the schema
-(colocation aside: its rules span fields, see malformed.py). :data:`MUTATIONS`
+(colocation aside: its rules span fields; entrypoint.file and .engine aside: only one
+form may be set, and it sets .module; see malformed.py for those). :data:`MUTATIONS`
 breaks it one field at a time, for every field, with what the schema says
 cannot be there: the wrong type, a number below its minimum or above its
 maximum, a fraction for an integer, a string outside its enum or its pattern,

@@ -41,11 +41,15 @@ MODEL_NAME_PATTERN = r"^[a-z0-9]([a-z0-9_-]{0,38}[a-z0-9])?$"
 JOB_NAME_PATTERN = r"^[a-z]([-a-z0-9]{0,48}[a-z0-9])?$"
 JOB_NAME_MAX = 50
 
-_ONE_ENTRYPOINT = "set exactly one of file or module"
+_ONE_ENTRYPOINT = "set exactly one of file, module or engine"
+_ENGINE_NO_ARGS = (
+    "engine takes no args: the ready-made engine reads only runtime and models; "
+    "use file or module for a program with arguments"
+)
 
 
 class Entrypoint(KubeModel):
-    """What the driver (rank 0) runs: a Python file or module of the image, with arguments."""
+    """What the driver (rank 0) runs: a Python file or module of the image, or an engine."""
 
     file: str | None = Field(
         None, min_length=1, max_length=1024, description="Path of a Python file in the image."
@@ -57,16 +61,29 @@ class Entrypoint(KubeModel):
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$",
         description="A module run like `python -m module`.",
     )
+    engine: Literal["grpo", "ppo"] | None = Field(
+        None,
+        description="A ready-made engine (GRPOEngine, PPOEngine) with the examples' model "
+        "names, built from runtime and models: no Python file. Prompts: runtime.data_path, "
+        "else those the policy's task makes.",
+    )
     args: list[Annotated[str, Field(max_length=4096)]] = Field(
         default_factory=list, max_length=256, description="sys.argv[1:] of the entrypoint."
     )
 
     rules: ClassVar[tuple[Rule[Entrypoint], ...]] = (
         Rule(
-            cel="has(self.file) != has(self.module)",
+            cel="(has(self.file) ? 1 : 0) + (has(self.module) ? 1 : 0) "
+            "+ (has(self.engine) ? 1 : 0) == 1",
             message=f"spec.entrypoint: {_ONE_ENTRYPOINT}",
-            holds=lambda e: (e.file is None) != (e.module is None),
+            holds=lambda e: [e.file, e.module, e.engine].count(None) == 2,
             explain=lambda _: _ONE_ENTRYPOINT,
+        ),
+        Rule(
+            cel="!has(self.engine) || !has(self.args) || size(self.args) == 0",
+            message=f"spec.entrypoint: {_ENGINE_NO_ARGS}",
+            holds=lambda e: e.engine is None or not e.args,
+            explain=lambda _: _ENGINE_NO_ARGS,
         ),
     )
 

@@ -137,7 +137,12 @@ CASES: dict[type[BaseModel], st.SearchStrategy[dict[str, Any]]] = {
         effect=st.sampled_from(["NoSchedule", "PreferNoSchedule", "NoExecute"]),
         tolerationSeconds=st.integers(0, 60),
     ),
-    Entrypoint: _optional(file=st.just("a.py"), module=st.just("a.b")),
+    Entrypoint: _optional(
+        file=st.just("a.py"),
+        module=st.just("a.b"),
+        engine=st.sampled_from(["grpo", "ppo"]),
+        args=st.lists(st.just("--x"), max_size=1),
+    ),
     CheckpointSpec: _optional(
         emptyDir=st.just({}), persistentVolumeClaim=st.just({"claimName": "c"})
     ),
