@@ -244,3 +244,19 @@ def test_a_coscheduling_podgroup_is_created_per_generation_and_named_by_the_pods
         assert pod["metadata"]["labels"]["scheduling.x-k8s.io/pod-group"] == "grouped-g0"
         assert pod["spec"]["nodeName"] and not pod["spec"].get("schedulingGates")
     assert job(cluster, namespace, "grouped")["status"]["readyReplicas"] == GANG
+
+
+def test_without_the_schedulers_podgroup_crd_no_pod_is_created_and_the_log_says_why(
+    cluster: Cluster, namespace: str
+) -> None:
+    discovered = cluster.kubectl_run("api-resources", "--api-group=scheduling.volcano.sh").stdout
+    if "podgroups" in discovered:
+        pytest.skip("this cluster has Volcano's PodGroup CRD")
+    manifest = _gang_job("novolcano", schedulingPolicy={"podGroup": {"kind": "volcano"}})
+    with running_operator(cluster, namespace) as op:
+        apply(cluster, namespace, manifest)
+        wait_for(
+            lambda: "is that scheduler's PodGroup CRD installed?" in op.log(),
+            what="the operator saying the PodGroup CRD is missing",
+        )
+        assert pods(cluster, namespace, "novolcano") == []
