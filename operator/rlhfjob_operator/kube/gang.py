@@ -14,8 +14,9 @@ priority (``priorityClassName``, unless the pod settings name one) and
 optionally a PodGroup per generation for a gang scheduler, which then places
 the gang all or nothing (``minMember`` = ``minAvailable``, default the gang's
 size). The gate stays in use with a PodGroup: it costs one patch per pod, and
-it keeps the scheduler's view of a gang complete before the gang scheduler
-counts it (coscheduling times a group out when too few of its pods exist).
+the gang scheduler then never sees part of a generation (one that does would
+hold or retry the part it sees, and with ``minAvailable`` under the gang's
+size might place it).
 
 The default scheduler places each pod on its own: once a gang's gate is lifted
 it may bind some pods of a gang that does not fit as a whole. All-or-nothing
