@@ -59,6 +59,12 @@ CASES: dict[str, tuple[Callable[[Manifest], None], str]] = {
     ),
     "role-clash": (_role_clash, "reference-reward"),
     "quantity": (_quantity, "is not a Kubernetes quantity"),
+    "min-available": (
+        lambda m: m["spec"].update(
+            runPolicy={"schedulingPolicy": {"minAvailable": 7, "podGroup": {"kind": "volcano"}}}
+        ),
+        "minAvailable is 7 but the gang has 6 pods",
+    ),
 }
 
 

@@ -144,6 +144,17 @@ def test_rendered_objects_match_kubernetes_schemas(
         shipped = (CHART / "dashboards" / "rlhfjob.json").read_text()
         assert json.loads(cm["data"]["rlhfjob.json"]) == json.loads(shipped)
         assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    # PodGroups (runPolicy.schedulingPolicy.podGroup): create only. Checked here, not
+    # with can-i: kubectl cannot name a resource whose CRD is not installed.
+    (main,) = [r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"].endswith("rlhfjob")]
+    groups = [r for r in main["rules"] if "podgroups" in r["resources"]]
+    assert groups == [
+        {
+            "apiGroups": ["scheduling.volcano.sh", "scheduling.x-k8s.io"],
+            "resources": ["podgroups"],
+            "verbs": ["create"],
+        }
+    ]
     for role in by_kind(docs, "ClusterRole"):
         for rule in role["rules"]:
             # Secrets: create the job's rendezvous token, and nothing else.
@@ -214,6 +225,7 @@ def test_chart_service_account_runs_a_job_and_no_more(
             ("patch", "rlhfjobs.rlhf.dev"),
             ("create", "pods"),
             ("delete", "pods"),
+            ("patch", "pods"),
             ("create", "networkpolicies.networking.k8s.io"),
             ("create", "secrets"),
         ):
@@ -231,7 +243,7 @@ def test_chart_service_account_runs_a_job_and_no_more(
             ("delete", "secrets"),
             ("create", "rlhfjobs.rlhf.dev"),
             ("update", "pods"),
-            ("patch", "pods"),
+            ("patch", "pods", "--subresource=status"),
             ("create", "pods", "--subresource=exec"),
             ("get", "configmaps"),
             ("delete", "services"),

@@ -194,6 +194,26 @@ CASES: list[Case] = [
     ),
     Case("suspend-not-bool", _spec(runPolicy={"suspend": "maybe"}), "suspend"),
     Case(
+        "min-available-without-podgroup",
+        _spec(runPolicy={"schedulingPolicy": {"minAvailable": 2}}),
+        "minAvailable",
+    ),
+    Case(
+        "zero-min-available",
+        _spec(runPolicy={"schedulingPolicy": {"minAvailable": 0, "podGroup": {"kind": "volcano"}}}),
+        "minAvailable",
+    ),
+    Case(
+        "unknown-podgroup-kind",
+        _spec(runPolicy={"schedulingPolicy": {"podGroup": {"kind": "yunikorn"}}}),
+        "kind",
+    ),
+    Case(
+        "bad-scheduler-name",
+        _spec(runPolicy={"schedulingPolicy": {"schedulerName": "Not A Name"}}),
+        "schedulerName",
+    ),
+    Case(
         "bad-toleration-operator",
         _spec(tolerations=[{"key": "a", "operator": "Maybe"}]),
         "operator",

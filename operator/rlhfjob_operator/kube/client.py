@@ -24,7 +24,7 @@ from kubernetes import config as k8s_config
 
 from rlhfjob_operator.spec import GROUP, PLURAL, VERSION
 
-__all__ = ["AlreadyExists", "ApiError", "Conflict", "KubeClient", "NotFound"]
+__all__ = ["AlreadyExists", "ApiError", "Conflict", "KubeClient", "NotFound", "QuotaExceeded"]
 
 _TIMEOUT = (5.0, 30.0)
 COMPONENT = "rlhfjob-operator"
@@ -52,6 +52,14 @@ class Conflict(ApiError):
 
 class AlreadyExists(ApiError):
     pass
+
+
+class QuotaExceeded(ApiError):
+    """A ResourceQuota refused a create (403): retryable, the quota may grow or free up."""
+
+    @property
+    def retryable(self) -> bool:
+        return True
 
 
 def load_configuration(kubeconfig: Path | None = None) -> k8s.Configuration:
@@ -135,6 +143,8 @@ class KubeClient:
             kind = NotFound
         elif resp.status_code == 409:
             kind = AlreadyExists if reason == "AlreadyExists" else Conflict
+        elif resp.status_code == 403 and "exceeded quota" in message:
+            kind = QuotaExceeded
         raise kind(resp.status_code, reason, message)
 
     # -- RLHFJobs -----------------------------------------------------------
@@ -187,6 +197,8 @@ class KubeClient:
             return f"/api/v1/namespaces/{namespace}/{plural}"
         if kind == "NetworkPolicy":
             return f"/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies"
+        if kind == "PodGroup":  # Volcano's or scheduler-plugins': the same plural
+            return f"/apis/{api_version}/namespaces/{namespace}/podgroups"
         raise ValueError(f"no path for {api_version} {kind}")
 
     def create_if_absent(self, obj: dict[str, Any]) -> dict[str, Any] | None:
@@ -218,6 +230,18 @@ class KubeClient:
         """Graceful delete; absent already is fine."""
         with contextlib.suppress(NotFound):
             self.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{name}")
+
+    def lift_gate(self, namespace: str, name: str, gate: str) -> None:
+        """Remove scheduling gate ``gate`` from the pod (a strategic merge patch: other
+        gates stay, an absent gate or pod is fine)."""
+        body = {"spec": {"schedulingGates": [{"$patch": "delete", "name": gate}]}}
+        with contextlib.suppress(NotFound):
+            self.request(
+                "PATCH",
+                f"/api/v1/namespaces/{namespace}/pods/{name}",
+                body=body,
+                content_type="application/strategic-merge-patch+json",
+            )
 
     def post_event(self, obj: Mapping[str, Any], *, type_: str, reason: str, message: str) -> None:
         """A core/v1 Event about ``obj`` (an RLHFJob as read from the API)."""

@@ -7,8 +7,10 @@ observations gives the same answer, so an operator killed at any point resumes
 without duplicating pods.
 
 The gang's life: pods of generation ``status.restartGeneration`` are created
-(create-if-absent; a pod that vanishes before the gang was first Running is
-re-created under the same name). When every pod runs and is ready the job is
+(create-if-absent, gated: kube/gang.py; a pod that vanishes before the gang was
+first Running is re-created under the same name), and once every one of them
+exists their scheduling gates are lifted (those still gated, so a turn that
+lifted some before a crash is finished by the next). When every pod runs and is ready the job is
 Running. The driver pod succeeding makes the job Succeeded (the other pods are
 then deleted).
 
@@ -44,6 +46,7 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 
 from rlhfjob_operator.contract import EXIT_RETRYABLE, Backoff, Final, Retry, next_attempt
+from rlhfjob_operator.kube.gang import gated
 from rlhfjob_operator.kube.status import (
     Pod,
     active_names,
@@ -292,11 +295,12 @@ def _waiting(turn: Turn) -> Decision | None:
 
 def _run_gang(turn: Turn) -> Decision:
     """Create the missing pods of this generation (none is missing once it was Running:
-    :func:`_disrupted`); Created, Running when every pod runs and is ready, back to
-    Created when one goes unready."""
+    :func:`_disrupted`), or lift the gates once none is missing; Created, Running when
+    every pod runs and is ready, back to Created when one goes unready."""
     status, stamp, plan, gen = turn.status, turn.stamp, turn.plan, turn.gen
     wanted = turn.wanted
     create = tuple(n for n in wanted if n not in turn.current)
+    ungate = () if create else tuple(n for n in wanted if gated(turn.current[n]))
     turn.counts(turn.current)
     all_ready = not create and status.ready_replicas == plan.world_size
     if status.phase is None:
@@ -320,7 +324,7 @@ def _run_gang(turn: Turn) -> Decision:
         status.message = msg
         set_condition(status, "Running", False, reason="PodsNotReady", message=msg, now=stamp)
     record_progress(status, turn.current.get(turn.driver_name))
-    return turn.decision(create=create, requeue_after=turn.deadline_left)
+    return turn.decision(create=create, ungate=ungate, requeue_after=turn.deadline_left)
 
 
 # Tried in this order; each returns a Decision when it decides, else None.

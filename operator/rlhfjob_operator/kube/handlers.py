@@ -1,7 +1,8 @@
 """The kopf shell: which events reconcile which job. All decisions live in decisions.py.
 
 - RLHFJob created, resumed (operator start) or its spec changed -> reconcile it.
-- A pod labelled ``rlhf.dev/job`` changed -> reconcile its job.
+- A pod labelled ``rlhf.dev/job`` was added, changed or deleted -> reconcile its
+  job (the last pod of a generation appearing is what lifts the gang's gates).
 - Timers, only while they matter: ``deadline`` (activeDeadlineSeconds set, not
   finished), ``backoff`` (Restarting: create the next gang when the backoff is
   over), ``ttl`` (finished with ttlSecondsAfterFinished: delete the job).

@@ -30,14 +30,17 @@ from typing import Any
 import yaml
 
 from rlhfjob_operator.contract import ENV_JOB_SECRET, ENV_STOP_GRACE, GPU_RESOURCE, WORKER_COMMAND
+from rlhfjob_operator.kube.gang import pod_group_spec, schedule_pod
 from rlhfjob_operator.kube.names import (
     ANNOTATION_MODELS,
+    LABEL_GENERATION,
     LABEL_JOB,
     SECRET_KEY,
     common_labels,
     configmap_name,
     job_selector,
     network_policy_name,
+    pod_group_name,
     pod_labels,
     pod_name,
     secret_name,
@@ -54,6 +57,7 @@ __all__ = [
     "build_gang",
     "build_network_policy",
     "build_pod",
+    "build_pod_group",
     "build_secret",
     "build_service",
     "master_addr",
@@ -172,8 +176,9 @@ def build_pod(job: RLHFJob, plan: JobPlan, worker: Worker, *, generation: int) -
     and map, and never replace them: the spec refuses a user's reserved env name,
     own volume name or mount path, and ``rlhf.dev/*`` or ``app.kubernetes.io``
     label (spec/pod.py), and the operator's labels and annotations are written last
-    regardless. runPolicy.terminationGracePeriodSeconds is read here, so a change
-    to it reaches the pods of the next generation.
+    regardless. runPolicy.terminationGracePeriodSeconds and schedulingPolicy are
+    read here, so a change to them reaches the pods of the next generation. The pod
+    starts gated (kube/gang.py).
     """
     spec = job.spec
     pod = worker.pod
@@ -252,12 +257,33 @@ def build_pod(job: RLHFJob, plan: JobPlan, worker: Worker, *, generation: int) -
     meta = _meta(job, name, pod_labels(job.name, worker, generation=generation))
     meta["labels"] = {**pod.labels, **meta["labels"]}
     meta["annotations"] = {**pod.annotations, ANNOTATION_MODELS: ",".join(worker.models)}
+    schedule_pod(job, pod_spec, meta, generation=generation)
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec}
 
 
 def build_gang(job: RLHFJob, plan: JobPlan, *, generation: int) -> list[dict[str, Any]]:
     """Every pod of ``generation``, driver first."""
     return [build_pod(job, plan, w, generation=generation) for w in plan.workers]
+
+
+def build_pod_group(job: RLHFJob, plan: JobPlan, *, generation: int) -> dict[str, Any] | None:
+    """The PodGroup of ``generation`` (runPolicy.schedulingPolicy.podGroup), or None.
+
+    Old generations' PodGroups stay until the job goes (garbage collection), as
+    their finished pods do.
+    """
+    group = pod_group_spec(job, plan)
+    if group is None:
+        return None
+    api_version, spec = group
+    name = pod_group_name(job.name, generation=generation)
+    labels = {**common_labels(job.name), LABEL_GENERATION: str(generation)}
+    return {
+        "apiVersion": api_version,
+        "kind": "PodGroup",
+        "metadata": _meta(job, name, labels),
+        "spec": spec,
+    }
 
 
 def build_service(job: RLHFJob, plan: JobPlan) -> dict[str, Any]:

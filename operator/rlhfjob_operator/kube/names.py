@@ -19,11 +19,13 @@ __all__ = [
     "LABEL_JOB",
     "LABEL_REPLICA",
     "LABEL_ROLE",
+    "SCHEDULING_GATE",
     "SECRET_KEY",
     "common_labels",
     "configmap_name",
     "job_selector",
     "network_policy_name",
+    "pod_group_name",
     "pod_labels",
     "pod_name",
     "secret_name",
@@ -43,6 +45,8 @@ ANNOTATION_LAST_CHECKPOINT = "rlhf.dev/last-checkpoint"
 ANNOTATION_MODELS = "rlhf.dev/models"
 # The key of the job's rendezvous Secret that holds its token.
 SECRET_KEY = "token"
+# The scheduling gate every pod is created with; lifted once its whole generation exists.
+SCHEDULING_GATE = "rlhf.dev/gang"
 
 
 def service_name(job: str) -> str:
@@ -66,6 +70,11 @@ def secret_name(job: str) -> str:
 def pod_name(job: str, worker: Worker, *, generation: int) -> str:
     """``<job>-driver-g<gen>`` or ``<job>-<role>-<replica>-g<gen>``."""
     return f"{job}-{worker.hostname}-g{generation}"
+
+
+def pod_group_name(job: str, *, generation: int) -> str:
+    """The PodGroup of one restart generation (runPolicy.schedulingPolicy.podGroup)."""
+    return f"{job}-g{generation}"
 
 
 def job_selector(job: str) -> dict[str, str]:

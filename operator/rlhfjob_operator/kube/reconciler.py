@@ -7,7 +7,8 @@ job is never reconciled twice at the same time by this process, and the status
 patch carries the resourceVersion it was computed from, so a second writer
 makes it fail with Conflict rather than overwrite.
 
-Order of effects: status first, then pods, then Events. A crash between any two
+Order of effects: status first, then pods (deleted, created, gates lifted), then
+Events. A crash between any two
 leaves a state from which the next reconciliation reaches the same decision.
 """
 
@@ -28,16 +29,18 @@ from pydantic import ValidationError
 
 from rlhfjob_operator import metrics
 from rlhfjob_operator.contract import Backoff
-from rlhfjob_operator.kube.client import ApiError, Conflict, KubeClient
+from rlhfjob_operator.kube.client import ApiError, Conflict, KubeClient, NotFound
 from rlhfjob_operator.kube.decisions import Decision, decide, invalid_spec
+from rlhfjob_operator.kube.gang import check_min_available
 from rlhfjob_operator.kube.manifests import (
     build_configmap,
     build_gang,
     build_network_policy,
+    build_pod_group,
     build_secret,
     build_service,
 )
-from rlhfjob_operator.kube.names import job_selector
+from rlhfjob_operator.kube.names import SCHEDULING_GATE, job_selector
 from rlhfjob_operator.plan import JobPlan, plan_job
 from rlhfjob_operator.spec import RLHFJob, RLHFJobStatus, format_validation_error
 
@@ -137,6 +140,7 @@ class Reconciler:
         try:
             job = RLHFJob.model_validate(raw)
             plan = plan_job(job)
+            check_min_available(job, plan)
         except (ValidationError, ValueError) as exc:
             text = (
                 format_validation_error(exc, root="")
@@ -174,6 +178,8 @@ class Reconciler:
             self.client.delete_pod(namespace, pod)
         if decision.create and job is not None and plan is not None:
             self._create(job, plan, decision)
+        for pod in decision.ungate:
+            self.client.lift_gate(namespace, pod, SCHEDULING_GATE)
         for event in decision.events:
             try:
                 self.client.post_event(
@@ -196,8 +202,19 @@ class Reconciler:
             build_network_policy(job, plan),
         ):
             self.client.create_if_absent(obj)
+        gen = decision.status.restart_generation
+        group = build_pod_group(job, plan, generation=gen)
+        if group is not None:  # before the pods that name it
+            try:
+                self.client.create_if_absent(group)
+            except NotFound as exc:
+                raise kopf.TemporaryError(
+                    f"{job.namespace}/{job.name}: cannot create its {group['apiVersion']} "
+                    "PodGroup: is that scheduler's PodGroup CRD installed?",
+                    delay=30,
+                ) from exc
         wanted = set(decision.create)
-        gang = build_gang(job, plan, generation=decision.status.restart_generation)
+        gang = build_gang(job, plan, generation=gen)
         missing = [pod for pod in gang if pod["metadata"]["name"] in wanted]
         # Independent POSTs: in parallel, so a wide gang starts about as fast as a narrow one.
         with ThreadPoolExecutor(max_workers=min(_CREATE_THREADS, len(missing) or 1)) as pool:

@@ -38,6 +38,7 @@ class Decision:
     events: tuple[Event, ...] = ()
     create: tuple[str, ...] = ()  # names of pods (current generation) to create
     delete: tuple[str, ...] = ()  # names of pods to delete
+    ungate: tuple[str, ...] = ()  # names of pods (current generation) whose gate to lift
     delete_job: bool = False  # the TTL after finishing has passed
     requeue_after: float | None = None  # look again then, even if nothing changes
 

@@ -12,7 +12,7 @@ gives both the CRD's CEL rule and pydantic's check.
 
 Layers, each importing only those above it: ``rules`` (Rule), ``base`` (names,
 SpecError, base models), ``env``, ``pod``, ``merge``, ``runtime`` (ChatLearn's sections,
-JobConfig), ``status``, ``job`` (RLHFJobSpec, RLHFJob), ``load``.
+JobConfig), ``scheduling``, ``status``, ``job`` (RLHFJobSpec, RLHFJob), ``load``.
 """
 
 from rlhfjob_operator.spec.base import API_VERSION, GROUP, KIND, PLURAL, VERSION, SpecError
@@ -39,6 +39,7 @@ from rlhfjob_operator.spec.pod import (
 )
 from rlhfjob_operator.spec.rules import Rule
 from rlhfjob_operator.spec.runtime import JobConfig, ModelSpec, RuntimeSpec
+from rlhfjob_operator.spec.scheduling import PodGroupKind, PodGroupPolicy, SchedulingPolicy
 from rlhfjob_operator.spec.status import (
     CONDITION_TYPES,
     Condition,
@@ -70,6 +71,8 @@ __all__ = [
     "NameRef",
     "ObjectMeta",
     "Phase",
+    "PodGroupKind",
+    "PodGroupPolicy",
     "PodSettings",
     "RLHFJob",
     "RLHFJobSpec",
@@ -78,6 +81,7 @@ __all__ = [
     "Rule",
     "RunPolicy",
     "RuntimeSpec",
+    "SchedulingPolicy",
     "SpecError",
     "Toleration",
     "Volume",

@@ -21,6 +21,7 @@ from rlhfjob_operator.spec.runtime import (
     ModelSpec,
     RuntimeSpec,
 )
+from rlhfjob_operator.spec.scheduling import SchedulingPolicy
 from rlhfjob_operator.spec.status import RLHFJobStatus
 
 __all__ = [
@@ -152,6 +153,9 @@ class RunPolicy(KubeModel):
         description="Every pod's terminationGracePeriodSeconds (Kubernetes' 30 when unset): "
         "the time a SIGTERMed gang has to write its emergency checkpoint. Applies to the "
         "pods of the next restart generation.",
+    )
+    scheduling_policy: SchedulingPolicy | None = Field(
+        None, description="The gang's scheduler, priority and PodGroup (next generation on)."
     )
 
 

@@ -38,6 +38,7 @@ from rlhfjob_operator.spec import (
     RLHFJobSpec,
     Rule,
     RuntimeSpec,
+    SchedulingPolicy,
     Toleration,
 )
 
@@ -145,6 +146,10 @@ CASES: dict[type[BaseModel], st.SearchStrategy[dict[str, Any]]] = {
     ),
     CheckpointSpec: _optional(
         emptyDir=st.just({}), persistentVolumeClaim=st.just({"claimName": "c"})
+    ),
+    SchedulingPolicy: _optional(
+        minAvailable=st.integers(1, 8),
+        podGroup=st.sampled_from([{"kind": "volcano"}, {"kind": "coscheduling"}]),
     ),
     EnvVar: st.builds(
         lambda rest: {"name": "A", **rest},
