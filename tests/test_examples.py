@@ -48,6 +48,22 @@ def test_example_reward_rises(name: str, episodes: int, tmp_path: Path) -> None:
     assert plot.stat().st_size > 0
 
 
+def test_text_example_reward_rises(tmp_path: Path) -> None:
+    """grpo_arith: a tiny Llama and its BPE tokenizer made and saved by the example, text
+    prompts from its JSONL files, a reward read out of the generated text. Responses end
+    at EOS (their length varies) and the sampled reward rises within 60 episodes."""
+    summaries = load("grpo_arith").main(
+        ["--workdir", str(tmp_path / "work"), "--episodes", "60", "--quiet"]
+    )
+    curve = rewards(summaries)
+    first, last = sum(curve[:3]) / 3, sum(curve[-3:]) / 3
+    assert last > first + 0.1, f"grpo_arith: reward {first:.3f} -> {last:.3f}: {curve}"
+    lengths = [row["policy/response_length"] for row in summaries]
+    assert all(1.0 < n < 4.0 for n in lengths), lengths  # answer tokens and EOS, not 4 always
+    assert (tmp_path / "work" / "model" / "tokenizer.json").is_file()
+    assert "eval/reward" in summaries[-1]
+
+
 def _small_config(name: str, *, episodes: int, checkpoints: Path) -> dict[str, Any]:
     example = load(name)
     report = load("_report")
