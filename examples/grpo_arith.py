@@ -33,9 +33,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from rlhfjob import Engine, Environment, Evaluator, Trainer
-from rlhfjob.algorithms.grpo import GroupPolicyInference, GRPOTrainer, group_advantages
-from rlhfjob.algorithms.ppo import PolicyReference, RewardInference
+from rlhfjob import Engine
+from rlhfjob.algorithms import GRPOEngine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import run_example
@@ -135,29 +134,9 @@ def prepare(workdir: Path, *, warmup_steps: int, seed: int = 0) -> dict[str, Pat
 
 
 def build_engine(config: dict[str, Any], **_: Any) -> Engine:
-    """The GRPO engine over the config: the modules load ``model_path``, the prompts come
-    from ``runtime.data_path`` and ``eval_data_path``."""
-    policy = GroupPolicyInference("policy")
-    reference = PolicyReference("reference")
-    reward = RewardInference("reward")
-    grpo_policy = GRPOTrainer("grpo_policy")
-
-    def env_flow(batch: dict[str, Any]) -> dict[str, Any]:
-        policy_out = policy.forward_step(batch)
-        ref_out = reference.forward_step(policy_out)
-        return reward.forward_step(policy_out, ref_out)
-
-    def trainer_flow(batch: list[dict[str, Any]]) -> None:
-        grpo_policy.train_step(batch)
-
-    def eval_flow(batch: dict[str, Any]) -> dict[str, Any]:
-        return reward.eval_step(policy.eval_step(batch))
-
-    engine = Engine(
-        Environment(env_flow), Trainer(trainer_flow), Evaluator(eval_flow), config=config
-    )
-    engine.set_parameter_sync(grpo_policy, policy)
-    return engine.set_replay_sample_manager(group_advantages)
+    """The ready-made GRPO engine over the config: its modules load ``model_path``, the
+    prompts come from ``runtime.data_path`` and ``eval_data_path``."""
+    return GRPOEngine(config=config)
 
 
 def with_paths(config: dict[str, Any], paths: dict[str, Path], eos: int) -> dict[str, Any]:
