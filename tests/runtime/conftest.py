@@ -9,9 +9,23 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
+from rlhfjob import checkpoint as ckpt
+
 HERE = Path(__file__).resolve().parent
+
+
+def final_models(root: Path) -> dict[str, torch.Tensor]:
+    """Every module's model weights in the latest checkpoint under ``root``, by
+    ``<module>.<parameter>``."""
+    modules, _ = ckpt.load_checkpoint(ckpt.latest_checkpoint(root))
+    return {
+        f"{name}.{key}": value
+        for name, saved in modules.items()
+        for key, value in saved["state"].get("model", {}).items()
+    }
 
 
 def worker_pids(job: str) -> list[int]:

@@ -16,8 +16,7 @@ from typing import Any
 import torch
 import yaml
 
-from conftest import rlhfjob_run
-from rlhfjob import checkpoint as ckpt
+from conftest import final_models, rlhfjob_run
 from rlhfjob_operator.contract import EXIT_PERMANENT
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -41,15 +40,6 @@ def shortened(tmp_path: Path, job: str, where: str) -> Path:
     path = tmp_path / f"{where}.yaml"
     path.write_text(yaml.safe_dump(manifest))
     return path
-
-
-def final_models(root: Path) -> dict[str, torch.Tensor]:
-    modules, _ = ckpt.load_checkpoint(ckpt.latest_checkpoint(root))
-    return {
-        f"{name}.{key}": value
-        for name, saved in modules.items()
-        for key, value in saved["state"].get("model", {}).items()
-    }
 
 
 def test_yaml_only_grpo_equals_the_examples_flows(tmp_path: Path, job_name: str) -> None:

@@ -15,8 +15,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import rlhfjob_run
-from rlhfjob import checkpoint as ckpt
+from conftest import final_models, rlhfjob_run
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -43,15 +42,6 @@ def shortened(name: str, tmp_path: Path, job: str, where: str) -> Path:
     path = tmp_path / f"{where}.yaml"
     path.write_text(yaml.safe_dump(manifest))
     return path
-
-
-def final_models(root: Path) -> dict[str, torch.Tensor]:
-    modules, _ = ckpt.load_checkpoint(ckpt.latest_checkpoint(root))
-    return {
-        f"{name}.{key}": value
-        for name, saved in modules.items()
-        for key, value in saved["state"].get("model", {}).items()
-    }
 
 
 @pytest.mark.parametrize("name", ["ppo_sort", "grpo_sort"])

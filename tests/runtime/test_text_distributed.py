@@ -15,8 +15,7 @@ pytest.importorskip("datasets")
 
 from textmodels import save_text_model
 
-from conftest import rlhfjob_run, write_job
-from rlhfjob import checkpoint as ckpt
+from conftest import final_models, rlhfjob_run, write_job
 from rlhfjob_operator.spec import JobConfig
 
 ROWS = [
@@ -53,15 +52,6 @@ def job(tmp_path: Path, where: str) -> tuple[dict, dict]:
         "grpo_policy": {"trainable": True, "args": {**model, "lr": 1e-2}},
     }
     return runtime, models
-
-
-def final_models(root: Path) -> dict[str, torch.Tensor]:
-    modules, _ = ckpt.load_checkpoint(ckpt.latest_checkpoint(root))
-    return {
-        f"{name}.{key}": value
-        for name, saved in modules.items()
-        for key, value in saved["state"].get("model", {}).items()
-    }
 
 
 def test_a_text_job_runs_distributed_as_in_process(tmp_path: Path, job_name: str) -> None:
