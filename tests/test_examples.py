@@ -13,6 +13,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from same import assert_same
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -90,21 +91,6 @@ def _final_state(name: str, config: dict[str, Any]) -> dict[str, Any]:
     return {m.name: m.state_dict() for m in engine.modules}
 
 
-def _assert_same(a: Any, b: Any, where: str) -> None:
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for key in a:
-            _assert_same(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _assert_same(x, y, f"{where}[{i}]")
-    elif hasattr(a, "shape"):
-        assert a.dtype == b.dtype and a.shape == b.shape and bool((a == b).all()), where
-    else:
-        assert a == b, where
-
-
 @pytest.mark.parametrize("name", ["ppo_sort", "grpo_sort"])
 def test_example_resumes_bitwise(name: str, tmp_path: Path) -> None:
     """4 episodes straight == 2 episodes, then a fresh engine resumed to 4: every
@@ -112,4 +98,4 @@ def test_example_resumes_bitwise(name: str, tmp_path: Path) -> None:
     straight = _final_state(name, _small_config(name, episodes=4, checkpoints=tmp_path / "a"))
     _final_state(name, _small_config(name, episodes=2, checkpoints=tmp_path / "b"))
     resumed = _final_state(name, _small_config(name, episodes=4, checkpoints=tmp_path / "b"))
-    _assert_same(straight, resumed, name)
+    assert_same(straight, resumed, name)

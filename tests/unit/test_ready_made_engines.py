@@ -16,6 +16,7 @@ from typing import Any, get_args
 
 import pytest
 import torch
+from same import assert_same
 
 from rlhfjob import context
 from rlhfjob.algorithms import GRPOEngine, PPOEngine, RLHFEngine
@@ -72,21 +73,6 @@ def _outcome(engine: Any) -> tuple[dict[str, Any], list[tuple[Any, Any]]]:
     return states, curve
 
 
-def _assert_same(a: Any, b: Any, where: str) -> None:
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for key in a:
-            _assert_same(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _assert_same(x, y, f"{where}[{i}]")
-    elif isinstance(a, torch.Tensor):
-        assert a.dtype == b.dtype and torch.equal(a, b), where
-    else:
-        assert a == b, where
-
-
 @pytest.mark.parametrize(
     ("example", "engine_class"), [("grpo_sort", GRPOEngine), ("ppo_sort", PPOEngine)]
 )
@@ -100,8 +86,8 @@ def test_engine_ends_on_the_examples_weights(example: str, engine_class: type) -
     assert ready.evaluator is not None and ready.task is not None
     states, curve = _outcome(ready)
     assert len(curve) == 2 and all(evaluated is not None for _, evaluated in curve)
-    _assert_same(hand_curve, curve, example)
-    _assert_same(hand_states, states, example)
+    assert_same(hand_curve, curve, example)
+    assert_same(hand_states, states, example)
 
 
 def test_chatlearn_form_takes_the_modules_in() -> None:
@@ -128,7 +114,7 @@ def test_chatlearn_form_takes_the_modules_in() -> None:
     assert len(engine.learn(progress=False)) == 1
     actor, trainer = modules[0], modules[4]
     assert actor.model is not None and trainer.model is not None
-    _assert_same(actor.model.state_dict(), trainer.model.state_dict(), "synced")
+    assert_same(actor.model.state_dict(), trainer.model.state_dict(), "synced")
 
 
 def test_an_eval_dataset_given_is_the_evaluators() -> None:
