@@ -231,6 +231,16 @@ class KubeClient:
         with contextlib.suppress(NotFound):
             self.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{name}")
 
+    def annotate_pod(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
+        """Merge ``annotations`` into the pod's (a pod being deleted too; absent is fine)."""
+        with contextlib.suppress(NotFound):
+            self.request(
+                "PATCH",
+                f"/api/v1/namespaces/{namespace}/pods/{name}",
+                body={"metadata": {"annotations": annotations}},
+                content_type="application/merge-patch+json",
+            )
+
     def lift_gate(self, namespace: str, name: str, gate: str) -> None:
         """Remove scheduling gate ``gate`` from the pod (a strategic merge patch: other
         gates stay, an absent gate or pod is fine)."""

@@ -34,7 +34,9 @@ once, one that exits :data:`~rlhfjob_operator.contract.EXIT_DISRUPTED` (the
 driver does, after an emergency checkpoint) restarts it at once uncounted (the
 contract's :func:`~rlhfjob_operator.contract.next_attempt` decides). A new
 generation is only created once every pod of older ones is gone (the new
-driver reuses the old one's DNS name). ``suspend`` deletes the pods and keeps
+driver reuses the old one's DNS name). A job with a Kueue queue waits, gated, for
+Kueue's admission of each generation (kube/kueue.py); the pods of a generation it
+leaves are marked so Kueue frees their quota. ``suspend`` deletes the pods and keeps
 the status; resuming starts a new generation and restarts the
 ``activeDeadlineSeconds`` clock. Succeeded and Failed are final; the TTL then
 deletes the job.
@@ -42,11 +44,13 @@ deletes the job.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Callable, Sequence
 
 from rlhfjob_operator.contract import EXIT_RETRYABLE, Backoff, Final, Retry, next_attempt
 from rlhfjob_operator.kube.gang import gated
+from rlhfjob_operator.kube.kueue import awaiting_admission, queue_name, to_retire
 from rlhfjob_operator.kube.status import (
     Pod,
     active_names,
@@ -115,8 +119,20 @@ def decide(
     for phase in _PHASES:
         decision = phase(turn)
         if decision is not None:
-            return decision
-    return _run_gang(turn)
+            return _retired(decision, pods)
+    return _retired(_run_gang(turn), pods)
+
+
+def _retired(decision: Decision, pods: Sequence[Pod]) -> Decision:
+    """``decision`` with the Kueue pod-group members to mark unretriable
+    (kube/kueue.py): a generation the job left, or a job over or suspended, frees its
+    quota."""
+    status = decision.status
+    over = status.phase in FINAL or status.phase == "Suspended"
+    retire = to_retire(
+        pods, generation=status.restart_generation, over=over, delete=decision.delete
+    )
+    return dataclasses.replace(decision, retire=retire) if retire else decision
 
 
 def _finished(turn: Turn) -> Decision | None:
@@ -323,6 +339,9 @@ def _run_gang(turn: Turn) -> Decision:
         status.phase = "Created"
         status.message = msg
         set_condition(status, "Running", False, reason="PodsNotReady", message=msg, now=stamp)
+    queue = queue_name(turn.job)
+    if not create and queue is not None and awaiting_admission(turn.current.values()):
+        status.message = f"waiting for Kueue to admit the gang (queue {queue})"
     record_progress(status, turn.current.get(turn.driver_name))
     return turn.decision(create=create, ungate=ungate, requeue_after=turn.deadline_left)
 

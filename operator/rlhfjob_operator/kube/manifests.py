@@ -31,6 +31,7 @@ import yaml
 
 from rlhfjob_operator.contract import ENV_JOB_SECRET, ENV_STOP_GRACE, GPU_RESOURCE, WORKER_COMMAND
 from rlhfjob_operator.kube.gang import pod_group_spec, schedule_pod
+from rlhfjob_operator.kube.kueue import label_pod
 from rlhfjob_operator.kube.names import (
     ANNOTATION_MODELS,
     LABEL_GENERATION,
@@ -178,7 +179,8 @@ def build_pod(job: RLHFJob, plan: JobPlan, worker: Worker, *, generation: int) -
     label (spec/pod.py), and the operator's labels and annotations are written last
     regardless. runPolicy.terminationGracePeriodSeconds and schedulingPolicy are
     read here, so a change to them reaches the pods of the next generation. The pod
-    starts gated (kube/gang.py).
+    starts gated (kube/gang.py) and, for a job with a Kueue queue, joins the
+    generation's pod group (kube/kueue.py).
     """
     spec = job.spec
     pod = worker.pod
@@ -258,6 +260,7 @@ def build_pod(job: RLHFJob, plan: JobPlan, worker: Worker, *, generation: int) -
     meta["labels"] = {**pod.labels, **meta["labels"]}
     meta["annotations"] = {**pod.annotations, ANNOTATION_MODELS: ",".join(worker.models)}
     schedule_pod(job, pod_spec, meta, generation=generation)
+    label_pod(job, plan, meta, generation=generation)
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec}
 
 

@@ -7,8 +7,8 @@ job is never reconciled twice at the same time by this process, and the status
 patch carries the resourceVersion it was computed from, so a second writer
 makes it fail with Conflict rather than overwrite.
 
-Order of effects: status first, then pods (deleted, created, gates lifted), then
-Events. A crash between any two
+Order of effects: status first, then pods (marked unretriable for Kueue, deleted,
+created, gates lifted), then Events. A crash between any two
 leaves a state from which the next reconciliation reaches the same decision.
 """
 
@@ -32,6 +32,7 @@ from rlhfjob_operator.contract import Backoff
 from rlhfjob_operator.kube.client import ApiError, Conflict, KubeClient, NotFound
 from rlhfjob_operator.kube.decisions import Decision, decide, invalid_spec
 from rlhfjob_operator.kube.gang import check_min_available
+from rlhfjob_operator.kube.kueue import RETRIABLE_ANNOTATION
 from rlhfjob_operator.kube.manifests import (
     build_configmap,
     build_gang,
@@ -174,6 +175,8 @@ class Reconciler:
         if decision.status.restarts > int(old.get("restarts") or 0):
             metrics.GANG_RESTARTS.inc(decision.status.restarts - int(old.get("restarts") or 0))
         self.phases.set(namespace, name, decision.status.phase)
+        for pod in decision.retire:
+            self.client.annotate_pod(namespace, pod, {RETRIABLE_ANNOTATION: "false"})
         for pod in decision.delete:
             self.client.delete_pod(namespace, pod)
         if decision.create and job is not None and plan is not None:

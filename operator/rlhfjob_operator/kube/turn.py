@@ -39,6 +39,7 @@ class Decision:
     create: tuple[str, ...] = ()  # names of pods (current generation) to create
     delete: tuple[str, ...] = ()  # names of pods to delete
     ungate: tuple[str, ...] = ()  # names of pods (current generation) whose gate to lift
+    retire: tuple[str, ...] = ()  # names of pods to mark unretriable for Kueue, first
     delete_job: bool = False  # the TTL after finishing has passed
     requeue_after: float | None = None  # look again then, even if nothing changes
 
