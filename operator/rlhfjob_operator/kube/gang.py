@@ -52,10 +52,11 @@ POD_GROUP_ANNOTATION = "scheduling.k8s.io/group-name"
 POD_GROUP_LABEL = "scheduling.x-k8s.io/pod-group"
 
 
-def gated(pod: Pod) -> bool:
-    """Whether the pod still carries the operator's gate (a pod without a spec: no)."""
+def gated(pod: Pod, gate: str = SCHEDULING_GATE) -> bool:
+    """Whether the pod still carries ``gate``, by default the operator's (a pod without
+    a spec: no)."""
     gates = (pod.get("spec") or {}).get("schedulingGates") or []
-    return any(g.get("name") == SCHEDULING_GATE for g in gates)
+    return any(g.get("name") == gate for g in gates)
 
 
 def min_member(job: RLHFJob, plan: JobPlan) -> int:

@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from rlhfjob_operator.kube.gang import gated
 from rlhfjob_operator.kube.names import pod_group_name
 from rlhfjob_operator.kube.status import Pod, pod_generation
 from rlhfjob_operator.plan import JobPlan
@@ -75,11 +76,7 @@ def label_pod(job: RLHFJob, plan: JobPlan, meta: dict[str, Any], *, generation: 
 
 def awaiting_admission(pods: Iterable[Pod]) -> bool:
     """Whether any of ``pods`` still carries Kueue's admission gate."""
-    for pod in pods:
-        gates = (pod.get("spec") or {}).get("schedulingGates") or []
-        if any(g.get("name") == ADMISSION_GATE for g in gates):
-            return True
-    return False
+    return any(gated(pod, ADMISSION_GATE) for pod in pods)
 
 
 def to_retire(

@@ -4,6 +4,7 @@ unretriable so Kueue frees its quota (pure, no server: kube/kueue.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from test_gang_decisions import Sim
@@ -40,11 +41,15 @@ def kueue_gates(sim: Sim) -> None:
         pod["spec"]["schedulingGates"].append({"name": ADMISSION_GATE})
 
 
+def lift(sim: Sim, gate: str, names: Iterable[str]) -> None:
+    for name in names:
+        gates = sim.pods[name]["spec"]["schedulingGates"]
+        sim.pods[name]["spec"]["schedulingGates"] = [g for g in gates if g["name"] != gate]
+
+
 def admit(sim: Sim) -> None:
     """What Kueue does on admission: its gate lifted (the operator lifts its own)."""
-    for pod in sim.pods.values():
-        gates = pod["spec"]["schedulingGates"]
-        pod["spec"]["schedulingGates"] = [g for g in gates if g["name"] != ADMISSION_GATE]
+    lift(sim, ADMISSION_GATE, sim.pods)
 
 
 def annotate(sim: Sim, names: tuple[str, ...]) -> None:
@@ -53,11 +58,7 @@ def annotate(sim: Sim, names: tuple[str, ...]) -> None:
 
 
 def lift_own_gates(sim: Sim, names: tuple[str, ...]) -> None:
-    for name in names:
-        gates = sim.pods[name]["spec"]["schedulingGates"]
-        sim.pods[name]["spec"]["schedulingGates"] = [
-            g for g in gates if g["name"] != SCHEDULING_GATE
-        ]
+    lift(sim, SCHEDULING_GATE, names)
 
 
 def running(sim: Sim) -> None:
