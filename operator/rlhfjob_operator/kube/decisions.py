@@ -28,11 +28,13 @@ generation then resumes from the final checkpoint and ends at once.
 
 Any pod of the gang failing deletes the whole gang; after a backoff of
 ``base * 2**(restarts-1)`` seconds (capped), the next generation is created,
-until ``runPolicy.backoffLimit`` restarts are spent: then Failed. A pod that
-exits with :data:`~rlhfjob_operator.contract.EXIT_PERMANENT` fails the job at
-once, one that exits :data:`~rlhfjob_operator.contract.EXIT_DISRUPTED` (the
-driver does, after an emergency checkpoint) restarts it at once uncounted (the
-contract's :func:`~rlhfjob_operator.contract.next_attempt` decides). A new
+until ``runPolicy.backoffLimit`` restarts are spent: then Failed. The root cause
+speaks for a generation where several failed (kube/rootcause.py: any exit
+:data:`~rlhfjob_operator.contract.EXIT_PERMANENT` fails the job at once, else the
+earliest-finished failure that is not a 75); an exit
+:data:`~rlhfjob_operator.contract.EXIT_DISRUPTED` (the driver's, after an emergency
+checkpoint) restarts it at once uncounted (:func:`~rlhfjob_operator.contract.next_attempt`).
+Counted restarts are ``status.restarts``, uncounted ones ``status.disruptions``. A new
 generation is only created once every pod of older ones is gone (the new
 driver reuses the old one's DNS name). A job with a Kueue queue waits, gated, for
 Kueue's admission of each generation (kube/kueue.py); the pods of a generation it
@@ -51,6 +53,7 @@ from collections.abc import Callable, Sequence
 from rlhfjob_operator.contract import EXIT_RETRYABLE, Backoff, Final, Retry, next_attempt
 from rlhfjob_operator.kube.gang import gated
 from rlhfjob_operator.kube.kueue import awaiting_admission, queue_name, to_retire
+from rlhfjob_operator.kube.rootcause import root_cause
 from rlhfjob_operator.kube.status import (
     Pod,
     active_names,
@@ -224,16 +227,13 @@ def _disrupted(turn: Turn) -> Decision | None:
 
 
 def _pod_failed(turn: Turn) -> Decision | None:
-    """A pod of this generation failed (the first by name speaks): the gang goes, and
-    :func:`~rlhfjob_operator.contract.next_attempt` says Failed or when to restart."""
-    failed = sorted(
-        (p for p in turn.current.values() if pod_phase(p) == "Failed"),
-        key=lambda p: p["metadata"]["name"],
-    )
-    if not failed:
+    """A pod of this generation failed (its root cause speaks: kube/rootcause.py): the
+    gang goes, and :func:`~rlhfjob_operator.contract.next_attempt` says Failed or when
+    to restart."""
+    pod = root_cause(p for p in turn.current.values() if pod_phase(p) == "Failed")
+    if pod is None:
         return None
     status, policy = turn.status, turn.job.spec.run_policy
-    pod = failed[0]
     code, why = failed_exit(pod)
     name = pod["metadata"]["name"]
     what = f"pod {name} failed" + (
