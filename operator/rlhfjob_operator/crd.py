@@ -166,6 +166,11 @@ def build_crd() -> dict[str, Any]:
                         {"name": "Reward", "type": "number", "jsonPath": ".status.reward"},
                         {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts"},
                         {
+                            "name": "Disruptions",
+                            "type": "integer",
+                            "jsonPath": ".status.disruptions",
+                        },
+                        {
                             "name": "Age",
                             "type": "date",
                             "jsonPath": ".metadata.creationTimestamp",

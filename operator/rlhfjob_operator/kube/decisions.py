@@ -67,7 +67,7 @@ from rlhfjob_operator.kube.status import (
     set_condition,
     terminating,
 )
-from rlhfjob_operator.kube.turn import FINAL, Decision, Event, Turn, finish, soonest
+from rlhfjob_operator.kube.turn import FINAL, Decision, Event, Turn, invalid_spec, soonest
 from rlhfjob_operator.plan import JobPlan
 from rlhfjob_operator.restarts import restart_origin_on_kubernetes
 from rlhfjob_operator.spec import RLHFJob, RLHFJobStatus
@@ -81,17 +81,6 @@ __all__ = [
     "invalid_spec",
     "parse_time",
 ]
-
-
-def invalid_spec(job_status: RLHFJobStatus | None, message: str, *, now: dt.datetime) -> Decision:
-    """A spec the API server let through but pydantic or the planner refuses: Failed."""
-    status = (job_status or RLHFJobStatus()).model_copy(deep=True)
-    if status.phase in FINAL:
-        return Decision(status=status)
-    event = finish(
-        status, succeeded=False, reason="InvalidSpec", message=message, now=format_time(now)
-    )
-    return Decision(status=status, events=(event,))
 
 
 def decide(
@@ -172,15 +161,20 @@ def _suspended(turn: Turn) -> Decision | None:
 
 def _started(turn: Turn) -> None:
     """Never decides: a suspended job resumed starts a new generation (every pod it
-    sees is stale) and its deadline clock again; a new job's clock starts now."""
+    sees is stale) and its deadline clock again; a new job's clock starts now. A job
+    created suspended that never started (no start time) starts as a new job does, in
+    generation 0 (its first unsuspend is no restart: Kueue's admission is one)."""
     status, stamp = turn.status, turn.stamp
     if status.phase == "Suspended":
-        status.restart_generation += 1
-        turn.current, turn.stale = {}, list(turn.pods)
+        started = status.start_time is not None
+        if started:
+            status.restart_generation += 1
+            turn.current, turn.stale = {}, list(turn.pods)
         status.start_time = stamp
-        msg = f"runPolicy.suspend is false: re-creating the pods (generation {turn.gen})"
+        what = "re-creating" if started else "creating"
+        msg = f"runPolicy.suspend is false: {what} the pods (generation {turn.gen})"
         set_condition(status, "Suspended", False, reason="Resumed", message=msg, now=stamp)
-        status.phase = "Created"
+        status.phase = "Created" if started else None
         turn.events.append(Event("Normal", "Resumed", msg))
     if status.start_time is None:
         status.start_time = stamp
@@ -259,6 +253,7 @@ def _restart(turn: Turn, what: str, attempt: Retry) -> Decision:
     status, stamp, policy = turn.status, turn.stamp, turn.job.spec.run_policy
     to_delete = _all_active(turn)
     status.restarts += attempt.counted
+    status.disruptions += not attempt.counted
     status.restart_generation += 1
     delay = attempt.delay
     status.next_restart_time = format_time(turn.now + dt.timedelta(seconds=delay))
@@ -351,8 +346,8 @@ _PHASES: tuple[Callable[[Turn], Decision | None], ...] = (
     _finished,
     _suspended,
     _started,
+    _driver_succeeded,  # before the deadline: a driver that made it in time succeeded
     _past_deadline,
-    _driver_succeeded,
     _disrupted,
     _pod_failed,
     _waiting,

@@ -18,7 +18,7 @@ from rlhfjob_operator.kube.status import Pod, format_time, parse_time, record_co
 from rlhfjob_operator.plan import JobPlan
 from rlhfjob_operator.spec import ConditionType, RLHFJob, RLHFJobStatus
 
-__all__ = ["FINAL", "Decision", "Event", "Turn", "finish", "soonest"]
+__all__ = ["FINAL", "Decision", "Event", "Turn", "finish", "invalid_spec", "soonest"]
 
 FINAL = ("Succeeded", "Failed")
 
@@ -62,6 +62,18 @@ def finish(
     for other in others:
         set_condition(status, other, False, reason=reason, message=message, now=now)
     return Event("Normal" if succeeded else "Warning", reason, message)
+
+
+def invalid_spec(job_status: RLHFJobStatus | None, message: str, *, now: dt.datetime) -> Decision:
+    """A spec the API server let through but pydantic or the planner refuses: Failed
+    (once: a job already final keeps its status)."""
+    status = (job_status or RLHFJobStatus()).model_copy(deep=True)
+    if status.phase in FINAL:
+        return Decision(status=status)
+    event = finish(
+        status, succeeded=False, reason="InvalidSpec", message=message, now=format_time(now)
+    )
+    return Decision(status=status, events=(event,))
 
 
 @dataclass

@@ -60,7 +60,15 @@ class RLHFJobStatus(KubeModel):
     )
     num_episode: int | None = Field(None, ge=0)
     last_checkpoint: str | None = Field(None, description="Path or episode of the last checkpoint.")
-    restarts: int = Field(0, ge=0, description="Gang restarts after a failure.")
+    restarts: int = Field(
+        0, ge=0, description="Gang restarts after a failure (counted against backoffLimit)."
+    )
+    disruptions: int = Field(
+        0,
+        ge=0,
+        description="Gang restarts after a disruption (eviction, preemption, drain, exit 79): "
+        "not counted against backoffLimit.",
+    )
     restart_generation: int = Field(
         0, ge=0, description="Incremented whenever the gang is re-created (restart, resume)."
     )

@@ -91,6 +91,7 @@ def test_versions_columns_and_status_subresource() -> None:
         "Episode": ".status.episode",
         "Reward": ".status.reward",
         "Restarts": ".status.restarts",
+        "Disruptions": ".status.disruptions",
         "Age": ".metadata.creationTimestamp",
     }
 

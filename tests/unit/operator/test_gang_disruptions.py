@@ -72,6 +72,20 @@ def test_an_evicted_pod_restarts_the_whole_gang_at_once_uncounted() -> None:
     assert_next_generation_starts_once_the_old_is_gone(sim)
 
 
+def test_disruptions_are_counted_apart_from_restarts() -> None:
+    sim = running(backoffLimit=3)
+    evict(sim, "job-policy-0-g0")
+    sim.step(1)
+    assert (sim.status.restarts, sim.status.disruptions) == (0, 1)
+    sim.gone()
+    sim.step(0)
+    sim.run_all()
+    sim.step(1)
+    sim.finish("job-policy-0-g1", EXIT_RETRYABLE)
+    sim.step(1)
+    assert (sim.status.restarts, sim.status.disruptions) == (1, 1)
+
+
 def test_an_evicted_driver_is_not_a_success_when_the_workers_exit_0() -> None:
     """The driver stops with an emergency checkpoint and its workers end with 0; its pod
     goes without a terminal phase (or Failed with 79): the job goes on."""
