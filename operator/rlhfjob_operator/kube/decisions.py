@@ -312,6 +312,9 @@ def _run_gang(turn: Turn) -> Decision:
     wanted = turn.wanted
     create = tuple(n for n in wanted if n not in turn.current)
     ungate = () if create else tuple(n for n in wanted if gated(turn.current[n]))
+    if not create:  # every pod exists: a refusal the reconciler recorded is over
+        msg = f"all {len(wanted)} pods exist (generation {gen})"
+        set_condition(status, "FailedCreate", False, reason="PodsCreated", message=msg, now=stamp)
     turn.counts(turn.current)
     all_ready = not create and status.ready_replicas == plan.world_size
     if status.phase is None:

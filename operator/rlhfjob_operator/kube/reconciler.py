@@ -10,6 +10,13 @@ makes it fail with Conflict rather than overwrite.
 Order of effects: status first, then pods (marked unretriable for Kueue, deleted,
 created, gates lifted), then Events. A crash between any two
 leaves a state from which the next reconciliation reaches the same decision.
+
+A create the API server refuses for good reason but perhaps not for ever (403: a
+ResourceQuota, an admission policy; 422: a webhook's or the API's validation) sets the
+job's ``FailedCreate`` condition, posts a Warning Event, and reconciles the job again
+after the backoff (``base * 2**(n-1)``, capped, ``n`` the refusals in a row), as the
+Job controller does: nothing is raised, so no kopf timer or handler stops. The pure
+core clears the condition once every pod of the generation exists.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from rlhfjob_operator.kube.manifests import (
     build_service,
 )
 from rlhfjob_operator.kube.names import SCHEDULING_GATE, job_selector
+from rlhfjob_operator.kube.status import format_time, set_condition
 from rlhfjob_operator.plan import JobPlan, plan_job
 from rlhfjob_operator.spec import RLHFJob, RLHFJobStatus, format_validation_error
 
@@ -50,6 +58,7 @@ __all__ = ["Reconciler"]
 log = logging.getLogger("rlhfjob_operator")
 _CONFLICT_RETRIES = 5
 _CREATE_THREADS = 8
+_REFUSED = (403, 422)  # a create refused: retried with backoff, not a PermanentError
 
 
 @dataclass
@@ -73,6 +82,8 @@ class Reconciler:
         self.phases = metrics.JobPhases()
         self._guard = threading.Lock()
         self._slots: dict[tuple[str, str], _Slot] = {}
+        self._refusals: dict[tuple[str, str], int] = {}  # creates refused in a row
+        self._retries: dict[tuple[str, str], threading.Timer] = {}
 
     def request(self, namespace: str, name: str, *, trigger: str) -> None:
         """Reconcile the job now, or have the reconciliation already running go round
@@ -101,6 +112,10 @@ class Reconciler:
         self.phases.forget(namespace, name)
         with self._guard:
             self._slots.pop((namespace, name), None)
+            self._refusals.pop((namespace, name), None)
+            retry = self._retries.pop((namespace, name), None)
+        if retry is not None:
+            retry.cancel()
 
     def _timed(self, namespace: str, name: str, *, trigger: str) -> None:
         metrics.RECONCILES.labels(trigger=trigger).inc()
@@ -180,7 +195,15 @@ class Reconciler:
         for pod in decision.delete:
             self.client.delete_pod(namespace, pod)
         if decision.create and job is not None and plan is not None:
-            self._create(job, plan, decision)
+            try:
+                self._create(job, plan, decision)
+            except ApiError as exc:
+                if exc.status not in _REFUSED:
+                    raise
+                self._refused(job, exc)  # nothing to ungate: this turn had pods to create
+            else:
+                with self._guard:
+                    self._refusals.pop((namespace, name), None)
         for pod in decision.ungate:
             self.client.lift_gate(namespace, pod, SCHEDULING_GATE)
         for event in decision.events:
@@ -227,6 +250,47 @@ class Reconciler:
                     metrics.PODS_CREATED.inc()
                     continue
                 self._check_owner(job, pod["metadata"]["name"])
+
+    def _refused(self, job: RLHFJob, exc: ApiError) -> None:
+        """Record a refused create (``FailedCreate`` condition, Warning Event) and
+        reconcile the job again after the backoff (see the module's docstring)."""
+        key = (job.namespace, job.name)
+        with self._guard:
+            refusals = self._refusals[key] = self._refusals.get(key, 0) + 1
+        delay = max(1.0, self.backoff.delay(refusals))
+        msg = f"{exc.message}; retrying in {delay:g}s (refusal {refusals} in a row)"
+        log.warning("%s/%s: %s", job.namespace, job.name, msg)
+        raw = self.client.get_job(job.namespace, job.name)
+        if raw is not None and raw["metadata"].get("uid") == job.metadata.uid:
+            status = _status_of(raw) or RLHFJobStatus()
+            reason = exc.reason or f"Status{exc.status}"
+            now = format_time(self.clock())
+            set_condition(status, "FailedCreate", True, reason=reason, message=msg, now=now)
+            try:
+                self.client.patch_job_status(
+                    job.namespace,
+                    job.name,
+                    status.model_dump(mode="json", by_alias=True),
+                    resource_version=raw["metadata"]["resourceVersion"],
+                )
+                self.client.post_event(raw, type_="Warning", reason="FailedCreate", message=msg)
+            except ApiError as again:  # the retry records it again
+                log.warning("%s/%s: FailedCreate not recorded: %s", *key, again)
+        retry = threading.Timer(delay, self._retry, args=key)
+        retry.daemon = True
+        with self._guard:
+            old, self._retries[key] = self._retries.get(key), retry
+        if old is not None:
+            old.cancel()
+        retry.start()
+
+    def _retry(self, namespace: str, name: str) -> None:
+        with self._guard:
+            self._retries.pop((namespace, name), None)
+        try:
+            self.request(namespace, name, trigger="retry")
+        except Exception:  # no kopf handler above this thread: say it here
+            log.exception("%s/%s: reconciling again after a refused create", namespace, name)
 
     def _check_owner(self, job: RLHFJob, pod: str) -> None:
         """A pod of our name already exists: ours (an earlier run made it) or a stranger's."""

@@ -12,8 +12,12 @@ from rlhfjob_operator.spec.base import KubeModel
 __all__ = ["CONDITION_TYPES", "Condition", "ConditionType", "ModelStatus", "Phase", "RLHFJobStatus"]
 
 Phase = Literal["Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed"]
-ConditionType = Phase
-CONDITION_TYPES: tuple[ConditionType, ...] = (
+# Each phase's condition, and FailedCreate: the API server refused to create one of the
+# job's objects (a quota, an admission policy: 403/422); the operator retries with backoff.
+ConditionType = Literal[
+    "Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed", "FailedCreate"
+]
+CONDITION_TYPES: tuple[Phase, ...] = (  # the phases, as metrics count jobs
     "Created",
     "Running",
     "Restarting",
