@@ -60,6 +60,7 @@ from rlhfjob_operator.kube.status import (
     disruption,
     failed_exit,
     format_time,
+    of_another_job,
     parse_time,
     pod_generation,
     pod_phase,
@@ -93,7 +94,9 @@ def decide(
 ) -> Decision:
     """What to do next for ``job``, given every pod labelled as its own: the phases of
     :data:`_PHASES` are tried in order, the first that decides answers; a job none of
-    them stops runs its gang (:func:`_run_gang`)."""
+    them stops runs its gang (:func:`_run_gang`). Pods of an earlier job of the same
+    name (:func:`~.status.of_another_job`) are not looked at."""
+    pods = [p for p in pods if not of_another_job(p, job.metadata.uid)]
     status = (job.status or RLHFJobStatus()).model_copy(deep=True)
     status.observed_generation = job.metadata.generation
     status.num_episode = job.spec.runtime.num_episode

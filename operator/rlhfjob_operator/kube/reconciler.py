@@ -17,6 +17,11 @@ job's ``FailedCreate`` condition, posts a Warning Event, and reconciles the job 
 after the backoff (``base * 2**(n-1)``, capped, ``n`` the refusals in a row), as the
 Job controller does: nothing is raised, so no kopf timer or handler stops. The pure
 core clears the condition once every pod of the generation exists.
+
+Identity is the job's uid, not its name: an object of the job's name that an earlier
+job of that name controls (deleted, not yet garbage-collected) is never adopted. The
+pure core ignores such pods; an AlreadyExists on one of them, or on that job's
+ConfigMap or Secret, creates no pod this turn and reconciles again a second later.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ from rlhfjob_operator.kube.manifests import (
     build_service,
 )
 from rlhfjob_operator.kube.names import SCHEDULING_GATE, job_selector
-from rlhfjob_operator.kube.status import format_time, set_condition
+from rlhfjob_operator.kube.status import format_time, of_another_job, set_condition
 from rlhfjob_operator.plan import JobPlan, plan_job
 from rlhfjob_operator.spec import RLHFJob, RLHFJobStatus, format_validation_error
 
@@ -227,7 +232,8 @@ class Reconciler:
             build_service(job, plan),
             build_network_policy(job, plan),
         ):
-            self.client.create_if_absent(obj)
+            if self.client.create_if_absent(obj) is None and self._old_jobs(job, obj):
+                return  # the pods would read the old job's objects: none until they go
         gen = decision.status.restart_generation
         group = build_pod_group(job, plan, generation=gen)
         if group is not None:  # before the pods that name it
@@ -248,8 +254,23 @@ class Reconciler:
             for pod, created in zip(missing, results, strict=True):
                 if created is not None:
                     metrics.PODS_CREATED.inc()
-                    continue
-                self._check_owner(job, pod["metadata"]["name"])
+                elif not self._old_jobs(job, pod):
+                    self._check_owner(job, pod["metadata"]["name"])
+
+    def _old_jobs(self, job: RLHFJob, obj: dict[str, Any]) -> bool:
+        """``obj``'s name exists (AlreadyExists): True when the one there belongs to an
+        earlier job of this name (deleted, its objects not yet collected), which is
+        never adopted: the job is reconciled again in a second, when they may be gone."""
+        meta = obj["metadata"]
+        existing = self.client.get(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
+        if existing is None or not of_another_job(existing, job.metadata.uid):
+            return False
+        log.info(
+            "%s/%s: %s %s is an earlier job's, not yet garbage-collected; looking again in 1s",
+            job.namespace, job.name, obj["kind"], meta["name"],
+        )  # fmt: skip
+        self._again(job.namespace, job.name, 1.0)
+        return True
 
     def _refused(self, job: RLHFJob, exc: ApiError) -> None:
         """Record a refused create (``FailedCreate`` condition, Warning Event) and
@@ -276,10 +297,14 @@ class Reconciler:
                 self.client.post_event(raw, type_="Warning", reason="FailedCreate", message=msg)
             except ApiError as again:  # the retry records it again
                 log.warning("%s/%s: FailedCreate not recorded: %s", *key, again)
-        retry = threading.Timer(delay, self._retry, args=key)
+        self._again(*key, delay)
+
+    def _again(self, namespace: str, name: str, delay: float) -> None:
+        """Reconcile the job again in ``delay`` seconds (once: a later call replaces it)."""
+        retry = threading.Timer(delay, self._retry, args=(namespace, name))
         retry.daemon = True
         with self._guard:
-            old, self._retries[key] = self._retries.get(key), retry
+            old, self._retries[(namespace, name)] = self._retries.get((namespace, name)), retry
         if old is not None:
             old.cancel()
         retry.start()
@@ -290,7 +315,7 @@ class Reconciler:
         try:
             self.request(namespace, name, trigger="retry")
         except Exception:  # no kopf handler above this thread: say it here
-            log.exception("%s/%s: reconciling again after a refused create", namespace, name)
+            log.exception("%s/%s: reconciling again", namespace, name)
 
     def _check_owner(self, job: RLHFJob, pod: str) -> None:
         """A pod of our name already exists: ours (an earlier run made it) or a stranger's."""

@@ -21,7 +21,14 @@ from rlhfjob_operator.kube.names import (
     pod_name,
 )
 from rlhfjob_operator.plan import JobPlan
-from rlhfjob_operator.spec import Condition, ConditionType, ModelStatus, RLHFJob, RLHFJobStatus
+from rlhfjob_operator.spec import (
+    KIND,
+    Condition,
+    ConditionType,
+    ModelStatus,
+    RLHFJob,
+    RLHFJobStatus,
+)
 
 Pod = Mapping[str, Any]
 
@@ -89,6 +96,18 @@ def disruption(pod: Pod) -> str | None:
             why = str(cond.get("reason") or "DisruptionTarget")
             return f"{why}: {cond['message']}" if cond.get("message") else why
     return "being deleted" if terminating(pod) else None
+
+
+def of_another_job(obj: Pod, uid: str | None) -> bool:
+    """Whether ``obj`` is controlled by an RLHFJob whose uid is not ``uid``: a job of
+    the same name deleted and applied again leaves the old one's pods, ConfigMap and
+    Secret to the garbage collector for a while, under the same names and labels.
+    They are never the new job's (not its success, its failures, its spec). An
+    object without such an owner (or a ``uid`` of None) is not told apart here."""
+    owners = obj.get("metadata", {}).get("ownerReferences") or []
+    return bool(uid) and any(
+        o.get("kind") == KIND and o.get("controller") and o.get("uid") != uid for o in owners
+    )
 
 
 def pod_generation(pod: Pod) -> int | None:

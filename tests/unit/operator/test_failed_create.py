@@ -29,6 +29,7 @@ class FakeApi:
         m["metadata"].update(namespace="ns", uid="uid-1", generation=1, resourceVersion="1")
         self.job: Obj = m
         self.pods: dict[str, Obj] = {}
+        self.objects: dict[tuple[str, str], Obj] = {}  # the others, by kind and name
         self.events: list[tuple[str, str, str]] = []
         self.refuse: ApiError | None = None
         self.lock = threading.Lock()
@@ -52,13 +53,21 @@ class FakeApi:
             return copy.deepcopy(list(self.pods.values()))
 
     def create_if_absent(self, obj: Obj) -> Obj | None:
-        if obj["kind"] != "Pod":
-            return obj
+        name = obj["metadata"]["name"]
         with self.lock:
+            if obj["kind"] != "Pod":
+                return None if self.objects.setdefault((obj["kind"], name), obj) is not obj else obj
             if self.refuse is not None:
                 raise self.refuse
-            self.pods[obj["metadata"]["name"]] = obj
+            if name in self.pods:
+                return None
+            self.pods[name] = obj
         return obj
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None:
+        with self.lock:
+            found = self.pods.get(name) if kind == "Pod" else self.objects.get((kind, name))
+            return copy.deepcopy(found)
 
     def post_event(self, raw: Obj, *, type_: str, reason: str, message: str) -> None:
         self.events.append((type_, reason, message))
