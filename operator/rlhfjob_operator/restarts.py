@@ -34,6 +34,10 @@ __all__ = [
 # A checkpoint's directory name (the episodes it holds, zero-padded) and its last file.
 CHECKPOINT_DIR = re.compile(r"^episode_(\d{6,})$")
 COMPLETE = "COMPLETE"
+_LOST = (
+    "from the beginning: its checkpoints were on an emptyDir, gone with its pods "
+    "(set spec.checkpoint.persistentVolumeClaim)"
+)
 
 
 def latest_saved_episode(root: str | Path | None) -> int | None:
@@ -80,10 +84,7 @@ def restart_origin(
     if not interval:
         return "from the beginning: no checkpoint (set runtime.save_episode_interval)"
     if lost:
-        return (
-            "from the beginning: its checkpoints were on an emptyDir, gone with its pods "
-            "(set spec.checkpoint.persistentVolumeClaim)"
-        )
+        return _LOST
     if claim is not None:
         if reported:
             return f"from its last checkpoint ({reported}, on claim {claim})"
@@ -103,10 +104,14 @@ def restart_origin_on_kubernetes(
     ``stopping``: the gang was disrupted and is stopping, its driver saving an emergency
     checkpoint on the way (``rlhfjob.comm.stopping``; a pod always has a checkpoint
     directory, the mount), whatever ``save_episode_interval`` says; one that cannot
-    reach the end of its episode in time leaves the last one standing.
+    reach the end of its episode in time leaves the last one standing. On an emptyDir
+    that checkpoint goes with the pods, so the words name the volume to set, not the
+    interval (which would not help).
     """
     pvc = job.spec.checkpoint.persistent_volume_claim
-    if stopping and pvc is not None and job.spec.runtime.enable_resume_training:
+    if stopping and job.spec.runtime.enable_resume_training:
+        if pvc is None:
+            return _LOST
         return (
             f"from the checkpoint it saves as it stops (on claim {pvc.claim_name}; "
             "else its last one)"

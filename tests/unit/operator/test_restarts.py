@@ -138,3 +138,15 @@ def test_on_kubernetes_the_checkpoint_volume_decides_what_is_certain() -> None:
     assert "emptyDir, gone with its pods" in restart_origin_on_kubernetes(
         on_empty_dir, last_checkpoint=None, stopping=True
     )
+
+
+def test_a_disrupted_gang_on_an_emptydir_names_the_volume_not_the_interval() -> None:
+    """Its driver saves an emergency checkpoint whatever save_episode_interval says, and
+    the emptyDir loses it: setting the interval would not help, a claim would."""
+    sim = Sim()  # no save_episode_interval, the default emptyDir
+    assert sim.job.spec.checkpoint.persistent_volume_claim is None
+    words = restart_origin_on_kubernetes(sim.job, last_checkpoint=None, stopping=True)
+    assert words == (
+        "from the beginning: its checkpoints were on an emptyDir, gone with its pods "
+        "(set spec.checkpoint.persistentVolumeClaim)"
+    )
