@@ -16,6 +16,7 @@ from rlhfjob_operator.kube.client import KubeClient
 from rlhfjob_operator.kube.manifests import build_configmap, build_gang
 from rlhfjob_operator.kube.reconciler import Reconciler
 from rlhfjob_operator.kube.status import of_another_job
+from rlhfjob_operator.plan import plan_job
 from rlhfjob_operator.spec import load_job
 
 
@@ -57,5 +58,27 @@ def test_an_old_jobs_configmap_holds_the_pods_back_until_it_is_collected() -> No
             time.sleep(0.05)
         cm = api.objects[("ConfigMap", old["metadata"]["name"])]
         assert cm["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    finally:
+        rec.forget("ns", "job")
+
+
+def test_an_old_jobs_pod_of_the_same_name_is_waited_for_not_adopted() -> None:
+    api = FakeApi()
+    job = load_job(api.job)
+    plan = plan_job(job)
+    driver = _old(build_gang(job, plan, generation=0)[0])
+    driver["metadata"]["deletionTimestamp"] = "2026-01-01T12:00:00Z"  # being collected
+    api.pods[driver["metadata"]["name"]] = driver
+    rec = Reconciler(cast(KubeClient, api), backoff=Backoff(base_seconds=0.1, cap_seconds=1))
+    try:
+        rec.request("ns", "job", trigger="change")  # no PermanentError: not a stranger's
+        assert len(api.pods) == 6 and api.pods[driver["metadata"]["name"]] is driver
+        del api.pods[driver["metadata"]["name"]]  # collected
+        deadline = time.monotonic() + 15
+        while driver["metadata"]["name"] not in api.pods:  # the second look creates it
+            assert time.monotonic() < deadline, "no second look"
+            time.sleep(0.05)
+        new = api.pods[driver["metadata"]["name"]]
+        assert new["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
     finally:
         rec.forget("ns", "job")
