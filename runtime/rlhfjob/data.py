@@ -139,6 +139,11 @@ class EpisodeReplayBuffer:
     episode_id: int  # 0-based, as ChatLearn's (the first episode's buffer is 0)
     buffer: list[Any]
 
+    @property
+    def _episode_id(self) -> int:
+        # ChatLearn's tests and GRPO code read the private spelling; the same value.
+        return self.episode_id
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainBatch:
@@ -186,6 +191,7 @@ class StreamDataset:
         global_batch: int,
         loader: str,
         max_replay_episode: int,
+        replay_episode_offset: int = 0,
         seed: int,
         shuffle: bool,
     ) -> None:
@@ -194,6 +200,7 @@ class StreamDataset:
         self.global_batch = global_batch
         self.loader = loader
         self.max_replay_episode = max_replay_episode
+        self.replay_episode_offset = replay_episode_offset
         self.seed = seed
         self.shuffle = shuffle
         self.replay: list[EpisodeReplayBuffer] = []
@@ -208,10 +215,12 @@ class StreamDataset:
         """Install one episode's samples; the replay manager may rewrite them.
 
         Replay buffers are kept (and checkpointed) only when there is a manager
-        to read them.
+        to read them, and from episode ``replay_episode_offset`` (0-based) on:
+        an earlier episode trains on its own samples, the manager not called and
+        its buffer never kept, as ChatLearn's.
         """
         train = samples
-        if replay_manager is not None:
+        if replay_manager is not None and episode >= self.replay_episode_offset:
             self.replay.append(EpisodeReplayBuffer(episode_id=episode, buffer=samples))
             if self.max_replay_episode >= 0:  # -1 keeps every episode
                 self.replay = self.replay[-(self.max_replay_episode or 1) :]

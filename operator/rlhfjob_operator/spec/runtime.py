@@ -72,6 +72,12 @@ class RuntimeSpec(ConfigModel):
         ge=-1,
         description="Episodes kept for the replay sample manager (0: this one only; -1: all).",
     )
+    replay_episode_offset: int = Field(
+        0,
+        ge=0,
+        description="First episode (0-based) handed to the replay sample manager; earlier "
+        "ones train on their own samples and are not kept.",
+    )
     coalesced_buffer_mb: int = Field(100, ge=1, description="Parameter-sync bucket size in MB.")
     seed: int = 1234
 
