@@ -42,7 +42,9 @@ class EpisodeRun:
             datasets = [
                 executor.build_dataset(first, data, is_eval=False) for data in engine._datasets
             ]
-            self.stream = PromptStream(datasets, seed=self.rt.seed, shuffle=self.rt.data_shuffle)
+            self.stream = PromptStream(
+                datasets, seed=self.rt.seed, shuffle=self.rt.data_shuffle, ratio=self.rt.data_ratio
+            )
         self.eval_data: list[Any] | None = None
         if engine.evaluator is not None:
             assert engine.evaluator.dataset is not None

@@ -7,7 +7,7 @@ copying it.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Annotated, Any, ClassVar, Literal, Protocol
 
 from pydantic import Field
 
@@ -58,6 +58,12 @@ class RuntimeSpec(ConfigModel):
         "prompt",
         min_length=1,
         description="The prompt's column in those files: a string or a list of chat messages.",
+    )
+    data_ratio: list[Annotated[int, Field(ge=1)]] | None = Field(
+        None,
+        min_length=1,
+        description="With several prompt datasets: how many prompts to take from each in "
+        "turn (one entry per dataset); default one from each.",
     )
     colocation: list[list[str]] = Field(
         default_factory=list, description="Groups of model names that share one worker."
