@@ -46,6 +46,7 @@ IGNORED: dict[tuple[str, str], str] = {
     ("runtime", "nsys"): _LOGGING,
     ("runtime", "profiler_dir"): _LOGGING,
     ("runtime", "log_config_file"): _LOGGING,
+    ("runtime", "log_args_dict"): _LOGGING,
     ("runtime", "exp_name"): _LOGGING,
     ("runtime", "output_dir"): _LOGGING,
     ("runtime", "concurrent_comm"): _RAY,
