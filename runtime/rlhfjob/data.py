@@ -91,15 +91,33 @@ def split_samples(batch: Any) -> list[Any]:
 class PromptStream:
     """An endless stream over one or more prompt lists, reshuffled on each pass.
 
-    With several datasets (``set_multiple_datasets``) the stream takes one
-    prompt from each in turn. The order of pass ``k`` of dataset ``d`` is a
-    permutation drawn from ``(seed, d, k)``, so the state is just positions.
+    With several datasets (``set_multiple_datasets``) the stream takes
+    ``ratio[d]`` prompts from dataset ``d`` in turn (ChatLearn's ``data_ratio``;
+    default one from each), each dataset wrapping on its own. The order of pass
+    ``k`` of dataset ``d`` is a permutation drawn from ``(seed, d, k)``, so the
+    state is just positions.
     """
 
-    def __init__(self, datasets: Sequence[Sequence[Any]], *, seed: int, shuffle: bool) -> None:
+    def __init__(
+        self,
+        datasets: Sequence[Sequence[Any]],
+        *,
+        seed: int,
+        shuffle: bool,
+        ratio: Sequence[int] | None = None,
+    ) -> None:
         if not datasets or any(len(d) == 0 for d in datasets):
             raise ValueError("a prompt dataset is empty; give at least one prompt")
+        ratio = list(ratio) if ratio is not None else [1] * len(datasets)
+        if len(ratio) != len(datasets):
+            raise ValueError(
+                f"runtime.data_ratio has {len(ratio)} entries but there are {len(datasets)} "
+                "prompt datasets; give one ratio per dataset of set_multiple_datasets"
+            )
         self.datasets = [list(d) for d in datasets]
+        self.ratio = ratio
+        # (dataset, its first slot) for each slot of one round of sum(ratio) prompts
+        self._slots = [(d, start) for d, r in enumerate(ratio) for start in [sum(ratio[:d])] * r]
         self.seed = seed
         self.shuffle = shuffle
         self.consumed = 0  # prompts taken from the stream so far, all datasets together
@@ -115,8 +133,9 @@ class PromptStream:
         return self._orders[key]
 
     def _at(self, position: int) -> Any:
-        dataset = position % len(self.datasets)
-        index = position // len(self.datasets)
+        round_, slot = divmod(position, len(self._slots))
+        dataset, first = self._slots[slot]
+        index = round_ * self.ratio[dataset] + slot - first
         size = len(self.datasets[dataset])
         return self.datasets[dataset][self._order(dataset, index // size)[index % size]]
 
@@ -138,6 +157,11 @@ class EpisodeReplayBuffer:
 
     episode_id: int  # 0-based, as ChatLearn's (the first episode's buffer is 0)
     buffer: list[Any]
+
+    @property
+    def _episode_id(self) -> int:
+        # ChatLearn's tests and GRPO code read the private spelling; the same value.
+        return self.episode_id
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,6 +210,7 @@ class StreamDataset:
         global_batch: int,
         loader: str,
         max_replay_episode: int,
+        replay_episode_offset: int = 0,
         seed: int,
         shuffle: bool,
     ) -> None:
@@ -194,6 +219,7 @@ class StreamDataset:
         self.global_batch = global_batch
         self.loader = loader
         self.max_replay_episode = max_replay_episode
+        self.replay_episode_offset = replay_episode_offset
         self.seed = seed
         self.shuffle = shuffle
         self.replay: list[EpisodeReplayBuffer] = []
@@ -208,10 +234,12 @@ class StreamDataset:
         """Install one episode's samples; the replay manager may rewrite them.
 
         Replay buffers are kept (and checkpointed) only when there is a manager
-        to read them.
+        to read them, and from episode ``replay_episode_offset`` (0-based) on:
+        an earlier episode trains on its own samples, the manager not called and
+        its buffer never kept, as ChatLearn's.
         """
         train = samples
-        if replay_manager is not None:
+        if replay_manager is not None and episode >= self.replay_episode_offset:
             self.replay.append(EpisodeReplayBuffer(episode_id=episode, buffer=samples))
             if self.max_replay_episode >= 0:  # -1 keeps every episode
                 self.replay = self.replay[-(self.max_replay_episode or 1) :]

@@ -13,8 +13,9 @@ One episode:
    call per global batch with its micro-batches, shuffled;
 5. parameter sync of every pair whose trainer's ``sync_frequency`` divides
    the episode number (1-based);
-6. ``after_episode``; evaluation every ``eval_episode_interval``; checkpoint
-   every ``save_episode_interval``.
+6. every ``save_episode_interval``: ``save_checkpoint(train_iteration)`` on
+   every module; every ``eval_episode_interval``: the evaluation; then
+   ``after_episode`` (ChatLearn's order); the checkpoint is written last.
 
 Fresh runs also sync every pair once before the first episode, so inference
 models start from their trainers' weights.
@@ -136,12 +137,19 @@ class Engine:
         """``fn(episode_replay_buffers) -> samples``: rewrites what the trainers see.
 
         The buffers are the last ``max_replay_episode`` episodes (at least this
-        one), oldest first; GRPO computes group advantages here.
+        one), oldest first; GRPO computes group advantages here. Episodes before
+        ``runtime.replay_episode_offset`` train on their own samples without it.
         """
         if not callable(fn):
             raise ValueError("set_replay_sample_manager takes a function")
         self._replay_manager = fn
         return self
+
+    # ChatLearn's other spellings of the same setter: v1.0.x's "relay", and the ``_fn``
+    # form its docs and tests use.
+    set_replay_sample_fn = set_replay_sample_manager
+    set_relay_sample_manager = set_replay_sample_manager
+    set_relay_sample_fn = set_replay_sample_manager
 
     @property
     def modules(self) -> list[BaseModule]:

@@ -42,7 +42,9 @@ class EpisodeRun:
             datasets = [
                 executor.build_dataset(first, data, is_eval=False) for data in engine._datasets
             ]
-            self.stream = PromptStream(datasets, seed=self.rt.seed, shuffle=self.rt.data_shuffle)
+            self.stream = PromptStream(
+                datasets, seed=self.rt.seed, shuffle=self.rt.data_shuffle, ratio=self.rt.data_ratio
+            )
         self.eval_data: list[Any] | None = None
         if engine.evaluator is not None:
             assert engine.evaluator.dataset is not None
@@ -54,6 +56,7 @@ class EpisodeRun:
             global_batch=self.rt.global_batch_size,
             loader=self.rt.stream_data_loader_type,
             max_replay_episode=self.rt.max_replay_episode,
+            replay_episode_offset=self.rt.replay_episode_offset,
             seed=self.rt.seed,
             shuffle=self.rt.data_shuffle,
         )
@@ -136,13 +139,20 @@ class EpisodeRun:
                 summary["sync_seconds"] = time.perf_counter() - sync_start
                 summary["sync_bytes"] = synced
         self.ex.release()
+        # ChatLearn's order, which a module sees: save_checkpoint, then the evaluation,
+        # then after_episode. The checkpoint itself is written last, once this episode's
+        # summary and RNG states are final, so a resumed run equals an uninterrupted one.
+        save = self.rt.save_episode_interval
+        periodic = save is not None and save > 0 and number % save == 0
+        if periodic:
+            self.ex.save_hooks(iteration=self.train_iteration())
+        interval = self.rt.eval_episode_interval
+        if self.engine.evaluator is not None and interval and number % interval == 0:
+            summary.update(self.evaluate())
         self.ex.hook("after_episode")
         for name, metrics in self.ex.metrics().items():
             for key, value in metrics.items():
                 summary[f"{name}/{key}"] = value
-        interval = self.rt.eval_episode_interval
-        if self.engine.evaluator is not None and interval and number % interval == 0:
-            summary.update(self.evaluate())
         elapsed = time.perf_counter() - start
         summary["seconds"] = elapsed
         summary["samples_per_s"] = len(samples) / elapsed if elapsed > 0 else math.inf
@@ -150,9 +160,9 @@ class EpisodeRun:
         # The safe point: every call of the episode is done and nothing of the next began.
         if number < self.rt.num_episode:
             self.stop_why = stopping.requested()
-        save = self.rt.save_episode_interval
-        periodic = save is not None and save > 0 and number % save == 0
         emergency = self.stop_why is not None and self.rt.data_checkpoint_path is not None
+        if emergency and not periodic:
+            self.ex.save_hooks(iteration=self.train_iteration())
         if periodic or emergency:
             resume.save(self, summary)
         return summary
@@ -189,13 +199,16 @@ class EpisodeRun:
         """One evaluation in the episode loop, as ``eval/<key>`` metrics: ``eval_info`` has
         ``episode_iteration`` (the 0-based episode just trained; -1 before training)
         and ``train_iteration`` (train steps so far), as ChatLearn's."""
-        trainer = self.engine.trainer
-        steps = self.iterations.get(trainer.graph.nodes[0].label, 0) if trainer else 0
         info = {
             "episode_iteration": -1 if before_training else self.episode,
-            "train_iteration": steps,
+            "train_iteration": self.train_iteration(),
         }
         return {f"eval/{k}": v for k, v in metrics_of(self.post_processed(info)).items()}
+
+    def train_iteration(self) -> int:
+        """Train steps so far (ChatLearn's ``trainer.iteration``); 0 without a trainer."""
+        trainer = self.engine.trainer
+        return self.iterations.get(trainer.graph.nodes[0].label, 0) if trainer else 0
 
     def post_processed(self, eval_info: dict[str, Any]) -> Any:
         """Run the eval flow over its dataset; what ``post_process(results, eval_info)``

@@ -158,7 +158,10 @@ class BaseModule:
         return {}
 
     def save_checkpoint(self, iteration: int) -> None:
-        """User hook called when the engine checkpoints (after ``state_dict``)."""
+        """User hook, on replica 0, of an episode that checkpoints: before its evaluation
+        and ``after_episode``, as ChatLearn's; ``iteration`` is the train steps so far
+        (ChatLearn's ``trainer.iteration``; 0 without a trainer). The engine takes
+        ``state_dict`` after ``after_episode``."""
 
     # --- state: checkpointing and parameter sync ---------------------------
 

@@ -35,7 +35,7 @@ def save(run: EpisodeRun, summary: dict[str, Any]) -> None:
     ckpt.save_checkpoint(
         path,
         episode=run.episode,
-        modules=run.ex.state_dicts(iteration=run.episode),
+        modules=run.ex.state_dicts(),
         engine=engine_state,
     )
 

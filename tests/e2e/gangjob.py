@@ -56,7 +56,7 @@ def build(config: Any = None) -> Engine:
 
 def pause_saves(episode: int, point: int, where: Path) -> None:
     """Hold the save of checkpoint ``episode`` at ``point`` (see the module doc)."""
-    from rlhfjob.executor.rpc import RpcExecutor
+    from rlhfjob import resume
 
     seen = {"n": 0}
     marker = f"episode_{episode:06d}"
@@ -69,12 +69,12 @@ def pause_saves(episode: int, point: int, where: Path) -> None:
                 time.sleep(0.02)
         seen["n"] += 1
 
-    gather, write, replace = RpcExecutor.state_dicts, ckpt._write_atomic, ckpt.os.replace
+    save, write, replace = resume.save, ckpt._write_atomic, ckpt.os.replace
 
-    def state_dicts(self: RpcExecutor, *, iteration: int) -> Any:
-        if iteration == episode:
-            hold()
-        return gather(self, iteration=iteration)
+    def saving(run: Any, summary: Any) -> None:
+        if run.episode == episode:
+            hold()  # before the states are gathered
+        save(run, summary)
 
     def write_atomic(path: Path, payload: bytes) -> None:
         if f".tmp-{marker}" in str(path):
@@ -86,7 +86,7 @@ def pause_saves(episode: int, point: int, where: Path) -> None:
             hold()
         replace(src, dst)
 
-    RpcExecutor.state_dicts = state_dicts  # type: ignore[method-assign]
+    resume.save = saving
     ckpt._write_atomic = write_atomic
     ckpt.os.replace = rename  # type: ignore[assignment]
 

@@ -12,7 +12,8 @@ gives both the CRD's CEL rule and pydantic's check.
 
 Layers, each importing only those above it: ``rules`` (Rule), ``base`` (names,
 SpecError, base models), ``env``, ``pod``, ``merge``, ``runtime`` (ChatLearn's sections,
-JobConfig), ``scheduling``, ``status``, ``job`` (RLHFJobSpec, RLHFJob), ``load``.
+JobConfig), ``scheduling``, ``status``, ``job`` (RLHFJobSpec, RLHFJob), ``chatlearn`` (ChatLearn's
+spellings of keys), ``load``.
 """
 
 from rlhfjob_operator.spec.base import API_VERSION, GROUP, KIND, PLURAL, VERSION, SpecError

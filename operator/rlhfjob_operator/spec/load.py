@@ -9,6 +9,7 @@ import yaml
 from pydantic import ValidationError
 
 from rlhfjob_operator.spec.base import SpecError
+from rlhfjob_operator.spec.chatlearn import from_chatlearn
 from rlhfjob_operator.spec.job import RLHFJob
 from rlhfjob_operator.spec.runtime import JobConfig
 
@@ -35,7 +36,8 @@ def load_job_config(config: JobConfig | dict[str, Any] | str | Path | None) -> J
 
     A YAML file or dict may be a bare ``{runtime, models}`` document or a whole
     RLHFJob manifest (it has ``kind``), which is then validated as an RLHFJob
-    (entrypoint, image and all) and its ``spec`` gives the two sections. Raises
+    (entrypoint, image and all) and its ``spec`` gives the two sections. A bare
+    document may use ChatLearn's spellings (``spec.chatlearn``). Raises
     SpecError with every problem named by its field path; a missing file names
     the path.
     """
@@ -52,7 +54,7 @@ def load_job_config(config: JobConfig | dict[str, Any] | str | Path | None) -> J
     if "kind" in config:
         return load_job(config).spec.config
     try:
-        return JobConfig.model_validate(config)
+        return JobConfig.model_validate(from_chatlearn(config))
     except ValidationError as exc:
         raise SpecError("invalid job config:\n" + format_validation_error(exc)) from exc
 

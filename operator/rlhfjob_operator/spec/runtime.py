@@ -7,7 +7,7 @@ copying it.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Annotated, Any, ClassVar, Literal, Protocol
 
 from pydantic import Field
 
@@ -59,6 +59,12 @@ class RuntimeSpec(ConfigModel):
         min_length=1,
         description="The prompt's column in those files: a string or a list of chat messages.",
     )
+    data_ratio: list[Annotated[int, Field(ge=1)]] | None = Field(
+        None,
+        min_length=1,
+        description="With several prompt datasets: how many prompts to take from each in "
+        "turn (one entry per dataset); default one from each.",
+    )
     colocation: list[list[str]] = Field(
         default_factory=list, description="Groups of model names that share one worker."
     )
@@ -71,6 +77,12 @@ class RuntimeSpec(ConfigModel):
         0,
         ge=-1,
         description="Episodes kept for the replay sample manager (0: this one only; -1: all).",
+    )
+    replay_episode_offset: int = Field(
+        0,
+        ge=0,
+        description="First episode (0-based) handed to the replay sample manager; earlier "
+        "ones train on their own samples and are not kept.",
     )
     coalesced_buffer_mb: int = Field(100, ge=1, description="Parameter-sync bucket size in MB.")
     seed: int = 1234

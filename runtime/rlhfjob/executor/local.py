@@ -148,12 +148,12 @@ class LocalExecutor:
         del bucket_mb
         return copy_parameters(src, dst)
 
-    def state_dicts(self, *, iteration: int) -> dict[str, dict[str, Any]]:
-        states = {}
+    def save_hooks(self, *, iteration: int) -> None:
         for module in self.modules:
-            states[module.name] = module_checkpoint(module)
             module.run_hook(module.save_checkpoint, iteration)
-        return states
+
+    def state_dicts(self) -> dict[str, dict[str, Any]]:
+        return {module.name: module_checkpoint(module) for module in self.modules}
 
     def load_state_dicts(self, states: dict[str, dict[str, Any]]) -> None:
         for module in self.modules:

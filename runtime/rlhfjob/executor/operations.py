@@ -36,6 +36,7 @@ from rlhfjob.executor.protocol import (
     LoadState,
     Metrics,
     ParamSpecs,
+    SaveHook,
     SaveState,
     Setup,
     StateReply,
@@ -134,13 +135,18 @@ def run_broadcast(rt: WorkerRuntime, msg: BroadcastParams) -> int:
     )
 
 
+def run_save_hook(rt: WorkerRuntime, msg: SaveHook) -> None:
+    for name, module in rt.modules.items():
+        if msg.firsts[name] == rt.env.name:
+            module.run_hook(module.save_checkpoint, msg.iteration)
+
+
 def run_save_state(rt: WorkerRuntime, msg: SaveState) -> StateReply:
     """States of the modules whose first replica this is, and every module's RNG."""
     states = {}
     for name, module in rt.modules.items():
         if msg.firsts[name] == rt.env.name:
             states[name] = module_checkpoint(module)
-            module.run_hook(module.save_checkpoint, msg.iteration)
     rng = {n: m.rng.state for n, m in rt.modules.items() if m.rng is not None}
     return StateReply(states, rng)
 
@@ -166,6 +172,7 @@ HANDLERS: dict[type, Callable[[WorkerRuntime, Any], Any]] = {
     Metrics: run_metrics,
     CopyParams: run_copy,
     BroadcastParams: run_broadcast,
+    SaveHook: run_save_hook,
     SaveState: run_save_state,
     LoadState: run_load_state,
     Free: run_free,

@@ -46,6 +46,7 @@ __all__ = [
     "ParamSpecs",
     "Ref",
     "Row",
+    "SaveHook",
     "SaveState",
     "Setup",
     "StateReply",
@@ -193,13 +194,23 @@ class BroadcastParams:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class SaveHook:
+    """Call ``save_checkpoint(iteration)`` on each module whose first replica
+    (``firsts``) is this worker."""
+
+    op: ClassVar[str] = "save_hook"
+    via_rpc: ClassVar[bool] = False
+    iteration: int
+    firsts: dict[str, str]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class SaveState:
     """The checkpoint state of each module whose first replica (``firsts``) is this
     worker, and every module's RNG state."""
 
     op: ClassVar[str] = "state"
     via_rpc: ClassVar[bool] = True
-    iteration: int
     firsts: dict[str, str]
 
 
@@ -231,6 +242,7 @@ Operation = (
     | Metrics
     | CopyParams
     | BroadcastParams
+    | SaveHook
     | SaveState
     | LoadState
     | Free

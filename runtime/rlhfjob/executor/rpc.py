@@ -57,6 +57,7 @@ from rlhfjob.executor.protocol import (
     ParamSpecs,
     Ref,
     Row,
+    SaveHook,
     SaveState,
     Setup,
     StateReply,
@@ -339,10 +340,15 @@ class RpcExecutor:
             moved = results[0] * len(route.targets)
         return moved
 
-    def state_dicts(self, *, iteration: int) -> dict[str, dict[str, Any]]:
+    def save_hooks(self, *, iteration: int) -> None:
+        self._all(SaveHook(iteration=iteration, firsts=self._firsts()))
+
+    def _firsts(self) -> dict[str, str]:
+        return {name: peers[0].name for name, peers in self.placement.items()}
+
+    def state_dicts(self) -> dict[str, dict[str, Any]]:
         """Replica 0's state of every module, with every replica's RNG stream."""
-        firsts = {name: peers[0].name for name, peers in self.placement.items()}
-        replies: dict[str, StateReply] = self._all(SaveState(iteration=iteration, firsts=firsts))
+        replies: dict[str, StateReply] = self._all(SaveState(firsts=self._firsts()))
         states: dict[str, dict[str, Any]] = {}
         for reply in replies.values():
             states.update(reply.states)

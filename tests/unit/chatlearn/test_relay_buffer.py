@@ -1,5 +1,5 @@
 """Ported from ChatLearn's tests/rlhf/test_relay_buffer.py (v1.0.3; HEAD spells "relay"
-as "replay", and so does rlhfjob): the sample manager sees the last
+as "replay", and rlhfjob takes both): the sample manager sees the last
 ``max_replay_episode`` episodes' buffers, each with ChatLearn's 0-based
 ``episode_id``; -1 keeps every episode. The model outputs on CUDA become CPU tensors."""
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlhfjob import BaseModule, Engine, Environment, Trainer
+from rlhfjob import BaseModule, Engine, Environment, SpecError, Trainer
 
 
 class PolicyModel(BaseModule):
@@ -22,8 +22,10 @@ class PPOPolicy(BaseModule):
         return len(data)
 
 
-def _engine(max_replay_episode: int, num_episode: int = 3) -> Engine:
+def _engine(max_replay_episode: int | None, num_episode: int = 3, **runtime) -> Engine:
     policy, ppo_policy = PolicyModel("policy"), PPOPolicy("ppo_policy")
+    if max_replay_episode is not None:
+        runtime["max_replay_episode"] = max_replay_episode
     return Engine(
         Environment(lambda b: policy.forward_step(b)),
         Trainer(lambda b: ppo_policy.train_step(b)),
@@ -33,8 +35,8 @@ def _engine(max_replay_episode: int, num_episode: int = 3) -> Engine:
                 "sample_per_episode": 16,
                 "generation_batch_size": 4,
                 "train_micro_batch_size": 4,
-                "max_replay_episode": max_replay_episode,
                 "data_shuffle": False,
+                **runtime,
             },
             "models": {"ppo_policy": {"trainable": True}},
         },
@@ -73,3 +75,55 @@ def test_max_replay_episode_minus_one_keeps_every_episode(keep, expected):
 
     _engine(keep, num_episode=4).set_replay_sample_manager(manager).learn(progress=False)
     assert seen == expected
+
+
+@pytest.mark.parametrize("setter", ["set_relay_sample_manager", "set_relay_sample_fn"])
+def test_relay_buffer_v1_spellings(setter):
+    """test_relay_buffer (v1.0.3 as written): ``max_relay_episode: 5``, a
+    ``RelaySampleManager`` subclass given to ``set_relay_sample_manager`` (or a function
+    to ``set_relay_sample_fn``, as v1.0.3's docs/en/advanced.rst has it), and the
+    buffer's ``_episode_id``."""
+
+    class RelaySampleManagerTester:
+        def __init__(self):
+            self.seen = []
+
+        def __call__(self, episode_relay_buffers):
+            buffer = episode_relay_buffers[-1].buffer
+            episode_id = episode_relay_buffers[-1]._episode_id
+            for i in range(len(buffer)):
+                assert int(buffer[i]["query"][0].item()) == (i + episode_id * 16) % 35
+            self.seen.append([b._episode_id for b in episode_relay_buffers])
+            return buffer
+
+    manager = RelaySampleManagerTester()
+    engine = _engine(None, max_relay_episode=5)
+    getattr(engine, setter)(manager)
+    engine.learn(progress=False)
+    assert manager.seen == [[0], [0, 1], [0, 1, 2]]
+
+
+@pytest.mark.parametrize("key", ["replay_episode_offset", "relay_episode_offset"])
+def test_replay_episode_offset(key):
+    """chatlearn/data/data.py ``StreamDataset.set_dataset`` (HEAD; v1.0.3 spells it
+    ``relay_episode_offset``): episodes before the offset train on their own samples,
+    the manager is not called and their buffers are never kept."""
+    seen = []
+
+    def replay_sample_fn(episode_replay_buffers):
+        seen.append([b.episode_id for b in episode_replay_buffers])
+        return episode_replay_buffers[-1].buffer
+
+    engine = _engine(2, num_episode=5, **{key: 2})
+    engine.set_replay_sample_fn(replay_sample_fn)
+    engine.learn(progress=False)
+    assert seen == [[2], [2, 3], [3, 4]]
+    trained = [summary["train_steps"] for summary in engine.summaries]
+    assert trained == [4] * 5, "every episode trains on its 16 samples"
+
+
+def test_both_spellings_of_one_key_are_refused():
+    """Not in ChatLearn: ``max_relay_episode`` and ``max_replay_episode`` together are
+    one setting given twice; the error names both."""
+    with pytest.raises(SpecError, match="max_relay_episode and runtime.max_replay_episode"):
+        _engine(1, max_relay_episode=2)
