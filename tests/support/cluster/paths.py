@@ -42,6 +42,18 @@ def tools_bin_dir() -> Path:
     return cache_root() / f"tools-kubectl-v35-{v['KUBECTL_WHEEL_VERSION']}" / "bin"
 
 
+def kueue_dir() -> Path:
+    """Kueue's build: bin/kueue, config/crd/*.yaml, config/webhook/manifests.yaml."""
+    return cache_root() / f"kueue-v{versions()['KUEUE_VERSION']}"
+
+
+def missing_kueue() -> list[Path]:
+    """What of Kueue's build `make cluster-bin` has not made yet."""
+    d = kueue_dir()
+    wanted = [d / "bin" / "kueue", d / "config" / "webhook" / "manifests.yaml"]
+    return [p for p in wanted if not p.exists()]
+
+
 def missing_binaries() -> list[Path]:
     """The control-plane and tool binaries that `make cluster-bin` has not built yet."""
     wanted = [cluster_bin_dir() / b for b in CONTROL_PLANE_BINARIES]
