@@ -11,6 +11,9 @@ moves the pods the real scheduler binds to them through their phases.
         cluster.kubectl_run("get", "nodes")
         cluster.kubelet.finish_pod("ns", "pod", exit_code=1)
 
+`Kueue` runs the real Kueue controller manager (also built by `make cluster-bin`)
+against that control plane, for the tests of Kueue admission and preemption.
+
 `Cluster` is what tests see; `Cluster.from_kubeconfig` wraps any cluster named
 by KUBECONFIG the same way (no control plane, no test kubelet).
 
@@ -18,12 +21,13 @@ This package is the facade: tests import from `cluster` only. Inside, paths.py
 (where the binaries are), pki.py (the certificate authority, kubeconfigs),
 processes.py (components, ports, bounded waits), nodes.py and kubelet.py (the
 fake nodes, the test kubelet), handle.py (`Cluster`), control_plane.py and
-session.py (the one cluster of a test session).
+session.py (the one cluster of a test session), kueue.py (`Kueue`).
 """
 
 from .control_plane import ControlPlane, ControlPlaneError
 from .handle import Cluster
 from .kubelet import TestKubelet
+from .kueue import Kueue, KueueError
 from .nodes import NodeSpec, PodHandler
 from .paths import GPU
 from .processes import wait_until
@@ -34,6 +38,8 @@ __all__ = [
     "Cluster",
     "ControlPlane",
     "ControlPlaneError",
+    "Kueue",
+    "KueueError",
     "Missing",
     "NodeSpec",
     "PodHandler",

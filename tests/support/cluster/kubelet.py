@@ -450,6 +450,43 @@ class TestKubelet:
         except ApiException as e:
             if e.status not in (404, 409):
                 self._error(f"delete {ref}: {e!r}")
+        self._end_held(pod)
+
+    def _end_held(self, pod: Any) -> None:
+        """A pod that a finalizer keeps after the confirmation (Kueue's
+        `kueue.x-k8s.io/managed`) gets the terminal phase a real kubelet reports for a
+        deleted pod: containers that had not ended exit 137, the pod Failed (Succeeded
+        if every container exited 0). A pod already gone, or terminal, is left as is."""
+        try:
+            now = self.core.read_namespaced_pod(pod.metadata.name, pod.metadata.namespace)
+        except ApiException:
+            return
+        if now.metadata.uid != pod.metadata.uid or now.status.phase in ("Succeeded", "Failed"):
+            return
+        stamp = _now()
+        previous = {s.name: s for s in (now.status.container_statuses or [])}
+        statuses, failed = [], False
+        for c in now.spec.containers:
+            old = previous.get(c.name)
+            ended = old.state.terminated if old is not None and old.state else None
+            code = ended.exit_code if ended is not None else 137
+            failed |= code != 0
+            terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
+                          "startedAt": stamp, "finishedAt": stamp}  # fmt: skip
+            count = old.restart_count if old is not None else 0
+            statuses.append(
+                self._container_status(now, c, terminated=terminated, restart_count=count)
+            )
+        status = {
+            "phase": "Failed" if failed else "Succeeded",
+            "conditions": self._conditions(ready=False),
+            "containerStatuses": statuses,
+        }
+        try:
+            self._patch_status(now, status)
+        except ApiException as e:
+            if e.status not in (404, 409):
+                self._error(f"terminal status {pod.metadata.namespace}/{pod.metadata.name}: {e!r}")
 
     def _error(self, msg: str) -> None:
         log.warning("test kubelet: %s", msg)
