@@ -232,7 +232,9 @@ class Reconciler:
             build_service(job, plan),
             build_network_policy(job, plan),
         ):
-            if self.client.create_if_absent(obj) is None and self._old_jobs(job, obj):
+            if self.client.create_if_absent(obj) is None and self._old_jobs(
+                job, obj, self._existing(obj)
+            ):
                 return  # the pods would read the old job's objects: none until they go
         gen = decision.status.restart_generation
         group = build_pod_group(job, plan, generation=gen)
@@ -254,15 +256,22 @@ class Reconciler:
             for pod, created in zip(missing, results, strict=True):
                 if created is not None:
                     metrics.PODS_CREATED.inc()
-                elif not self._old_jobs(job, pod):
-                    self._check_owner(job, pod["metadata"]["name"])
+                else:
+                    existing = self._existing(pod)
+                    if not self._old_jobs(job, pod, existing):
+                        self._check_owner(job, pod["metadata"]["name"], existing)
 
-    def _old_jobs(self, job: RLHFJob, obj: dict[str, Any]) -> bool:
-        """``obj``'s name exists (AlreadyExists): True when the one there belongs to an
-        earlier job of this name (deleted, its objects not yet collected), which is
-        never adopted: the job is reconciled again in a second, when they may be gone."""
+    def _existing(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        """The object of ``obj``'s kind and name that is there (None: gone since)."""
         meta = obj["metadata"]
-        existing = self.client.get(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
+        return self.client.get(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
+
+    def _old_jobs(self, job: RLHFJob, obj: dict[str, Any], existing: dict[str, Any] | None) -> bool:
+        """``obj``'s name exists (AlreadyExists): True when the one there (``existing``,
+        None if gone since) belongs to an earlier job of this name (deleted, its objects
+        not yet collected), which is never adopted: the job is reconciled again in a
+        second, when they may be gone."""
+        meta = obj["metadata"]
         if existing is None or not of_another_job(existing, job.metadata.uid):
             return False
         log.info(
@@ -317,9 +326,9 @@ class Reconciler:
         except Exception:  # no kopf handler above this thread: say it here
             log.exception("%s/%s: reconciling again", namespace, name)
 
-    def _check_owner(self, job: RLHFJob, pod: str) -> None:
-        """A pod of our name already exists: ours (an earlier run made it) or a stranger's."""
-        existing = self.client.get("v1", "Pod", job.namespace, pod)
+    def _check_owner(self, job: RLHFJob, pod: str, existing: dict[str, Any] | None) -> None:
+        """A pod of our name already exists (``existing``, None if gone since): ours (an
+        earlier run made it) or a stranger's."""
         owners = (existing or {}).get("metadata", {}).get("ownerReferences") or []
         if existing is not None and not any(o.get("uid") == job.metadata.uid for o in owners):
             raise kopf.PermanentError(
