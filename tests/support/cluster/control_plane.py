@@ -26,7 +26,7 @@ from .paths import (
     tool,
 )
 from .pki import PKI, write_kubeconfig
-from .processes import Component, free_ports, http_ok, wait_until
+from .processes import Component, free_ports, http_ok, wait_while_running
 
 
 class ControlPlaneError(RuntimeError):
@@ -153,29 +153,14 @@ class ControlPlane:
         return max(1.0, self.start_timeout - (time.monotonic() - began))
 
     def _wait(self, component: str, ok: Callable[[], Any], what: str, began: float) -> None:
-        comp = self.components[component]
-
-        def check() -> Any:
-            code = comp.exit_code()
-            if code is not None:
-                raise ControlPlaneError(
-                    f"{component} exited with code {code} while waiting for {what}; "
-                    f"last lines of {comp.log_path.name}:\n{comp.tail()}"
-                )
-            return ok()
-
-        try:
-            wait_until(
-                check,
-                timeout=self._deadline_left(began),
-                what=what,
-                interval=0.25,
-                fatal=(ControlPlaneError,),
-            )
-        except TimeoutError as e:
-            raise ControlPlaneError(
-                f"{component}: {e}; last lines of {comp.log_path.name}:\n{comp.tail()}"
-            ) from None
+        wait_while_running(
+            self.components[component],
+            ok,
+            what=what,
+            timeout=self._deadline_left(began),
+            error=ControlPlaneError,
+            interval=0.25,
+        )
 
     def _start(self, began: float) -> None:
         assert self.dir is not None

@@ -155,12 +155,13 @@ class TestKubelet:
         *,
         reason: str | None = None,
         message: str | None = None,
+        deleted: bool = False,
     ) -> str:
         """Every container exits with `exit_code` (or per container name, from a
         mapping; missing names exit 0). Returns the phase the pod ends in:
         Succeeded if all exited 0, else Failed; with restartPolicy OnFailure or
         Always the containers restart instead (restartCount + 1, phase Running)
-        just as a real kubelet does."""
+        just as a real kubelet does, unless the pod is being `deleted`."""
         pod = self.core.read_namespaced_pod(name, namespace)
         with self._lock:
             self._started.setdefault(pod.metadata.uid, None)
@@ -170,7 +171,7 @@ class TestKubelet:
         }
         failed = any(codes.values())
         policy = pod.spec.restart_policy or "Always"
-        restarts = policy == "Always" or (policy == "OnFailure" and failed)
+        restarts = not deleted and (policy == "Always" or (policy == "OnFailure" and failed))
         now = _now()
         previous = {s.name: s for s in (pod.status.container_statuses or [])}
         statuses = []
@@ -457,36 +458,24 @@ class TestKubelet:
         `kueue.x-k8s.io/managed`) gets the terminal phase a real kubelet reports for a
         deleted pod: containers that had not ended exit 137, the pod Failed (Succeeded
         if every container exited 0). A pod already gone, or terminal, is left as is."""
+        ref = f"{pod.metadata.namespace}/{pod.metadata.name}"
         try:
             now = self.core.read_namespaced_pod(pod.metadata.name, pod.metadata.namespace)
         except ApiException:
             return
         if now.metadata.uid != pod.metadata.uid or now.status.phase in ("Succeeded", "Failed"):
             return
-        stamp = _now()
-        previous = {s.name: s for s in (now.status.container_statuses or [])}
-        statuses, failed = [], False
-        for c in now.spec.containers:
-            old = previous.get(c.name)
-            ended = old.state.terminated if old is not None and old.state else None
-            code = ended.exit_code if ended is not None else 137
-            failed |= code != 0
-            terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
-                          "startedAt": stamp, "finishedAt": stamp}  # fmt: skip
-            count = old.restart_count if old is not None else 0
-            statuses.append(
-                self._container_status(now, c, terminated=terminated, restart_count=count)
-            )
-        status = {
-            "phase": "Failed" if failed else "Succeeded",
-            "conditions": self._conditions(ready=False),
-            "containerStatuses": statuses,
+        ended = {
+            s.name: s.state.terminated.exit_code
+            for s in now.status.container_statuses or []
+            if s.state is not None and s.state.terminated is not None
         }
+        codes = {c.name: ended.get(c.name, 137) for c in now.spec.containers}
         try:
-            self._patch_status(now, status)
+            self.finish_pod(pod.metadata.namespace, pod.metadata.name, codes, deleted=True)
         except ApiException as e:
             if e.status not in (404, 409):
-                self._error(f"terminal status {pod.metadata.namespace}/{pod.metadata.name}: {e!r}")
+                self._error(f"terminal status {ref}: {e!r}")
 
     def _error(self, msg: str) -> None:
         log.warning("test kubelet: %s", msg)

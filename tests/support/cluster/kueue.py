@@ -34,6 +34,7 @@ import os
 import shutil
 import ssl
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ from kubernetes.client.rest import ApiException
 
 from .handle import Cluster
 from .paths import kueue_dir, missing_kueue
-from .processes import Component, free_ports, http_ok, wait_until
+from .processes import Component, free_ports, http_ok, wait_until, wait_while_running
 from .session import Missing
 
 MANAGED_LABEL = ("rlhfjob.test/kueue", "managed")
@@ -224,23 +225,11 @@ class Kueue:
             else:
                 adm.create_validating_webhook_configuration(body)
 
-    def _wait(self, ok: Any, what: str) -> None:
-        comp = self.component
-        assert comp is not None
-
-        def check() -> Any:
-            code = comp.exit_code()
-            if code is not None:
-                raise KueueError(
-                    f"kueue exited with code {code} while waiting for {what}; "
-                    f"last lines of its log:\n{comp.tail()}"
-                )
-            return ok()
-
-        try:
-            wait_until(check, timeout=self.start_timeout, what=what, fatal=(KueueError,))
-        except TimeoutError as e:
-            raise KueueError(f"{e}; last lines of kueue's log:\n{comp.tail()}") from None
+    def _wait(self, ok: Callable[[], Any], what: str) -> None:
+        assert self.component is not None
+        wait_while_running(
+            self.component, ok, what=what, timeout=self.start_timeout, error=KueueError
+        )
 
 
 def _crd_name(path: Path) -> str:

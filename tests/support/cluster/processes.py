@@ -119,6 +119,35 @@ def wait_until(
         time.sleep(interval)
 
 
+def wait_while_running(
+    comp: Component,
+    ok: Callable[[], Any],
+    *,
+    what: str,
+    timeout: float,
+    error: type[Exception],
+    interval: float = 0.2,
+) -> None:
+    """wait_until `ok` while `comp` runs; `error` (naming the component, its exit code
+    or the timeout, and the last lines of its log) when it exits or time runs out."""
+
+    def check() -> Any:
+        code = comp.exit_code()
+        if code is not None:
+            raise error(
+                f"{comp.name} exited with code {code} while waiting for {what}; "
+                f"last lines of {comp.log_path.name}:\n{comp.tail()}"
+            )
+        return ok()
+
+    try:
+        wait_until(check, timeout=timeout, what=what, interval=interval, fatal=(error,))
+    except TimeoutError as e:
+        raise error(
+            f"{comp.name}: {e}; last lines of {comp.log_path.name}:\n{comp.tail()}"
+        ) from None
+
+
 def http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2, context=context) as r:
