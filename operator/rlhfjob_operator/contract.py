@@ -117,6 +117,7 @@ __all__ = [
     "EntrypointNotFound",
     "Final",
     "Retry",
+    "abort_hint",
     "describe_exit",
     "entrypoint_path",
     "log_level",
@@ -188,15 +189,29 @@ def describe_exit(code: int) -> str:
     """``exited with code 78 (permanent)`` / ``was killed by SIGKILL``, for messages.
 
     A negative code is a signal, as ``subprocess`` reports it; 128+N from a
-    container runtime is reported as the code it is.
+    container runtime is reported as the code it is. An abort gets
+    :func:`abort_hint` after it.
     """
     if code < 0:
         try:
-            return f"was killed by {signal.Signals(-code).name}"
+            return f"was killed by {signal.Signals(-code).name}{abort_hint(code)}"
         except ValueError:
             return f"was killed by signal {-code}"
     meaning = _EXIT_MEANING.get(code)
-    return f"exited with code {code}" + (f" ({meaning})" if meaning else "")
+    return f"exited with code {code}" + (f" ({meaning})" if meaning else "") + abort_hint(code)
+
+
+def abort_hint(code: int) -> str:
+    """What an abort (SIGABRT: -6 from ``subprocess``, 134 from a container runtime)
+    most likely was, to append to a message; "" for any other code. gloo's and
+    TensorPipe's native listeners abort the process on malformed bytes from whoever
+    connects (SECURITY.md), which the job's own peers never send."""
+    if code not in (-signal.SIGABRT, 128 + signal.SIGABRT):
+        return ""
+    return (
+        ": native code aborted, as TensorPipe does on malformed bytes from a connection "
+        "outside the job (an attack on the job's ports? see SECURITY.md)"
+    )
 
 
 def log_level(environ: Mapping[str, str]) -> str:

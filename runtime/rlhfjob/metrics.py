@@ -39,6 +39,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from rlhfjob import context
+from rlhfjob.comm import admission
 from rlhfjob_operator.contract import ENV_JOB_NAME, ENV_METRICS_HOST, ENV_METRICS_PORT
 
 __all__ = ["JobMetrics", "for_driver", "serve"]
@@ -175,6 +176,7 @@ def serve(metrics: JobMetrics, port: int, host: str = "0.0.0.0") -> Any:
     """Serve ``/metrics`` on ``host:port`` in a daemon thread; port 0 picks a free one
     (the returned server's ``server_port``)."""
     server, _thread = start_http_server(port, addr=host, registry=metrics.registry)
+    admission.exempt(server.socket.fileno())  # scraped from outside the gang
     return server
 
 

@@ -10,6 +10,8 @@ so. Missing binaries fail the session under CI=true and skip it locally.
 - `namespace`: a fresh namespace, deleted afterwards.
 - `pods`: a PodRunner as the kubelet's handler for the test; afterwards no
   process of it is left and the kubelet reported no error.
+- `uninterrupted` (session): the final weights of the small job run undisturbed under
+  `rlhfjob run` (no cluster needed), which the local kill and fuzz runs must end on.
 - `checkpoints`: a PersistentVolumeClaim bound (by the real controller-manager)
   to a hostPath PersistentVolume on a temp dir: checkpoints that outlive pods.
 """
@@ -17,10 +19,13 @@ so. Missing binaries fail the session under CI=true and skip it locally.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
-from gangs import Checkpoints, checkpoint_claim, running_pods
+from gangs import Checkpoints, checkpoint_claim, final_weights, local_manifest, running_pods
 from operator_proc import install_crd
 from podrunner import PodRunner
 
@@ -59,3 +64,17 @@ def pods(cluster: Cluster) -> Iterator[PodRunner]:
 def checkpoints(cluster: Cluster, namespace: str) -> Iterator[Checkpoints]:
     with checkpoint_claim(cluster, namespace) as claim:
         yield claim
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    where = tmp_path_factory.mktemp("uninterrupted")
+    path = local_manifest(where, "e2e-uninterrupted", where / "ckpt", [])
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlhfjob_operator.cli", "run", str(path), "--backoff-base", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return final_weights(where / "ckpt")

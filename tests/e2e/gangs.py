@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from kubernetes import client as k8s
 from podrunner import PodRunner
 
@@ -174,3 +175,36 @@ def checkpoint_claim(cluster: Cluster, namespace: str) -> Iterator[Checkpoints]:
     finally:
         core.delete_persistent_volume(pv)
         shutil.rmtree(path, ignore_errors=True)
+
+
+def local_manifest(
+    path: Path, name: str, ckpt_dir: Path, args: list[str], *, pause: float = 0.0, **runtime: Any
+) -> Path:
+    """The small job under ``rlhfjob run``; ``pause`` (seconds a batch) paces its episodes
+    (the weights do not depend on it), ``runtime`` overrides runtime keys."""
+    manifest = gang_manifest(name, claim=None, args=args, backoff_limit=1)
+    manifest["spec"]["entrypoint"]["file"] = str(REPO / "tests" / "e2e" / "gangjob.py")
+    manifest["spec"]["runtime"]["data_checkpoint_path"] = str(ckpt_dir)
+    manifest["spec"]["runtime"].update(runtime)
+    if pause:
+        manifest["spec"]["models"]["actor"] = {"args": {"pause": pause}}
+    out = path / f"{name}.yaml"
+    out.write_text(yaml.safe_dump(manifest))
+    return out
+
+
+def job_pids(job_name: str, role: str) -> list[int]:
+    """Live processes of ``job_name`` with RLHFJOB_ROLE ``role`` (from their environment)."""
+    wanted = {f"RLHFJOB_JOB_NAME={job_name}".encode(), f"RLHFJOB_ROLE={role}".encode()}
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = set((entry / "environ").read_bytes().split(b"\0"))
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if wanted <= environ and state != "Z":
+            found.append(int(entry.name))
+    return found

@@ -29,9 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from gangs import (
-    REPO,
     RUNTIME,
     Checkpoints,
     checkpoint_claim,
@@ -39,6 +37,8 @@ from gangs import (
     episode_of,
     final_weights,
     gang_manifest,
+    job_pids,
+    local_manifest,
     running_pods,
 )
 from operator_proc import apply, running_operator, wait_for, wait_phase
@@ -153,53 +153,6 @@ SAVE_KILLS = [
 ]
 
 
-def _local_manifest(
-    path: Path, name: str, ckpt_dir: Path, args: list[str], *, pause: float = 0.0, **runtime: Any
-) -> Path:
-    """The small job under ``rlhfjob run``; ``pause`` (seconds a batch) paces its episodes
-    (the weights do not depend on it), ``runtime`` overrides runtime keys."""
-    manifest = gang_manifest(name, claim=None, args=args, backoff_limit=1)
-    manifest["spec"]["entrypoint"]["file"] = str(REPO / "tests" / "e2e" / "gangjob.py")
-    manifest["spec"]["runtime"]["data_checkpoint_path"] = str(ckpt_dir)
-    manifest["spec"]["runtime"].update(runtime)
-    if pause:
-        manifest["spec"]["models"]["actor"] = {"args": {"pause": pause}}
-    out = path / f"{name}.yaml"
-    out.write_text(yaml.safe_dump(manifest))
-    return out
-
-
-def _pids(job_name: str, role: str) -> list[int]:
-    """Live processes of ``job_name`` with RLHFJOB_ROLE ``role`` (from their environment)."""
-    wanted = {f"RLHFJOB_JOB_NAME={job_name}".encode(), f"RLHFJOB_ROLE={role}".encode()}
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = set((entry / "environ").read_bytes().split(b"\0"))
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if wanted <= environ and state != "Z":
-            found.append(int(entry.name))
-    return found
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    where = tmp_path_factory.mktemp("uninterrupted")
-    path = _local_manifest(where, "e2e-uninterrupted", where / "ckpt", [])
-    proc = subprocess.run(
-        [sys.executable, "-m", "rlhfjob_operator.cli", "run", str(path), "--backoff-base", "1"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return final_weights(where / "ckpt")
-
-
 @pytest.mark.parametrize(("point", "victim"), SAVE_KILLS)
 def test_kill_inside_a_distributed_save_keeps_the_previous_checkpoint(
     tmp_path: Path,
@@ -212,7 +165,7 @@ def test_kill_inside_a_distributed_save_keeps_the_previous_checkpoint(
     held, ckpt_dir = tmp_path / "held", tmp_path / "ckpt"
     held.mkdir()
     args = ["--pause-save", f"{SAVE_EPISODE}:{point}", "--pause-dir", str(held)]
-    path = _local_manifest(tmp_path, name, ckpt_dir, args)
+    path = local_manifest(tmp_path, name, ckpt_dir, args)
     proc = subprocess.Popen(
         [sys.executable, "-m", "rlhfjob_operator.cli", "run", str(path), "--backoff-base", "1"],
         stdout=subprocess.PIPE,
@@ -223,7 +176,7 @@ def test_kill_inside_a_distributed_save_keeps_the_previous_checkpoint(
     try:
         wait_for(lambda: (held / "paused").exists(), what="the save held", timeout=300)
         assert episode_of(ckpt_dir) == SAVE_EPISODE - 1
-        (pid,) = _pids(name, victim)
+        (pid,) = job_pids(name, victim)
         os.kill(pid, signal.SIGKILL)
         (held / "resume").write_text("")  # a surviving driver carries on
         _, err = proc.communicate(timeout=300)
@@ -282,7 +235,7 @@ def test_a_sigterm_stops_the_gang_with_an_emergency_checkpoint_and_resumes_bitwi
     victim, after = rng.choice(VICTIMS_LOCAL), rng.choice([1, 5])
     name, ckpt_dir = f"e2e-term-{run}-{os.getpid()}", tmp_path / "ckpt"
     # Episodes of at least 0.5 s: the stop lands in the episode the SIGTERM came in.
-    path = _local_manifest(tmp_path, name, ckpt_dir, [], pause=0.25, save_episode_interval=PERIODIC)
+    path = local_manifest(tmp_path, name, ckpt_dir, [], pause=0.25, save_episode_interval=PERIODIC)
     out: list[str] = []
     proc = subprocess.Popen(
         [sys.executable, "-m", "rlhfjob_operator.cli", "run", str(path), "--backoff-base", "1"],
@@ -299,7 +252,7 @@ def test_a_sigterm_stops_the_gang_with_an_emergency_checkpoint_and_resumes_bitwi
             timeout=300,
         )
         time.sleep(rng.uniform(0.0, 0.05))
-        (pid,) = _pids(name, victim)
+        (pid,) = job_pids(name, victim)
         os.kill(pid, signal.SIGTERM)
         _, err = proc.communicate(timeout=300)
     finally:

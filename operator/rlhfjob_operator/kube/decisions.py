@@ -50,7 +50,14 @@ import dataclasses
 import datetime as dt
 from collections.abc import Callable, Sequence
 
-from rlhfjob_operator.contract import EXIT_RETRYABLE, Backoff, Final, Retry, next_attempt
+from rlhfjob_operator.contract import (
+    EXIT_RETRYABLE,
+    Backoff,
+    Final,
+    Retry,
+    abort_hint,
+    next_attempt,
+)
 from rlhfjob_operator.kube.gang import gated
 from rlhfjob_operator.kube.kueue import awaiting_admission, queue_name, to_retire
 from rlhfjob_operator.kube.rootcause import root_cause
@@ -234,7 +241,7 @@ def _pod_failed(turn: Turn) -> Decision | None:
     code, why = failed_exit(pod)
     name = pod["metadata"]["name"]
     what = f"pod {name} failed" + (
-        f" (exit code {code}: {why})" if code is not None else f" ({why})"
+        f" (exit code {code}: {why}{abort_hint(code)})" if code is not None else f" ({why})"
     )
     # A pod that failed without an exit code (evicted, lost) is retryable.
     attempt = next_attempt(

@@ -146,6 +146,9 @@ class Peer:
     pid: int
     host: str
     cuda: bool
+    # Every IP address of the process's host or pod: its listeners admit only these
+    # (rlhfjob.comm.admission).
+    addresses: tuple[str, ...] = ()
 
     def describe(self) -> str:
         return (

@@ -34,6 +34,7 @@ import torch.distributed.rpc as rpc
 from torch.distributed.rendezvous import register_rendezvous_handler
 
 from rlhfjob import timing
+from rlhfjob.comm import admission
 from rlhfjob.comm.env import MIN_SECRET_CHARS, Peer, WorkerEnv
 from rlhfjob.comm.errors import RendezvousRefused, StartupError
 from rlhfjob.comm.quiet import quiet_startup
@@ -88,6 +89,7 @@ def _record(env: WorkerEnv) -> bytes:
         pid=os.getpid(),
         host=os.uname().nodename,
         cuda=torch.cuda.is_available(),
+        addresses=admission.host_addresses(),
     )
     return json.dumps(dataclasses.asdict(me)).encode()
 
@@ -144,6 +146,7 @@ def _gather_peers(store: SignedStore, env: WorkerEnv, *, deadline: float) -> lis
                 continue
             raw_peer = json.loads(payload)
             raw_peer["models"] = tuple(raw_peer["models"])
+            raw_peer["addresses"] = tuple(raw_peer.get("addresses", ()))
             found[rank] = Peer(**raw_peer)
         if len(found) == env.world_size:
             return [found[r] for r in range(env.world_size)]
@@ -192,7 +195,32 @@ def _listen_fd(env: WorkerEnv) -> int | None:
     return sock.detach()  # TCPStore owns it from here
 
 
-def _start_gloo_and_rpc(env: WorkerEnv, store: SignedStore, *, startup_timeout: float) -> None:
+def rpc_channels(peers: list[Peer], *, cuda: bool) -> list[str]:
+    """TensorPipe's channels for this gang, best first; pure.
+
+    Tensor payloads between processes of one host take cross-memory attach (CMA: one
+    process_vm_readv, no socket), CUDA IPC on GPUs. Control messages take TCP ("uv"),
+    not TensorPipe's "shm" transport: its reactor busy-polls a core per process, which
+    made the PPO example 7x slower with 7 processes on 2 cores (3.05 s vs 0.44 s).
+
+    ``mpt_uv`` (tensors over 16 parallel TCP lanes, each a listening socket of its
+    own) is offered only when some peer is on another host: on one host ``cma``
+    carries every tensor, so its 16 listeners per process would be doors to the
+    process that nothing of the job uses (SECURITY.md). "Another host" means another
+    ``Peer.host`` (the hostname; on Kubernetes each pod's own, so pods of one node
+    count as several hosts: CMA does not cross their PID namespaces anyway).
+    """
+    channels = ["cma", "basic"]
+    if len({peer.host for peer in peers}) > 1:
+        channels.insert(1, "mpt_uv")
+    if cuda:
+        channels = ["cuda_ipc", "cuda_basic", *channels]
+    return channels
+
+
+def _start_gloo_and_rpc(
+    env: WorkerEnv, store: SignedStore, peers: list[Peer], *, startup_timeout: float
+) -> None:
     """The default gloo group and torch RPC, both rendezvousing through ``store``."""
 
     def handler(url: str, **kwargs: Any) -> Iterator[tuple[dist.Store, int, int]]:
@@ -208,13 +236,7 @@ def _start_gloo_and_rpc(env: WorkerEnv, store: SignedStore, *, startup_timeout: 
         timeout=timedelta(seconds=max(startup_timeout, 600)),
     )
     timing.mark("gloo process group up")
-    # Tensor payloads between processes of one host take cross-memory attach (CMA: one
-    # process_vm_readv, no socket), CUDA IPC on GPUs. Control messages take TCP ("uv"),
-    # not TensorPipe's "shm" transport: its reactor busy-polls a core per process, which
-    # made the PPO example 7x slower with 7 processes on 2 cores (3.05 s vs 0.44 s).
-    channels = ["cma", "mpt_uv", "basic"]
-    if torch.cuda.is_available():
-        channels = ["cuda_ipc", "cuda_basic", *channels]
+    channels = rpc_channels(peers, cuda=torch.cuda.is_available())
     options = rpc.TensorPipeRpcBackendOptions(
         init_method="rlhfjob://",
         # Also the store's timeout during RPC's own handshake, so not 0 here.
@@ -265,7 +287,7 @@ def start(env: WorkerEnv, *, startup_timeout: float = 120.0, rpc_timeout: float 
     undo = sign_rpc_pickles(job_key(env, "rpc"), name=env.name)
     try:
         with quiet_startup(env.log_level):
-            _start_gloo_and_rpc(env, store, startup_timeout=startup_timeout)
+            _start_gloo_and_rpc(env, store, peers, startup_timeout=startup_timeout)
     except Exception as exc:
         undo()
         if store.refused:
@@ -280,4 +302,6 @@ def start(env: WorkerEnv, *, startup_timeout: float = 120.0, rpc_timeout: float 
     # No public setter: the options' rpc_timeout also bounds RPC's own startup, which must
     # not wait forever (tests/unit/test_torch_private_api.py guards this name).
     rpc._set_rpc_timeout(rpc_timeout)
+    guarded = admission.guard_peers(peers)
+    timing.mark(f"{len(guarded)} listening sockets admit only the gang's addresses")
     return Session(env=env, peers=peers, store=store, tcp=tcp, undo_signing=undo)

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
+from rlhfjob import context
+from rlhfjob.comm import admission
 from rlhfjob.comm.broadcast import all_reduce_mean, broadcast_tensors
 from rlhfjob.comm.channel import Pickler
 from rlhfjob.data import split_samples
@@ -59,6 +61,8 @@ def run_setup(rt: WorkerRuntime, msg: Setup) -> None:
         group = dist.new_group(spec.ranks, backend=spec.backend)
         if rt.env.rank in spec.ranks:
             rt.groups[spec.name] = group
+    # The groups' gloo listeners, and the control channel's, opened after the rendezvous.
+    admission.guard_peers(context.peers)
     for module in msg.modules:
         module.bind(msg.config, replica_id=rt.env.replica)
         module.run_hook(module.setup)

@@ -36,6 +36,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.rpc as rpc
 
+from rlhfjob.comm import admission
 from rlhfjob.comm.channel import ADOPT, Client, Reply, connect
 from rlhfjob.comm.env import Peer
 from rlhfjob.data import TrainBatch
@@ -186,6 +187,7 @@ class RpcExecutor:
         # Every rank makes every group, in one order: new_group is collective.
         for spec in layout.groups:
             self.groups[spec.name] = dist.new_group(spec.ranks, backend=spec.backend)
+        admission.guard_peers(self.peers.values())  # the groups' gloo listeners
         for peer, fut in futures:
             self._wait(peer, fut, "setup")
         for src, dst in sync_pairs:

@@ -53,6 +53,10 @@ def test_exits_are_described_with_their_meaning() -> None:
     assert describe_exit(78) == "exited with code 78 (permanent)"
     assert describe_exit(-9) == "was killed by SIGKILL"
     assert describe_exit(3) == "exited with code 3"
+    # An abort names what most likely caused it, from subprocess (-6) or a runtime (134).
+    for code, start in ((-6, "was killed by SIGABRT: "), (134, "exited with code 134: ")):
+        assert describe_exit(code).startswith(start)
+        assert "malformed bytes from a connection outside the job" in describe_exit(code)
 
 
 def test_the_root_cause_is_the_earliest_failure_that_is_not_a_peer_noticing() -> None:

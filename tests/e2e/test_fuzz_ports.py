@@ -1,0 +1,249 @@
+"""A stranger's bytes on every listening port of a job under ``rlhfjob run`` (issue 18).
+
+While the small job trains (a checkpoint every episode), every TCP port its processes
+listen on gets, at once, 64 random bytes, a header claiming 2**62 bytes, and a header
+cut short, from two kinds of stranger:
+
+1. from 127.0.0.2, an address no process of the job published at the signed
+   rendezvous, standing for a pod outside the job: every port but the metrics one
+   (served to anyone on purpose) must refuse it before a byte is read
+   (``rlhfjob.comm.admission``: its SYN is dropped), so nothing happens to the job;
+2. from 127.0.0.1, where every process of one host comes from (admitted: the residual
+   risk SECURITY.md names), port after port, plus a control-channel handshake with
+   another job's secret. A port whose process dies for it ends the sweep (the gang
+   goes down with it): the launcher names the abort and restarts the gang from the
+   newest checkpoint, once.
+
+Either way the job must end with the weights of an undisturbed run, bitwise. The
+per-port outcome is printed, never timed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import os
+import random
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gangs import differing, final_weights, job_pids, local_manifest
+from operator_proc import wait_for
+
+from rlhfjob.comm import admission
+
+STRANGER, LOCAL = "127.0.0.2", "127.0.0.1"
+ROLES = ("driver", "actor-scorer", "learner")
+WAIT_S = 1.0  # how long a probe waits for a connection or an answer
+
+
+KINDS = ("random", "oversized", "truncated")
+
+
+def _payloads(rng: random.Random) -> dict[str, bytes]:
+    claim = 2**62
+    return {
+        "random": rng.randbytes(64),
+        "oversized": claim.to_bytes(8, "little") + claim.to_bytes(8, "big") + rng.randbytes(48),
+        "truncated": (1000).to_bytes(8, "little") + (1000).to_bytes(8, "big")[:4],
+    }
+
+
+def _probe(port: int, source: str, payload: bytes) -> str:
+    """What the port did with ``payload`` sent from ``source``."""
+    try:
+        sock = socket.create_connection(
+            ("127.0.0.1", port), timeout=WAIT_S, source_address=(source, 0)
+        )
+    except TimeoutError:
+        return "refused (never accepted)"
+    except ConnectionRefusedError:
+        return "closed port"
+    with sock:
+        try:
+            sock.sendall(payload)
+            sock.settimeout(WAIT_S)
+            reply = sock.recv(64)
+        except TimeoutError:
+            return "ignored (held open)"
+        except (ConnectionResetError, BrokenPipeError):
+            return "connection reset"
+    return f"answered {len(reply)} bytes" if reply else "connection closed"
+
+
+def _other_job(port: int) -> str:
+    """The control channel's handshake answered with another job's secret."""
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
+    except OSError:
+        return "other job: no connection"
+    with sock:
+        try:
+            nonce = sock.recv(32)
+            if len(nonce) < 32:
+                return "other job: no challenge"
+            sock.sendall(hmac.new(secrets.token_bytes(32), nonce, hashlib.sha256).digest())
+            verdict = sock.recv(1)
+        except TimeoutError:
+            return "other job: no challenge" if "nonce" not in locals() else "other job: held"
+        except (ConnectionResetError, BrokenPipeError):
+            return "other job: reset"
+    return "other job: ACCEPTED" if verdict else "other job's proof: closed"
+
+
+def _ports(job: str) -> dict[int, tuple[str, int]]:
+    """Every listening port of the job's processes: port -> (role, pid)."""
+    found = {}
+    for role in ROLES:
+        for pid in job_pids(job, role):
+            for _, port in admission.listening_inodes(pid).values():
+                found[port] = (role, pid)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _restarted(job: str, before: int) -> bool:
+    """Whether a new driver of ``job`` (not pid ``before``) serves its metrics."""
+    for pid in job_pids(job, "driver"):
+        if pid != before:
+            with contextlib.suppress(OSError, KeyError, ValueError):
+                metrics = next(p for p, what in _driver_ports(pid).items() if what == "metrics")
+                return metrics in {port for _, port in admission.listening_inodes(pid).values()}
+    return False
+
+
+def _driver_ports(pid: int) -> dict[int, str]:
+    """The driver's metrics and rendezvous ports, from its environment."""
+    environ = dict(
+        item.split("=", 1)
+        for item in Path(f"/proc/{pid}/environ").read_text().split("\0")
+        if "=" in item
+    )
+    return {int(environ["RLHFJOB_METRICS_PORT"]): "metrics", int(environ["MASTER_PORT"]): "store"}
+
+
+def _labelled(outcomes: list[str]) -> list[str]:
+    return [f"{kind} {seen}" for kind, seen in zip(KINDS, outcomes, strict=False)]
+
+
+def _sweep(port: int, source: str, payloads: list[bytes]) -> list[str]:
+    """Every payload to ``port`` at once, from ``source``: what the port did, in order."""
+    with ThreadPoolExecutor(4) as pool:
+        return list(pool.map(lambda payload: _probe(port, source, payload), payloads))
+
+
+def test_a_strangers_bytes_on_every_port_leave_the_weights_of_an_undisturbed_run(
+    tmp_path: Path, uninterrupted: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    seed = random.randrange(2**32)
+    payloads = list(_payloads(random.Random(seed)).values())
+    name, ckpt_dir = f"e2e-fuzz-{os.getpid()}", tmp_path / "ckpt"
+    # 4 s episodes (2 batches of 2 s): both sweeps land while it trains.
+    path = local_manifest(tmp_path, name, ckpt_dir, [], pause=2.0)
+    out: list[str] = []
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rlhfjob_operator.cli", "run", str(path), "--backoff-base", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    pump = threading.Thread(target=lambda: out.extend(proc.stdout or ()), daemon=True)
+    pump.start()
+    try:
+        wait_for(
+            lambda: any(line.startswith("episode 1/") for line in out),
+            what="episode 1 done",
+            timeout=300,
+        )
+        ports = _ports(name)
+        (driver,) = {pid for role, pid in ports.values() if role == "driver"}
+        named = _driver_ports(driver)
+        metrics = next(port for port, what in named.items() if what == "metrics")
+        # 1. From an address the job did not publish: every port at once.
+        with ThreadPoolExecutor(8) as pool:
+            outside = dict(
+                zip(
+                    ports,
+                    pool.map(lambda p: _sweep(p, STRANGER, payloads), ports),
+                    strict=True,
+                )
+            )
+        survived = all(_alive(pid) for _, pid in ports.values())
+        # 2. From loopback (admitted on one host), port after port: random bytes, then the
+        # oversized header, until a process of the gang dies of one.
+        inside: dict[int, list[str]] = {}
+        for port in sorted(ports, key=lambda p: (p not in named, p)):
+            if not all(_alive(pid) for _, pid in ports.values()):
+                break
+            inside[port] = [_probe(port, LOCAL, payload) for payload in payloads[:2]]
+            time.sleep(0.5)  # an abort takes its process down within moments
+        # 3. The restarted gang, once its driver serves metrics (the episode loop began):
+        # another job's control-channel handshake and the cut-short header, every port at
+        # once. Neither aborts a process.
+        wait_for(lambda: _restarted(name, driver), what="the restarted gang", timeout=300)
+        again = _ports(name)
+        named.update(_driver_ports(*{pid for role, pid in again.values() if role == "driver"}))
+        with ThreadPoolExecutor(8) as pool:
+            later = dict(
+                zip(
+                    again,
+                    pool.map(lambda p: [_other_job(p), _probe(p, LOCAL, payloads[2])], again),
+                    strict=True,
+                )
+            )
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=30)
+        pump.join(timeout=30)
+    aborted = {pid for _, pid in ports.values() if f"pid {pid}) was killed by SIGABRT" in err}
+    restarts = [line for line in err.splitlines() if "restarting the gang" in line]
+    diff = differing(uninterrupted, final_weights(ckpt_dir))
+    with capsys.disabled():
+        print(f"\n  rlhfjob run, seed {seed}: {len(ports)} listening ports, then {len(again)}")
+        for port, (role, pid) in sorted(ports.items()):
+            what = f"{role}/{named[port]}" if port in named else role
+            tail = "; ".join(_labelled(inside[port])) if port in inside else "gang down: not sent"
+            if port in inside and pid in aborted and port == max(inside, key=list(inside).index):
+                tail += ": ITS PROCESS ABORTED (gang restarted)"
+            print(f"    {port} {what:14} from {STRANGER}: {'; '.join(_labelled(outside[port]))}")
+            print(f"    {'':20} from {LOCAL}: {tail}")
+        print("  after the restart, from 127.0.0.1:")
+        for port, (role, _) in sorted(again.items()):
+            what = f"{role}/{named[port]}" if port in named else role
+            print(f"    {port} {what:14} {later[port][0]}; truncated {later[port][1]}")
+        same = "identical weights" if not diff else "DIFFERENT weights"
+        print(f"  {restarts}; {same}")
+    assert proc.returncode == 0, err[-3000:]
+    assert survived, "a stranger refused at the kernel still killed a process"
+    for port, seen in outside.items():
+        if port != metrics:
+            assert set(seen) == {"refused (never accepted)"}, (port, ports[port], seen)
+    # One abort (TensorPipe's listener, on random bytes or the oversized header), named,
+    # and one restart from the newest checkpoint.
+    assert len(aborted) == 1 and len(restarts) == 1, err[-3000:]
+    assert "native code aborted" in err, err[-3000:]
+    assert "restarting the gang from episode " in restarts[0], err[-3000:]
+    refused = [port for port, seen in later.items() if seen[0] == "other job's proof: closed"]
+    assert len(refused) == 2, later  # the two workers' control channels
+    assert not any("ACCEPTED" in seen[0] for seen in later.values())
+    assert diff == []
