@@ -193,18 +193,21 @@ def local_manifest(
     return out
 
 
-def job_pids(job_name: str, role: str) -> list[int]:
-    """Live processes of ``job_name`` with RLHFJOB_ROLE ``role`` (from their environment)."""
-    wanted = {f"RLHFJOB_JOB_NAME={job_name}".encode(), f"RLHFJOB_ROLE={role}".encode()}
-    found = []
+def job_pids(job_name: str, role: str | None = None) -> dict[int, str]:
+    """Live processes of ``job_name`` (with RLHFJOB_ROLE ``role``, or any): pid -> role,
+    from their environment."""
+    job = f"RLHFJOB_JOB_NAME={job_name}".encode()
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            environ = set((entry / "environ").read_bytes().split(b"\0"))
+            environ = (entry / "environ").read_bytes().split(b"\0")
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except (OSError, IndexError):
             continue
-        if wanted <= environ and state != "Z":
-            found.append(int(entry.name))
+        key = b"RLHFJOB_ROLE="
+        roles = [v[len(key) :].decode() for v in environ if v.startswith(key)]
+        if job in environ and roles and role in (None, roles[0]) and state != "Z":
+            found[int(entry.name)] = roles[0]
     return found

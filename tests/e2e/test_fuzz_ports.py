@@ -21,13 +21,9 @@ per-port outcome is printed, never timed.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
 import os
 import random
-import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -39,76 +35,9 @@ from typing import Any
 import pytest
 from gangs import differing, final_weights, job_pids, local_manifest
 from operator_proc import wait_for
+from strangers import LOCAL, STRANGER, job_ports, labelled, other_job, payloads_of, probe, sweep
 
 from rlhfjob.comm import admission
-
-STRANGER, LOCAL = "127.0.0.2", "127.0.0.1"
-ROLES = ("driver", "actor-scorer", "learner")
-WAIT_S = 1.0  # how long a probe waits for a connection or an answer
-
-
-KINDS = ("random", "oversized", "truncated")
-
-
-def _payloads(rng: random.Random) -> dict[str, bytes]:
-    claim = 2**62
-    return {
-        "random": rng.randbytes(64),
-        "oversized": claim.to_bytes(8, "little") + claim.to_bytes(8, "big") + rng.randbytes(48),
-        "truncated": (1000).to_bytes(8, "little") + (1000).to_bytes(8, "big")[:4],
-    }
-
-
-def _probe(port: int, source: str, payload: bytes) -> str:
-    """What the port did with ``payload`` sent from ``source``."""
-    try:
-        sock = socket.create_connection(
-            ("127.0.0.1", port), timeout=WAIT_S, source_address=(source, 0)
-        )
-    except TimeoutError:
-        return "refused (never accepted)"
-    except ConnectionRefusedError:
-        return "closed port"
-    with sock:
-        try:
-            sock.sendall(payload)
-            sock.settimeout(WAIT_S)
-            reply = sock.recv(64)
-        except TimeoutError:
-            return "ignored (held open)"
-        except (ConnectionResetError, BrokenPipeError):
-            return "connection reset"
-    return f"answered {len(reply)} bytes" if reply else "connection closed"
-
-
-def _other_job(port: int) -> str:
-    """The control channel's handshake answered with another job's secret."""
-    try:
-        sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
-    except OSError:
-        return "other job: no connection"
-    with sock:
-        try:
-            nonce = sock.recv(32)
-            if len(nonce) < 32:
-                return "other job: no challenge"
-            sock.sendall(hmac.new(secrets.token_bytes(32), nonce, hashlib.sha256).digest())
-            verdict = sock.recv(1)
-        except TimeoutError:
-            return "other job: no challenge" if "nonce" not in locals() else "other job: held"
-        except (ConnectionResetError, BrokenPipeError):
-            return "other job: reset"
-    return "other job: ACCEPTED" if verdict else "other job's proof: closed"
-
-
-def _ports(job: str) -> dict[int, tuple[str, int]]:
-    """Every listening port of the job's processes: port -> (role, pid)."""
-    found = {}
-    for role in ROLES:
-        for pid in job_pids(job, role):
-            for _, port in admission.listening_inodes(pid).values():
-                found[port] = (role, pid)
-    return found
 
 
 def _alive(pid: int) -> bool:
@@ -125,7 +54,7 @@ def _restarted(job: str, before: int) -> bool:
         if pid != before:
             with contextlib.suppress(OSError, KeyError, ValueError):
                 metrics = next(p for p, what in _driver_ports(pid).items() if what == "metrics")
-                return metrics in {port for _, port in admission.listening_inodes(pid).values()}
+                return metrics in {port for _, _, port in admission.listening_inodes(pid).values()}
     return False
 
 
@@ -139,21 +68,11 @@ def _driver_ports(pid: int) -> dict[int, str]:
     return {int(environ["RLHFJOB_METRICS_PORT"]): "metrics", int(environ["MASTER_PORT"]): "store"}
 
 
-def _labelled(outcomes: list[str]) -> list[str]:
-    return [f"{kind} {seen}" for kind, seen in zip(KINDS, outcomes, strict=False)]
-
-
-def _sweep(port: int, source: str, payloads: list[bytes]) -> list[str]:
-    """Every payload to ``port`` at once, from ``source``: what the port did, in order."""
-    with ThreadPoolExecutor(4) as pool:
-        return list(pool.map(lambda payload: _probe(port, source, payload), payloads))
-
-
 def test_a_strangers_bytes_on_every_port_leave_the_weights_of_an_undisturbed_run(
     tmp_path: Path, uninterrupted: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
     seed = random.randrange(2**32)
-    payloads = list(_payloads(random.Random(seed)).values())
+    payloads = payloads_of(random.Random(seed))
     name, ckpt_dir = f"e2e-fuzz-{os.getpid()}", tmp_path / "ckpt"
     # 4 s episodes (2 batches of 2 s): both sweeps land while it trains.
     path = local_manifest(tmp_path, name, ckpt_dir, [], pause=2.0)
@@ -173,7 +92,7 @@ def test_a_strangers_bytes_on_every_port_leave_the_weights_of_an_undisturbed_run
             what="episode 1 done",
             timeout=300,
         )
-        ports = _ports(name)
+        ports = job_ports(name)
         (driver,) = {pid for role, pid in ports.values() if role == "driver"}
         named = _driver_ports(driver)
         metrics = next(port for port, what in named.items() if what == "metrics")
@@ -182,7 +101,7 @@ def test_a_strangers_bytes_on_every_port_leave_the_weights_of_an_undisturbed_run
             outside = dict(
                 zip(
                     ports,
-                    pool.map(lambda p: _sweep(p, STRANGER, payloads), ports),
+                    pool.map(lambda p: sweep(p, STRANGER, payloads), ports),
                     strict=True,
                 )
             )
@@ -190,22 +109,22 @@ def test_a_strangers_bytes_on_every_port_leave_the_weights_of_an_undisturbed_run
         # 2. From loopback (admitted on one host), port after port: random bytes, then the
         # oversized header, until a process of the gang dies of one.
         inside: dict[int, list[str]] = {}
-        for port in sorted(ports, key=lambda p: (p not in named, p)):
+        for port in sorted(ports, key=lambda t: (t[1] not in named, t)):
             if not all(_alive(pid) for _, pid in ports.values()):
                 break
-            inside[port] = [_probe(port, LOCAL, payload) for payload in payloads[:2]]
+            inside[port] = [probe(port, LOCAL, payload) for payload in payloads[:2]]
             time.sleep(0.5)  # an abort takes its process down within moments
         # 3. The restarted gang, once its driver serves metrics (the episode loop began):
         # another job's control-channel handshake and the cut-short header, every port at
         # once. Neither aborts a process.
         wait_for(lambda: _restarted(name, driver), what="the restarted gang", timeout=300)
-        again = _ports(name)
+        again = job_ports(name)
         named.update(_driver_ports(*{pid for role, pid in again.values() if role == "driver"}))
         with ThreadPoolExecutor(8) as pool:
             later = dict(
                 zip(
                     again,
-                    pool.map(lambda p: [_other_job(p), _probe(p, LOCAL, payloads[2])], again),
+                    pool.map(lambda p: [other_job(p), probe(p, LOCAL, payloads[2])], again),
                     strict=True,
                 )
             )
@@ -221,22 +140,22 @@ def test_a_strangers_bytes_on_every_port_leave_the_weights_of_an_undisturbed_run
     with capsys.disabled():
         print(f"\n  rlhfjob run, seed {seed}: {len(ports)} listening ports, then {len(again)}")
         for port, (role, pid) in sorted(ports.items()):
-            what = f"{role}/{named[port]}" if port in named else role
-            tail = "; ".join(_labelled(inside[port])) if port in inside else "gang down: not sent"
+            what = f"{role}/{named[port[1]]}" if port[1] in named else role
+            tail = "; ".join(labelled(inside[port])) if port in inside else "gang down: not sent"
             if port in inside and pid in aborted and port == max(inside, key=list(inside).index):
                 tail += ": ITS PROCESS ABORTED (gang restarted)"
-            print(f"    {port} {what:14} from {STRANGER}: {'; '.join(_labelled(outside[port]))}")
+            print(f"    {port[1]} {what:14} from {STRANGER}: {'; '.join(labelled(outside[port]))}")
             print(f"    {'':20} from {LOCAL}: {tail}")
         print("  after the restart, from 127.0.0.1:")
         for port, (role, _) in sorted(again.items()):
-            what = f"{role}/{named[port]}" if port in named else role
-            print(f"    {port} {what:14} {later[port][0]}; truncated {later[port][1]}")
+            what = f"{role}/{named[port[1]]}" if port[1] in named else role
+            print(f"    {port[1]} {what:14} {later[port][0]}; truncated {later[port][1]}")
         same = "identical weights" if not diff else "DIFFERENT weights"
         print(f"  {restarts}; {same}")
     assert proc.returncode == 0, err[-3000:]
     assert survived, "a stranger refused at the kernel still killed a process"
     for port, seen in outside.items():
-        if port != metrics:
+        if port[1] != metrics:
             assert set(seen) == {"refused (never accepted)"}, (port, ports[port], seen)
     # One abort (TensorPipe's listener, on random bytes or the oversized header), named,
     # and one restart from the newest checkpoint.

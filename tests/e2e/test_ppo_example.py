@@ -4,13 +4,18 @@ The example's manifest as it ships, shortened (fewer episodes and prompts) so
 that it fits a test; the pods the operator creates run as processes (the test
 kubelet's PodRunner). Its progress is read where a user reads it: the driver's
 Prometheus endpoint (at the driver pod's IP) while it trains, and the job's
-columns in `kubectl get rlhfjobs` once it has Succeeded.
+columns in `kubectl get rlhfjobs` once it has Succeeded. While it trains, a
+stranger (an address no pod of the job published) sends every port of its pods
+the payloads of ``strangers``: each but the metrics port drops it unread
+(SECURITY.md, the address filter).
 """
 
 from __future__ import annotations
 
+import random
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +24,7 @@ import yaml
 from gangs import REPO
 from operator_proc import job, running_operator, wait_for
 from prometheus_client.parser import text_string_to_metric_families
+from strangers import STRANGER, job_ports, labelled, payloads_of, sweep
 
 from cluster import Cluster
 
@@ -70,6 +76,15 @@ def driver_metrics(cluster: Cluster, namespace: str, pod: str) -> dict[str, floa
     return out
 
 
+def strangers_on_every_port(job_name: str) -> dict[tuple[str, int], tuple[str, list[str]]]:
+    """Every payload of ``strangers`` from an address outside the job (a pod of another
+    job) to every port the job's pods listen on: port -> (role, outcomes)."""
+    ports = job_ports(job_name)
+    with ThreadPoolExecutor(8) as pool:
+        seen = pool.map(lambda p: sweep(p, STRANGER, payloads_of(random.Random(p))), ports)
+        return {port: (ports[port][0], got) for port, got in zip(ports, seen, strict=True)}
+
+
 def test_ppo_example_applied_with_kubectl_trains_to_succeeded(
     cluster: Cluster,
     namespace: str,
@@ -82,9 +97,12 @@ def test_ppo_example_applied_with_kubectl_trains_to_succeeded(
         t0 = time.perf_counter()
         cluster.kubectl_run("apply", "-n", namespace, "-f", str(shortened(tmp_path)))
         seen: dict[str, float] = {}
+        outside: dict[tuple[str, int], tuple[str, list[str]]] = {}
 
         def finished() -> bool:
             seen.update(driver_metrics(cluster, namespace, driver))
+            if seen.get("episode", 0) >= 1 and not outside:
+                outside.update(strangers_on_every_port(name))
             phase = (job(cluster, namespace, name).get("status") or {}).get("phase")
             assert phase not in ("Failed", "Restarting"), job(cluster, namespace, name)["status"]
             return phase == "Succeeded"
@@ -103,6 +121,9 @@ def test_ppo_example_applied_with_kubectl_trains_to_succeeded(
     with capsys.disabled():
         print(f"\n{table}PPO example (shortened to {EPISODES} episodes), 6 pods: {took:.0f} s")
         print(f"driver metrics while it trained: {seen}")
+        print(f"a stranger at {STRANGER} on the pods' {len(outside)} listening ports:")
+        for port, (role, got) in sorted(outside.items()):
+            print(f"    {port[0]}:{port[1]} {role:12} {'; '.join(labelled(got))}")
 
     header, row = table.splitlines()[:2]
     columns = dict(zip(header.split(), row.split(), strict=False))
@@ -113,6 +134,12 @@ def test_ppo_example_applied_with_kubectl_trains_to_succeeded(
     # The driver's own endpoint showed training under way, reward included.
     assert 1 <= seen.get("episode", 0) <= EPISODES, seen
     assert 0.0 < seen["reward"] <= 1.0
+    # Every port but the driver's metrics (9090, open to Prometheus) dropped the stranger
+    # before a byte was read, and the job went on to Succeeded (backoffLimit 0).
+    assert len(outside) >= 6 + 6, outside  # each pod's gloo and TensorPipe at least
+    for port, (role, got) in outside.items():
+        if port[1] != 9090:
+            assert set(got) == {"refused (never accepted)"}, (port, role, got)
     # The driver printed the example's reward table, one row per episode.
     log = pods.log(namespace, driver)
     assert "episode  reward  eval/reward" in log

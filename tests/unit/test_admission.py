@@ -105,4 +105,4 @@ def test_no_published_address_guards_nothing(listener: socket.socket) -> None:
 
 def test_listening_inodes_names_port_and_fd(listener: socket.socket) -> None:
     mine = admission.listening_inodes()
-    assert (listener.fileno(), listener.getsockname()[1]) in mine.values()
+    assert (listener.fileno(), "127.0.0.1", listener.getsockname()[1]) in mine.values()

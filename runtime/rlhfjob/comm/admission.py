@@ -173,10 +173,10 @@ def host_addresses() -> tuple[str, ...]:
     return tuple(dict.fromkeys(found))
 
 
-def listening_inodes(pid: int | str = "self") -> dict[int, tuple[int, int]]:
+def listening_inodes(pid: int | str = "self") -> dict[int, tuple[int, str, int]]:
     """The listening TCP sockets of process ``pid`` (Linux; another process's only where
     ``/proc`` lets us read its file descriptors): socket inode -> (file descriptor,
-    port). A process that ended meanwhile has none."""
+    local address, port). A process that ended meanwhile has none."""
     by_inode: dict[int, int] = {}
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
@@ -189,7 +189,7 @@ def listening_inodes(pid: int | str = "self") -> dict[int, tuple[int, int]]:
             continue  # closed since the listing
         if target.startswith("socket:["):
             by_inode[int(target[8:-1])] = int(fd)
-    listening: dict[int, tuple[int, int]] = {}
+    listening: dict[int, tuple[int, str, int]] = {}
     for table in ("tcp", "tcp6"):
         try:
             with open(f"/proc/{pid}/net/{table}") as rows:
@@ -198,11 +198,18 @@ def listening_inodes(pid: int | str = "self") -> dict[int, tuple[int, int]]:
                     fields = row.split()
                     inode = int(fields[9])
                     if fields[3] == "0A" and inode in by_inode:  # 0A: TCP_LISTEN
-                        port = int(fields[1].rsplit(":", 1)[1], 16)
-                        listening[inode] = (by_inode[inode], port)
+                        host, port = fields[1].rsplit(":", 1)
+                        listening[inode] = (by_inode[inode], _proc_address(host), int(port, 16))
         except OSError:
             continue
     return listening
+
+
+def _proc_address(text: str) -> str:
+    """An address as ``/proc/net/tcp[6]`` writes it: 32-bit words in host (little-endian)
+    order, as hex."""
+    words = [bytes.fromhex(text[i : i + 8])[::-1] for i in range(0, len(text), 8)]
+    return str(ipaddress.ip_address(b"".join(words)))
 
 
 _guarded: set[int] = set()  # socket inodes done (guarded or exempt)
@@ -224,7 +231,7 @@ def guard(addresses: Iterable[str]) -> list[int]:
     buffer = ctypes.create_string_buffer(program, len(program))
     fprog = struct.pack("HxxxxxxP", len(program) // 8, ctypes.addressof(buffer))
     done = []
-    for inode, (fd, _) in sorted(listening_inodes().items()):
+    for inode, (fd, _, _) in sorted(listening_inodes().items()):
         if inode in _guarded:
             continue
         try:
