@@ -212,27 +212,29 @@ def _proc_address(text: str) -> str:
     return str(ipaddress.ip_address(b"".join(words)))
 
 
-_guarded: set[int] = set()  # socket inodes done (guarded or exempt)
+_exempt: set[int] = set()  # socket inodes never guarded
 
 
 def exempt(fd: int) -> None:
     """Never guard the listening socket ``fd``: one that serves outside the gang (the
-    driver's metrics, which Prometheus scrapes from anywhere)."""
-    _guarded.add(os.fstat(fd).st_ino)
+    driver's metrics, which Prometheus scrapes from anywhere). It must stay open for the
+    process's life (its inode is what is remembered)."""
+    _exempt.add(os.fstat(fd).st_ino)
 
 
 def guard(addresses: Iterable[str]) -> list[int]:
-    """Attach the filter of ``addresses`` to every listening socket of this process not
-    guarded yet; returns the file descriptors it guarded now. Calling it again after
-    more sockets listen guards those. A socket this cannot guard (closed meanwhile, or
-    a kernel that refuses the filter) is skipped: the job runs, guarded by network
-    policy alone for that socket."""
+    """Attach the filter of ``addresses`` to every listening socket of this process but
+    the exempt ones; returns their file descriptors. A second call attaches it again
+    (the kernel replaces a socket's filter), and so also guards sockets that began
+    listening since. A socket this cannot guard (closed meanwhile, its descriptor
+    reused by another socket, or a kernel that refuses the filter) is skipped: the
+    job runs, guarded by network policy alone for that socket."""
     program = filter_program(addresses)
     buffer = ctypes.create_string_buffer(program, len(program))
     fprog = struct.pack("HxxxxxxP", len(program) // 8, ctypes.addressof(buffer))
     done = []
     for inode, (fd, _, _) in sorted(listening_inodes().items()):
-        if inode in _guarded:
+        if inode in _exempt:
             continue
         try:
             sock = socket.socket(fileno=os.dup(fd))
@@ -240,10 +242,11 @@ def guard(addresses: Iterable[str]) -> list[int]:
             continue
         with sock:
             try:
+                if os.fstat(sock.fileno()).st_ino != inode:
+                    continue  # the descriptor now holds another socket
                 sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
             except OSError:
                 continue
-        _guarded.add(inode)
         done.append(fd)
     return done
 
