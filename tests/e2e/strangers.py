@@ -26,6 +26,9 @@ LOCAL = "127.0.0.1"  # where every process of one host connects from (admitted)
 WAIT_S = 1.0  # how long a probe waits for a connection or an answer
 
 KINDS = ("random", "oversized", "truncated")
+# Outcomes in which nothing of the payload was read: the SYN dropped by the address
+# filter, or no listener left on the port (one that closed between listing and probe).
+UNREAD = frozenset({"refused (never accepted)", "closed port"})
 
 
 def payloads_of(rng: random.Random) -> list[bytes]:
@@ -46,6 +49,8 @@ def probe(target: tuple[str, int], source: str, payload: bytes) -> str:
         return "refused (never accepted)"
     except ConnectionRefusedError:
         return "closed port"
+    except OSError as exc:
+        return f"no connection: {exc}"
     with sock:
         try:
             sock.sendall(payload)

@@ -24,7 +24,7 @@ import yaml
 from gangs import REPO
 from operator_proc import job, running_operator, wait_for
 from prometheus_client.parser import text_string_to_metric_families
-from strangers import STRANGER, job_ports, labelled, payloads_of, sweep
+from strangers import STRANGER, UNREAD, job_ports, labelled, payloads_of, sweep
 
 from cluster import Cluster
 
@@ -81,7 +81,7 @@ def strangers_on_every_port(job_name: str) -> dict[tuple[str, int], tuple[str, l
     job) to every port the job's pods listen on: port -> (role, outcomes)."""
     ports = job_ports(job_name)
     with ThreadPoolExecutor(8) as pool:
-        seen = pool.map(lambda p: sweep(p, STRANGER, payloads_of(random.Random(p))), ports)
+        seen = pool.map(lambda p: sweep(p, STRANGER, payloads_of(random.Random(p[1]))), ports)
         return {port: (ports[port][0], got) for port, got in zip(ports, seen, strict=True)}
 
 
@@ -98,11 +98,15 @@ def test_ppo_example_applied_with_kubectl_trains_to_succeeded(
         cluster.kubectl_run("apply", "-n", namespace, "-f", str(shortened(tmp_path)))
         seen: dict[str, float] = {}
         outside: dict[tuple[str, int], tuple[str, list[str]]] = {}
+        failed_sweeps: list[str] = []
 
         def finished() -> bool:
             seen.update(driver_metrics(cluster, namespace, driver))
-            if seen.get("episode", 0) >= 1 and not outside:
-                outside.update(strangers_on_every_port(name))
+            if seen.get("episode", 0) >= 1 and not outside and not failed_sweeps:
+                try:
+                    outside.update(strangers_on_every_port(name))
+                except Exception as exc:  # wait_for would retry it silently
+                    failed_sweeps.append(repr(exc))
             phase = (job(cluster, namespace, name).get("status") or {}).get("phase")
             assert phase not in ("Failed", "Restarting"), job(cluster, namespace, name)["status"]
             return phase == "Succeeded"
@@ -136,10 +140,11 @@ def test_ppo_example_applied_with_kubectl_trains_to_succeeded(
     assert 0.0 < seen["reward"] <= 1.0
     # Every port but the driver's metrics (9090, open to Prometheus) dropped the stranger
     # before a byte was read, and the job went on to Succeeded (backoffLimit 0).
+    assert not failed_sweeps, failed_sweeps
     assert len(outside) >= 6 + 6, outside  # each pod's gloo and TensorPipe at least
     for port, (role, got) in outside.items():
         if port[1] != 9090:
-            assert set(got) == {"refused (never accepted)"}, (port, role, got)
+            assert set(got) <= UNREAD, (port, role, got)
     # The driver printed the example's reward table, one row per episode.
     log = pods.log(namespace, driver)
     assert "episode  reward  eval/reward" in log
