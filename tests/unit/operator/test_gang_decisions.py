@@ -181,6 +181,20 @@ def test_a_failed_pod_restarts_the_whole_gang_after_backoff() -> None:
     assert sim.cond("Restarting") == "False"
 
 
+def test_an_abort_is_named_as_a_likely_strangers_bytes_and_restarts_the_gang() -> None:
+    sim = Sim(backoffLimit=3)
+    sim.step()
+    sim.run_all()
+    sim.step()
+    sim.finish("job-policy-1-g0", 134)  # SIGABRT, as a container runtime reports it
+    (event,) = sim.step(1).events
+    assert sim.status.phase == "Restarting" and sim.status.restarts == 1
+    assert "exit code 134" in event.message
+    assert "malformed bytes from a connection outside the job" in event.message
+    restarting = sim.status.condition("Restarting")
+    assert restarting is not None and "native code aborted" in restarting.message
+
+
 def test_the_new_gang_waits_until_the_old_one_is_gone() -> None:
     sim = Sim(backoffLimit=3)
     sim.step()
