@@ -3,8 +3,13 @@ namespace, pod runner and checkpoint claim the fixtures (of any scope) are made 
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -211,3 +216,28 @@ def job_pids(job_name: str, role: str | None = None) -> dict[int, str]:
         if job in environ and roles and role in (None, roles[0]) and state != "Z":
             found[int(entry.name)] = roles[0]
     return found
+
+
+@contextmanager
+def local_run(path: Path) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
+    """``rlhfjob run path`` (restart backoff 1 s) in a session of its own, and the list its
+    stdout lines go into as they come. On exit a run still going is SIGKILLed, its whole
+    process group, and reaped. The caller's ``proc.communicate()`` gets what the list's
+    reader has not taken."""
+    out: list[str] = []
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rlhfjob_operator.cli", "run", str(path), "--backoff-base", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    pump = threading.Thread(target=lambda: out.extend(proc.stdout or ()), daemon=True)
+    pump.start()
+    try:
+        yield proc, out
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=30)
+        pump.join(timeout=30)

@@ -23,17 +23,13 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import signal
-import subprocess
-import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from gangs import differing, final_weights, job_pids, local_manifest
+from gangs import differing, final_weights, job_pids, local_manifest, local_run
 from operator_proc import wait_for
 from strangers import (
     LOCAL,
@@ -86,17 +82,7 @@ def test_a_strangers_bytes_on_every_port_leave_the_weights_of_an_undisturbed_run
     name, ckpt_dir = f"e2e-fuzz-{os.getpid()}", tmp_path / "ckpt"
     # 4 s episodes (2 batches of 2 s): both sweeps land while it trains.
     path = local_manifest(tmp_path, name, ckpt_dir, [], pause=2.0)
-    out: list[str] = []
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rlhfjob_operator.cli", "run", str(path), "--backoff-base", "1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    pump = threading.Thread(target=lambda: out.extend(proc.stdout or ()), daemon=True)
-    pump.start()
-    try:
+    with local_run(path) as (proc, out):
         wait_for(
             lambda: any(line.startswith("episode 1/") for line in out),
             what="episode 1 done",
@@ -139,11 +125,6 @@ def test_a_strangers_bytes_on_every_port_leave_the_weights_of_an_undisturbed_run
                 )
             )
         _, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate(timeout=30)
-        pump.join(timeout=30)
     aborted = {pid for _, pid in ports.values() if f"pid {pid}) was killed by SIGABRT" in err}
     restarts = [line for line in err.splitlines() if "restarting the gang" in line]
     diff = differing(uninterrupted, final_weights(ckpt_dir))

@@ -19,9 +19,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -39,6 +36,7 @@ from gangs import (
     gang_manifest,
     job_pids,
     local_manifest,
+    local_run,
     running_pods,
 )
 from operator_proc import apply, running_operator, wait_for, wait_phase
@@ -166,24 +164,13 @@ def test_kill_inside_a_distributed_save_keeps_the_previous_checkpoint(
     held.mkdir()
     args = ["--pause-save", f"{SAVE_EPISODE}:{point}", "--pause-dir", str(held)]
     path = local_manifest(tmp_path, name, ckpt_dir, args)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rlhfjob_operator.cli", "run", str(path), "--backoff-base", "1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
+    with local_run(path) as (proc, _):
         wait_for(lambda: (held / "paused").exists(), what="the save held", timeout=300)
         assert episode_of(ckpt_dir) == SAVE_EPISODE - 1
         (pid,) = job_pids(name, victim)
         os.kill(pid, signal.SIGKILL)
         (held / "resume").write_text("")  # a surviving driver carries on
         _, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate(timeout=30)
     assert proc.returncode == 0, err[-3000:]
     resumed = [line for line in err.splitlines() if line.startswith("resumed from")]
     assert len(resumed) == 1, err[-3000:]
@@ -212,16 +199,6 @@ PREEMPT_RUNS = int(os.environ.get("RLHFJOB_PREEMPT_RUNS", "3"))  # the note's fi
 PERIODIC = 4  # checkpoints at episodes 4 and 8 only: an emergency one is any other
 
 
-def _lines(stream: Any, into: list[str]) -> threading.Thread:
-    def pump() -> None:
-        for line in stream:
-            into.append(line)
-
-    thread = threading.Thread(target=pump, daemon=True)
-    thread.start()
-    return thread
-
-
 @pytest.mark.parametrize("run", range(PREEMPT_RUNS))
 def test_a_sigterm_stops_the_gang_with_an_emergency_checkpoint_and_resumes_bitwise(
     tmp_path: Path, uninterrupted: dict[str, Any], run: int, capsys: pytest.CaptureFixture[str]
@@ -236,16 +213,7 @@ def test_a_sigterm_stops_the_gang_with_an_emergency_checkpoint_and_resumes_bitwi
     name, ckpt_dir = f"e2e-term-{run}-{os.getpid()}", tmp_path / "ckpt"
     # Episodes of at least 0.5 s: the stop lands in the episode the SIGTERM came in.
     path = local_manifest(tmp_path, name, ckpt_dir, [], pause=0.25, save_episode_interval=PERIODIC)
-    out: list[str] = []
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rlhfjob_operator.cli", "run", str(path), "--backoff-base", "1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    pump = _lines(proc.stdout, out)
-    try:
+    with local_run(path) as (proc, out):
         wait_for(
             lambda: any(line.startswith(f"episode {after}/") for line in out),
             what=f"episode {after} done",
@@ -255,11 +223,6 @@ def test_a_sigterm_stops_the_gang_with_an_emergency_checkpoint_and_resumes_bitwi
         (pid,) = job_pids(name, victim)
         os.kill(pid, signal.SIGTERM)
         _, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate(timeout=30)
-        pump.join(timeout=30)
     assert proc.returncode == 0, err[-3000:]
     stopped = [line for line in err.splitlines() if "stopped after episode" in line]
     assert len(stopped) == 1, err[-3000:]
