@@ -46,6 +46,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--timer-interval", type=float, default=2.0, help="seconds between deadline/TTL checks"
     )
+    p.add_argument(
+        "--progress-interval",
+        type=float,
+        default=15.0,
+        help="seconds between reads of a running driver's metrics into status.progress",
+    )
     p.add_argument("--backoff-base", type=float, default=10.0, help="first restart delay (s)")
     p.add_argument("--backoff-max", type=float, default=300.0, help="longest restart delay (s)")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -139,7 +145,9 @@ def _operate(args: argparse.Namespace, stop: StopRequest) -> int:
         return 2
     client = KubeClient(configuration)
     reconciler = Reconciler(
-        client, backoff=Backoff(base_seconds=args.backoff_base, cap_seconds=args.backoff_max)
+        client,
+        backoff=Backoff(base_seconds=args.backoff_base, cap_seconds=args.backoff_max),
+        progress_interval=args.progress_interval,
     )
     registry = build_registry(reconciler, timer_interval=args.timer_interval)
     if args.metrics_port:

@@ -164,6 +164,7 @@ def build_crd() -> dict[str, Any]:
                         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
                         {"name": "Episode", "type": "integer", "jsonPath": ".status.episode"},
                         {"name": "Reward", "type": "number", "jsonPath": ".status.reward"},
+                        {"name": "ETA", "type": "string", "jsonPath": ".status.progress.eta"},
                         {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts"},
                         {
                             "name": "Disruptions",

@@ -36,6 +36,7 @@ class EpisodeRun:
         self.iterations: dict[str, int] = {}
         self.summaries: list[dict[str, Any]] = []
         self.stop_why: str | None = None  # a SIGTERM somewhere in the gang (comm.stopping)
+        self.saved_episode: int | None = None  # the newest checkpoint this run saved
         self.stream: PromptStream | None = None
         if engine.environment is not None and engine._datasets is not None:
             first = engine.environment.graph.entry_modules[0]
@@ -104,6 +105,8 @@ class EpisodeRun:
                 if served is not None:
                     served.record_episode(summary, dataset_samples=len(self.dataset.samples))
                     served.observe_steps(self.ex.step_seconds())
+                    if self.saved_episode is not None:
+                        served.record_checkpoint(self.saved_episode)
                 _write(bar, _format(summary, total=self.rt.num_episode))
                 if bar is not None:
                     bar.update(1)
@@ -165,6 +168,7 @@ class EpisodeRun:
             self.ex.save_hooks(iteration=self.train_iteration())
         if periodic or emergency:
             resume.save(self, summary)
+            self.saved_episode = number
         return summary
 
     def generate(self) -> list[Any]:

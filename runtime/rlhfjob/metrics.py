@@ -15,7 +15,9 @@ Gauges, set after every episode from its summary (:meth:`JobMetrics.record_episo
 - ``rlhfjob_loss{module,name}``: module metrics named ``loss`` or ``*_loss``;
 - ``rlhfjob_module_metric{module,name}``: every numeric module metric;
 - ``rlhfjob_eval_metric{name}``: evaluation results (``eval/<name>``);
-- ``rlhfjob_restarts``: gang restarts before this process (``RLHFJOB_RESTART_GENERATION``).
+- ``rlhfjob_restarts``: gang restarts before this process (``RLHFJOB_RESTART_GENERATION``);
+- ``rlhfjob_last_checkpoint_episode``: the newest checkpoint's episode, saved or resumed
+  from (no series before the first).
 
 Counters: ``rlhfjob_samples_total``, ``rlhfjob_train_steps_total``,
 ``rlhfjob_param_sync_bytes_total``. Histograms: ``rlhfjob_param_sync_seconds`` (one
@@ -80,6 +82,11 @@ class JobMetrics:
         self.restarts = gauge(
             "restarts", "Gang restarts before this driver started (RLHFJOB_RESTART_GENERATION)."
         ).labels(job)
+        # Labelled on first use: no series until there is a checkpoint.
+        self.checkpoint_episode = gauge(
+            "last_checkpoint_episode",
+            "Episode of the newest checkpoint this run saved or resumed from.",
+        )
         self.reward = {
             stat: gauge(f"reward_{stat}", f"Reward {stat} of the last episode.", "module")
             for stat in ("mean", "min", "max")
@@ -111,10 +118,17 @@ class JobMetrics:
         )
 
     def start(self, *, num_episode: int, episode: int, restarts: int) -> None:
-        """Where a run starts: ``episode`` is the resumed one (0 for a fresh run)."""
+        """Where a run starts: ``episode`` is the resumed one (0 for a fresh run), and the
+        checkpoint it resumed from when it is not 0."""
         self.num_episode.set(num_episode)
         self.episode.set(episode)
         self.restarts.set(restarts)
+        if episode:
+            self.record_checkpoint(episode)
+
+    def record_checkpoint(self, episode: int) -> None:
+        """A checkpoint of ``episode`` is complete."""
+        self.checkpoint_episode.labels(self.job).set(episode)
 
     def record_episode(
         self, summary: Mapping[str, Any], *, dataset_samples: int | None = None

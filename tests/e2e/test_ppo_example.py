@@ -4,7 +4,9 @@ The example's manifest as it ships, shortened (fewer episodes and prompts) so
 that it fits a test; the pods the operator creates run as processes (the test
 kubelet's PodRunner). Its progress is read where a user reads it: the driver's
 Prometheus endpoint (at the driver pod's IP) while it trains, and the job's
-columns in `kubectl get rlhfjobs` once it has Succeeded. While it trains, a
+columns in `kubectl get rlhfjobs`: EPISODE, REWARD and ETA while it trains (the
+operator reads the driver's metrics into status.progress), and the final figures
+once it has Succeeded. While it trains, a
 stranger (an address no pod of the job published) sends every port of its pods
 the payloads of ``strangers``: each but the metrics port drops it unread
 (SECURITY.md, the address filter).
@@ -29,7 +31,7 @@ from strangers import STRANGER, UNREAD, job_ports, labelled, payloads_of, sweep
 from cluster import Cluster
 
 EXAMPLE = REPO / "examples" / "k8s" / "ppo-sort.yaml"
-EPISODES = 8
+EPISODES = 24  # about 10 s of training: time to see its progress live
 
 
 def shortened(path: Path) -> Path:
@@ -76,6 +78,19 @@ def driver_metrics(cluster: Cluster, namespace: str, pod: str) -> dict[str, floa
     return out
 
 
+def live_progress(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    """While the job runs and before its last episode: its status.progress and its
+    ``kubectl get rlhfjobs`` line; {} otherwise."""
+    status = job(cluster, namespace, name).get("status") or {}
+    found = status.get("progress") or {}
+    if status.get("phase") != "Running" or not 1 <= found.get("episode", 0) < EPISODES:
+        return {}
+    if "eta" not in found:
+        return {}
+    table = cluster.kubectl_run("get", "rlhfjobs", "-n", namespace).stdout
+    return {"progress": found, "table": table}
+
+
 def strangers_on_every_port(job_name: str) -> dict[tuple[str, int], tuple[str, list[str]]]:
     """Every payload of ``strangers`` from an address outside the job (a pod of another
     job) to every port the job's pods listen on: port -> (role, outcomes)."""
@@ -100,7 +115,11 @@ def test_ppo_example_applied_with_kubectl_trains_to_succeeded(
         outside: dict[tuple[str, int], tuple[str, list[str]]] = {}
         failed_sweeps: list[str] = []
 
+        live: dict[str, Any] = {}
+
         def finished() -> bool:
+            if not live:
+                live.update(live_progress(cluster, namespace, name))
             seen.update(driver_metrics(cluster, namespace, driver))
             if seen.get("episode", 0) >= 1 and not outside and not failed_sweeps:
                 try:
@@ -125,6 +144,8 @@ def test_ppo_example_applied_with_kubectl_trains_to_succeeded(
     with capsys.disabled():
         print(f"\n{table}PPO example (shortened to {EPISODES} episodes), 6 pods: {took:.0f} s")
         print(f"driver metrics while it trained: {seen}")
+        print(f"kubectl get rlhfjobs while it trained:\n{live.get('table', '')}")
+        print(f"status.progress then: {live.get('progress')}")
         print(f"a stranger at {STRANGER} on the pods' {len(outside)} listening ports:")
         for port, (role, got) in sorted(outside.items()):
             print(f"    {port[0]}:{port[1]} {role:12} {'; '.join(labelled(got))}")
@@ -138,6 +159,14 @@ def test_ppo_example_applied_with_kubectl_trains_to_succeeded(
     # The driver's own endpoint showed training under way, reward included.
     assert 1 <= seen.get("episode", 0) <= EPISODES, seen
     assert 0.0 < seen["reward"] <= 1.0
+    # The operator's own status showed it too, mid-run: progress, and EPISODE, REWARD and
+    # ETA in kubectl's columns.
+    assert live, "no status.progress seen while the job ran"
+    during = dict(zip(*(line.split() for line in live["table"].splitlines()[:2]), strict=False))
+    assert during["PHASE"] == "Running" and 1 <= int(during["EPISODE"]) < EPISODES, during
+    assert 0.0 <= float(during["REWARD"]) <= 1.0 and during["ETA"].endswith("Z"), during
+    assert live["progress"]["numEpisode"] == EPISODES
+    assert live["progress"]["samplesPerSecond"] > 0
     # Every port but the driver's metrics (9090, open to Prometheus) dropped the stranger
     # before a byte was read, and the job went on to Succeeded (backoffLimit 0).
     assert not failed_sweeps, failed_sweeps

@@ -105,12 +105,22 @@ def test_example_runs_on_gpu_nodes_and_succeeds(
         what="episode 12 in status",
     )
     (row,) = _table(cluster, namespace)
-    assert list(row) == ["NAME", "PHASE", "EPISODE", "REWARD", "RESTARTS", "DISRUPTIONS", "AGE"]
+    assert list(row) == [
+        "NAME",
+        "PHASE",
+        "EPISODE",
+        "REWARD",
+        "ETA",
+        "RESTARTS",
+        "DISRUPTIONS",
+        "AGE",
+    ]
     assert row | {"AGE": ""} == {
         "NAME": "ppo-sort",
         "PHASE": "Running",
         "EPISODE": "12",
-        "REWARD": "",  # the driver's termination message brings it (tests/e2e)
+        "REWARD": "",  # the driver's metrics or termination message bring it (tests/e2e)
+        "ETA": "",  # no driver process serves metrics here: no live progress
         "RESTARTS": "0",
         "DISRUPTIONS": "0",
         "AGE": "",

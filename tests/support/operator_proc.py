@@ -75,6 +75,9 @@ class Operator:
             str(self.metrics_port),
             "--timer-interval",
             "0.5",
+            # Live progress in the status within a second: a test's jobs are short.
+            "--progress-interval",
+            "1",
             "--backoff-base",
             str(self.backoff),
             "--backoff-max",

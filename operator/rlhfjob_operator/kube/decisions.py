@@ -50,6 +50,7 @@ import dataclasses
 import datetime as dt
 from collections.abc import Callable, Sequence
 
+from rlhfjob_operator import progress
 from rlhfjob_operator.contract import (
     EXIT_RETRYABLE,
     Backoff,
@@ -98,11 +99,13 @@ def decide(
     *,
     now: dt.datetime,
     backoff: Backoff,
+    live: progress.Live | None = None,
 ) -> Decision:
     """What to do next for ``job``, given every pod labelled as its own: the phases of
     :data:`_PHASES` are tried in order, the first that decides answers; a job none of
     them stops runs its gang (:func:`_run_gang`). Pods of an earlier job of the same
-    name (:func:`~.status.of_another_job`) are not looked at."""
+    name (:func:`~.status.of_another_job`) are not looked at. ``live`` is the running
+    driver's progress as just read from its metrics, recorded while the gang runs."""
     pods = [p for p in pods if not of_another_job(p, job.metadata.uid)]
     status = (job.status or RLHFJobStatus()).model_copy(deep=True)
     status.observed_generation = job.metadata.generation
@@ -117,6 +120,7 @@ def decide(
         status=status,
         current={p["metadata"]["name"]: p for p in pods if pod_generation(p) == gen},
         stale=[p for p in pods if pod_generation(p) != gen],
+        live=live,
     )
     for phase in _PHASES:
         decision = phase(turn)
@@ -350,7 +354,7 @@ def _run_gang(turn: Turn) -> Decision:
     queue = queue_name(turn.job)
     if not create and queue is not None and awaiting_admission(turn.current.values()):
         status.message = f"waiting for Kueue to admit the gang (queue {queue})"
-    record_progress(status, turn.current.get(turn.driver_name))
+    record_progress(status, turn.current.get(turn.driver_name), turn.live)
     return turn.decision(create=create, ungate=ungate, requeue_after=turn.deadline_left)
 
 

@@ -5,7 +5,9 @@
   job (the last pod of a generation appearing is what lifts the gang's gates).
 - Timers, only while they matter: ``deadline`` (activeDeadlineSeconds set, not
   finished), ``backoff`` (Restarting: create the next gang when the backoff is
-  over), ``ttl`` (finished with ttlSecondsAfterFinished: delete the job).
+  over), ``ttl`` (finished with ttlSecondsAfterFinished: delete the job),
+  ``progress`` (Running: read the driver's progress into the status, every
+  ``--progress-interval`` seconds; kube/scrape.py).
 - An RLHFJob deleted -> forget it (its objects go by ownerReference GC).
 
 kopf keeps its own bookkeeping in ``rlhf.dev/``-prefixed annotations, never in
@@ -47,6 +49,10 @@ def _finished_with_ttl(body: Any, **_: Any) -> bool:
 
 def _restarting(body: Any, **_: Any) -> bool:
     return _phase(body) == "Restarting"
+
+
+def _running(body: Any, **_: Any) -> bool:
+    return _phase(body) == "Running"
 
 
 def build_registry(reconciler: Reconciler, *, timer_interval: float) -> kopf.OperatorRegistry:
@@ -92,15 +98,16 @@ def build_registry(reconciler: Reconciler, *, timer_interval: float) -> kopf.Ope
     def on_pod(**kwargs: Any) -> None:
         reconciler.request(kwargs["namespace"], kwargs["labels"][LABEL_JOB], trigger="pod")
 
-    for timer_name, when in (
-        ("deadline", _deadline_running),
-        ("backoff", _restarting),
-        ("ttl", _finished_with_ttl),
+    for timer_name, when, interval in (
+        ("deadline", _deadline_running, timer_interval),
+        ("backoff", _restarting, timer_interval),
+        ("ttl", _finished_with_ttl, timer_interval),
+        ("progress", _running, reconciler.progress.interval),
     ):
 
         def tick(_t: str = timer_name, **kwargs: Any) -> None:
             reconciler.request(kwargs["namespace"], kwargs["name"], trigger=_t)
 
-        kopf.timer(*job, id=timer_name, interval=timer_interval, when=when, registry=registry)(tick)
+        kopf.timer(*job, id=timer_name, interval=interval, when=when, registry=registry)(tick)
 
     return registry

@@ -53,7 +53,8 @@ from rlhfjob_operator.kube.manifests import (
     build_secret,
     build_service,
 )
-from rlhfjob_operator.kube.names import SCHEDULING_GATE, job_selector
+from rlhfjob_operator.kube.names import SCHEDULING_GATE, job_selector, pod_name
+from rlhfjob_operator.kube.scrape import ProgressReader
 from rlhfjob_operator.kube.status import format_time, of_another_job, set_condition
 from rlhfjob_operator.plan import JobPlan, plan_job
 from rlhfjob_operator.spec import RLHFJob, RLHFJobStatus, format_validation_error
@@ -80,10 +81,12 @@ class Reconciler:
         *,
         backoff: Backoff,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+        progress_interval: float = 15.0,
     ) -> None:
         self.client = client
         self.backoff = backoff
         self.clock = clock
+        self.progress = ProgressReader(interval=progress_interval)
         self.phases = metrics.JobPhases()
         self._guard = threading.Lock()
         self._slots: dict[tuple[str, str], _Slot] = {}
@@ -115,6 +118,7 @@ class Reconciler:
 
     def forget(self, namespace: str, name: str) -> None:
         self.phases.forget(namespace, name)
+        self.progress.forget(namespace, name)
         with self._guard:
             self._slots.pop((namespace, name), None)
             self._refusals.pop((namespace, name), None)
@@ -173,7 +177,11 @@ class Reconciler:
             self._apply(raw, None, None, decision)
             raise kopf.PermanentError(f"{namespace}/{name}: invalid spec: {text}") from exc
         pods = self.client.list_pods(namespace, job_selector(name))
-        decision = decide(job, plan, pods, now=now, backoff=self.backoff)
+        generation = job.status.restart_generation if job.status is not None else 0
+        driver = pod_name(name, plan.driver, generation=generation)
+        driver_pod = next((p for p in pods if p["metadata"]["name"] == driver), None)
+        live = self.progress.read(namespace, name, driver_pod, now=now)
+        decision = decide(job, plan, pods, now=now, backoff=self.backoff, live=live)
         self._apply(raw, job, plan, decision)
 
     def _apply(

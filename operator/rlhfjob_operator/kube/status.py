@@ -25,6 +25,7 @@ from rlhfjob_operator.spec import (
     KIND,
     Condition,
     ConditionType,
+    JobProgress,
     ModelStatus,
     RLHFJob,
     RLHFJobStatus,
@@ -150,9 +151,28 @@ def active_names(pods: Iterable[Pod]) -> tuple[str, ...]:
     )
 
 
-def record_progress(status: RLHFJobStatus, driver: Pod | None) -> None:
-    """Episode and reward from the driver: its pod's annotations, or the termination
-    message it ended with (``rlhfjob_operator.progress``), which wins."""
+def record_progress(
+    status: RLHFJobStatus, driver: Pod | None, live: progress.Live | None = None
+) -> None:
+    """Episode and reward from the driver: what the operator just read from its metrics
+    (``live``: also ``status.progress``), its pod's annotations, or the termination
+    message it ended with (``rlhfjob_operator.progress``), which wins; a job that ended
+    keeps its last ``progress`` but no ETA."""
+    if live is not None:
+        status.progress = JobProgress.model_validate(
+            {
+                "episode": live.episode,
+                "numEpisode": live.num_episode,
+                "reward": live.reward,
+                "samplesPerSecond": live.samples_per_second,
+                "lastCheckpointEpisode": live.last_checkpoint_episode,
+                "eta": None if live.eta is None else format_time(live.eta),
+                "observedAt": format_time(live.observed_at),
+            }
+        )
+        status.episode = live.episode
+        if live.reward is not None:
+            status.reward = live.reward
     if driver is None:
         return
     notes = driver["metadata"].get("annotations") or {}
@@ -166,6 +186,8 @@ def record_progress(status: RLHFJobStatus, driver: Pod | None) -> None:
         if ended is not None:
             status.episode = ended.episode
             status.reward = ended.reward
+            if status.progress is not None:
+                status.progress.eta = None
 
 
 def record_counts(

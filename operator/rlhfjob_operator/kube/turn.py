@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from rlhfjob_operator import progress
 from rlhfjob_operator.contract import Backoff
 from rlhfjob_operator.kube.names import pod_name
 from rlhfjob_operator.kube.status import Pod, format_time, parse_time, record_counts, set_condition
@@ -89,6 +90,7 @@ class Turn:
     status: RLHFJobStatus
     current: dict[str, Pod]  # pods of this generation, by name
     stale: list[Pod]  # pods of other generations (or none: unlabelled)
+    live: progress.Live | None = None  # the running driver's metrics, when just read
     events: list[Event] = field(default_factory=list)
 
     @property

@@ -9,7 +9,15 @@ from pydantic.config import JsonDict
 
 from rlhfjob_operator.spec.base import KubeModel
 
-__all__ = ["CONDITION_TYPES", "Condition", "ConditionType", "ModelStatus", "Phase", "RLHFJobStatus"]
+__all__ = [
+    "CONDITION_TYPES",
+    "Condition",
+    "ConditionType",
+    "JobProgress",
+    "ModelStatus",
+    "Phase",
+    "RLHFJobStatus",
+]
 
 Phase = Literal["Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed"]
 # Each phase's condition, and FailedCreate: the API server refused to create one of the
@@ -42,6 +50,25 @@ class Condition(KubeModel):
 class ModelStatus(KubeModel):
     replicas: int = Field(0, ge=0, description="Pods wanted for this model.")
     ready: int = Field(0, ge=0, description="Of those, Running and ready.")
+
+
+class JobProgress(KubeModel):
+    """The driver's progress while it runs, read from its metrics endpoint by the
+    operator at a bounded rate (``rlhfjob_operator.progress.from_metrics``)."""
+
+    episode: int = Field(ge=0, description="Episodes completed.")
+    num_episode: int | None = Field(None, ge=0, description="Episodes the job runs in all.")
+    reward: float | None = Field(None, description="Mean reward of the last episode.")
+    samples_per_second: float | None = Field(None, ge=0, description="In the last episode.")
+    last_checkpoint_episode: int | None = Field(
+        None, ge=0, description="Episode of the newest checkpoint, saved or resumed from."
+    )
+    eta: str | None = Field(
+        None,
+        description="Estimated finish: the episodes left times the last episode's duration.",
+        json_schema_extra=_TIME,
+    )
+    observed_at: str = Field(description="When the operator read it.", json_schema_extra=_TIME)
 
 
 class RLHFJobStatus(KubeModel):
@@ -81,6 +108,7 @@ class RLHFJobStatus(KubeModel):
     next_restart_time: str | None = Field(None, json_schema_extra=_TIME)
     observed_generation: int | None = None
     message: str | None = None
+    progress: JobProgress | None = None
 
     def condition(self, type_: ConditionType) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)

@@ -90,6 +90,7 @@ def test_versions_columns_and_status_subresource() -> None:
         "Phase": ".status.phase",
         "Episode": ".status.episode",
         "Reward": ".status.reward",
+        "ETA": ".status.progress.eta",
         "Restarts": ".status.restarts",
         "Disruptions": ".status.disruptions",
         "Age": ".metadata.creationTimestamp",

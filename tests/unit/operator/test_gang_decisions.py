@@ -43,9 +43,10 @@ class Sim:
         assert self.job.status is not None
         return self.job.status
 
-    def step(self, seconds: float = 0) -> Decision:
+    def step(self, seconds: float = 0, *, live: Any = None) -> Decision:
         self.now += dt.timedelta(seconds=seconds)
-        d = decide(self.job, self.plan, list(self.pods.values()), now=self.now, backoff=BACKOFF)
+        pods = list(self.pods.values())
+        d = decide(self.job, self.plan, pods, now=self.now, backoff=BACKOFF, live=live)
         self.job = self.job.model_copy(update={"status": d.status})
         for name in d.delete:
             self.pods[name]["metadata"]["deletionTimestamp"] = format_time(self.now)
