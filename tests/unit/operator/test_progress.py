@@ -53,15 +53,20 @@ def test_a_message_too_long_for_the_kubelet_cannot_happen() -> None:
     assert len(big.message().encode()) < progress.MAX_BYTES
 
 
+def _driver_ends_with(sim: Sim, last: Progress) -> None:
+    """The driver pod succeeds with ``last`` as its termination message; one step."""
+    sim.finish("job-driver-g0", 0, reason="Completed")
+    terminated = sim.pods["job-driver-g0"]["status"]["containerStatuses"][0]["state"]["terminated"]
+    terminated["message"] = last.message()
+    sim.step(1)
+
+
 def test_the_job_status_takes_the_driver_s_last_word() -> None:
     sim = Sim()
     sim.step()
     sim.run_all()
     sim.step()
-    sim.finish("job-driver-g0", 0, reason="Completed")
-    terminated = sim.pods["job-driver-g0"]["status"]["containerStatuses"][0]["state"]["terminated"]
-    terminated["message"] = Progress(episode=2, num_episode=2, reward=0.75).message()
-    sim.step(1)
+    _driver_ends_with(sim, Progress(episode=2, num_episode=2, reward=0.75))
     assert sim.status.phase == "Succeeded"
     assert (sim.status.episode, sim.status.reward) == (2, 0.75)
 
@@ -147,10 +152,7 @@ def test_live_progress_shows_while_running_and_the_last_word_wins_at_the_end() -
     assert sim.status.progress.last_checkpoint_episode == 2
     sim.step(1)  # no read this time: the last one stays
     assert sim.status.progress is not None and sim.status.progress.episode == 3
-    sim.finish("job-driver-g0", 0, reason="Completed")
-    terminated = sim.pods["job-driver-g0"]["status"]["containerStatuses"][0]["state"]["terminated"]
-    terminated["message"] = Progress(episode=10, num_episode=10, reward=0.9).message()
-    sim.step(1)
+    _driver_ends_with(sim, Progress(episode=10, num_episode=10, reward=0.9))
     assert sim.status.phase == "Succeeded"
     assert (sim.status.episode, sim.status.reward) == (10, 0.9)
     assert sim.status.progress is not None and sim.status.progress.eta is None
