@@ -3,6 +3,7 @@ namespace, pod runner and checkpoint claim the fixtures (of any scope) are made 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -232,12 +233,19 @@ def local_run(path: Path) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
         text=True,
         start_new_session=True,
     )
-    pump = threading.Thread(target=lambda: out.extend(proc.stdout or ()), daemon=True)
-    pump.start()
+
+    def pump() -> None:
+        # The caller's communicate() reads the same pipe and closes it when the run ends:
+        # the lines it read are in what it returns.
+        with contextlib.suppress(ValueError):
+            out.extend(proc.stdout or ())
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
     try:
         yield proc, out
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate(timeout=30)
-        pump.join(timeout=30)
+        reader.join(timeout=30)
