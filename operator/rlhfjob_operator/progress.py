@@ -67,9 +67,11 @@ class Live:
 
 
 def _first_reward(rewards: list[tuple[str, float]]) -> float | None:
-    """The reward of the first module by name, to four significant digits, as the
-    driver prints its episode lines; None when no module reports one."""
-    finite = sorted((name, value) for name, value in rewards if math.isfinite(value))
+    """Of ``(module, reward_mean)`` pairs, the finite reward of the first module by its
+    summary key ``<module>/reward_mean``, to four significant digits, as the driver prints
+    its episode lines; None when no module reports one. The termination message and the
+    live reading pick the same module this way."""
+    finite = sorted((f"{name}/", value) for name, value in rewards if math.isfinite(value))
     return float(f"{finite[0][1]:.4g}") if finite else None
 
 
@@ -121,20 +123,18 @@ def from_metrics(text: str, *, now: dt.datetime) -> Live | None:
 
 def from_summary(summary: Mapping[str, Any], *, num_episode: int) -> Progress:
     """The progress of an episode summary (a dict ``Engine.learn()`` returns)."""
-    rewards = sorted(
-        (key, value)
+    rewards = [
+        (key.removesuffix("/reward_mean"), float(value))
         for key, value in summary.items()
         if key.endswith("/reward_mean")
         and not key.startswith("eval/")
         and isinstance(value, (int, float))
         and not isinstance(value, bool)
-        and math.isfinite(value)
-    )
+    ]
     return Progress(
         episode=int(summary.get("episode", 0)),
         num_episode=num_episode,
-        # Four significant digits, as the driver prints its episode lines.
-        reward=float(f"{rewards[0][1]:.4g}") if rewards else None,
+        reward=_first_reward(rewards),
     )
 
 

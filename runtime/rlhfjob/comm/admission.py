@@ -24,8 +24,8 @@ Edge cases, each on purpose:
 - IPv4 and IPv6 sources are both checked; an IPv4-mapped IPv6 peer address
   (``::ffff:a.b.c.d``) is admitted as its IPv4 address, which is what the kernel
   shows the filter.
-- Linux only (``/proc/self/fd``, ``SO_ATTACH_FILTER``). Elsewhere :func:`guard`
-  guards nothing and says so, never failing the job.
+- Linux only (``/proc/self/fd``, ``SO_ATTACH_FILTER``). Elsewhere :func:`guard` finds
+  no listening socket and guards nothing, never failing the job.
 """
 
 from __future__ import annotations
