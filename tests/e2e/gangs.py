@@ -199,23 +199,33 @@ def local_manifest(
     return out
 
 
+def environ_of(pid: int) -> dict[str, str] | None:
+    """The environment of live process ``pid``; None when it is gone, a zombie, or not
+    readable."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except (OSError, IndexError):
+        return None
+    if state == "Z":
+        return None
+    pairs = (item.split("=", 1) for item in raw.decode(errors="replace").split("\0"))
+    return {pair[0]: pair[1] for pair in pairs if len(pair) == 2}
+
+
 def job_pids(job_name: str, role: str | None = None) -> dict[int, str]:
     """Live processes of ``job_name`` (with RLHFJOB_ROLE ``role``, or any): pid -> role,
     from their environment."""
-    job = f"RLHFJOB_JOB_NAME={job_name}".encode()
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        try:
-            environ = (entry / "environ").read_bytes().split(b"\0")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
+        environ = environ_of(int(entry.name))
+        if environ is None or environ.get("RLHFJOB_JOB_NAME") != job_name:
             continue
-        key = b"RLHFJOB_ROLE="
-        roles = [v[len(key) :].decode() for v in environ if v.startswith(key)]
-        if job in environ and roles and role in (None, roles[0]) and state != "Z":
-            found[int(entry.name)] = roles[0]
+        found_role = environ.get("RLHFJOB_ROLE")
+        if found_role is not None and role in (None, found_role):
+            found[int(entry.name)] = found_role
     return found
 
 

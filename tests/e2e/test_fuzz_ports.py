@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gangs import differing, final_weights, job_pids, local_manifest, local_run
+from gangs import differing, environ_of, final_weights, job_pids, local_manifest, local_run
 from operator_proc import wait_for
 from strangers import (
     LOCAL,
@@ -46,14 +46,6 @@ from strangers import (
 from rlhfjob.comm import admission
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
 def _restarted(job: str, before: int) -> bool:
     """Whether a new driver of ``job`` (not pid ``before``) serves its metrics."""
     for pid in job_pids(job, "driver"):
@@ -65,12 +57,9 @@ def _restarted(job: str, before: int) -> bool:
 
 
 def _driver_ports(pid: int) -> dict[int, str]:
-    """The driver's metrics and rendezvous ports, from its environment."""
-    environ = dict(
-        item.split("=", 1)
-        for item in Path(f"/proc/{pid}/environ").read_text().split("\0")
-        if "=" in item
-    )
+    """The driver's metrics and rendezvous ports, from its environment (KeyError when
+    it is gone)."""
+    environ = environ_of(pid) or {}
     return {int(environ["RLHFJOB_METRICS_PORT"]): "metrics", int(environ["MASTER_PORT"]): "store"}
 
 
@@ -101,12 +90,12 @@ def test_a_strangers_bytes_on_every_port_leave_the_weights_of_an_undisturbed_run
                     strict=True,
                 )
             )
-        survived = all(_alive(pid) for _, pid in ports.values())
+        survived = all(environ_of(pid) is not None for _, pid in ports.values())
         # 2. From loopback (admitted on one host), port after port: random bytes, then the
         # oversized header, until a process of the gang dies of one.
         inside: dict[int, list[str]] = {}
         for port in sorted(ports, key=lambda t: (t[1] not in named, t)):
-            if not all(_alive(pid) for _, pid in ports.values()):
+            if not all(environ_of(pid) is not None for _, pid in ports.values()):
                 break
             inside[port] = [probe(port, LOCAL, payload) for payload in payloads[:2]]
             time.sleep(0.5)  # an abort takes its process down within moments
