@@ -234,15 +234,18 @@ class StreamDataset:
         """Install one episode's samples; the replay manager may rewrite them.
 
         Replay buffers are kept (and checkpointed) only when there is a manager
-        to read them, and from episode ``replay_episode_offset`` (0-based) on:
-        an earlier episode trains on its own samples, the manager not called and
-        its buffer never kept, as ChatLearn's.
+        to read them, ``max_replay_episode`` is not 0, and from episode
+        ``replay_episode_offset`` (0-based) on: otherwise the episode trains on
+        its own samples, the manager not called and its buffer never kept, as
+        ChatLearn's (0 disables replay; -1 keeps every episode). The engine
+        refuses a manager with 0 before any episode runs (``Engine._run``).
         """
         train = samples
-        if replay_manager is not None and episode >= self.replay_episode_offset:
+        keep = self.max_replay_episode
+        if replay_manager is not None and keep != 0 and episode >= self.replay_episode_offset:
             self.replay.append(EpisodeReplayBuffer(episode_id=episode, buffer=samples))
-            if self.max_replay_episode >= 0:  # -1 keeps every episode
-                self.replay = self.replay[-(self.max_replay_episode or 1) :]
+            if keep > 0:
+                self.replay = self.replay[-keep:]
             train = replay_manager(list(self.replay))
         if not isinstance(train, list):
             raise ValueError(

@@ -136,9 +136,11 @@ class Engine:
     def set_replay_sample_manager(self, fn: ReplayManager) -> Engine:
         """``fn(episode_replay_buffers) -> samples``: rewrites what the trainers see.
 
-        The buffers are the last ``max_replay_episode`` episodes (at least this
-        one), oldest first; GRPO computes group advantages here. Episodes before
-        ``runtime.replay_episode_offset`` train on their own samples without it.
+        The buffers are the last ``runtime.max_replay_episode`` episodes (this one
+        included; -1: all), oldest first; GRPO computes group advantages here.
+        Episodes before ``runtime.replay_episode_offset`` train on their own samples
+        without it. ``max_replay_episode: 0`` (the default) disables replay, as in
+        ChatLearn, so ``learn()`` refuses a manager with it rather than ignore it.
         """
         if not callable(fn):
             raise ValueError("set_replay_sample_manager takes a function")
@@ -229,6 +231,12 @@ class Engine:
         timing.mark("learn() called")
         if self.environment is None and self.trainer is None and self.evaluator is None:
             raise ValueError("the engine has no environment, trainer or evaluator to run")
+        if self._replay_manager is not None and self.config.runtime.max_replay_episode == 0:
+            raise ValueError(
+                "a replay sample manager is set but runtime.max_replay_episode is 0, which "
+                "disables replay (ChatLearn's meaning), so the manager would never run; set "
+                "runtime.max_replay_episode to 1 or more (-1 keeps every episode)"
+            )
         summaries = self._run(lambda run: run.learn(progress=progress))
         if context.role == "driver":
             _report_end(summaries, num_episode=self.config.runtime.num_episode)

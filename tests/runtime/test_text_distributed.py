@@ -38,6 +38,7 @@ def job(tmp_path: Path, where: str) -> tuple[dict, dict]:
         "sample_per_episode": 2,
         "generation_batch_size": 2,
         "stream_data_loader_type": "dynamic",
+        "max_replay_episode": 1,
         "train_micro_batch_size": 2,
         "train_global_batch_size": 2,
         "save_episode_interval": 2,

@@ -306,6 +306,7 @@ def test_fixed_loader_refuses_a_wrong_sample_count_and_dynamic_accepts_it():
         generation_batch_size=4,
         train_micro_batch_size=2,
         train_global_batch_size=4,
+        max_replay_episode=1,
     )
     engine, _, _, learner = build(runtime)
     engine.set_replay_sample_manager(lambda buffers: buffers[-1].buffer[:6])

@@ -64,6 +64,7 @@ def _run_job(
             "sample_per_episode": 3,
             "generation_batch_size": 3,
             "stream_data_loader_type": "dynamic",
+            "max_replay_episode": 1,
             "train_micro_batch_size": 3,
             "train_global_batch_size": 3,
             "eval_episode_interval": 2,

@@ -76,7 +76,8 @@ class RuntimeSpec(ConfigModel):
     max_replay_episode: int = Field(
         0,
         ge=-1,
-        description="Episodes kept for the replay sample manager (0: this one only; -1: all).",
+        description="Episodes handed to the replay sample manager, this one included (0: replay "
+        "disabled, the manager is not called; -1: all).",
     )
     replay_episode_offset: int = Field(
         0,

@@ -62,11 +62,10 @@ def test_relay_buffer():
 
 
 @pytest.mark.parametrize(
-    ("keep", "expected"), [(-1, [[0], [0, 1], [0, 1, 2], [0, 1, 2, 3]]), (0, [[0], [1], [2], [3]])]
+    ("keep", "expected"), [(-1, [[0], [0, 1], [0, 1, 2], [0, 1, 2, 3]]), (1, [[0], [1], [2], [3]])]
 )
 def test_max_replay_episode_minus_one_keeps_every_episode(keep, expected):
-    """ChatLearn's -1: replay all episodes. 0 (the default) hands the manager this
-    episode only; ChatLearn skips the manager then (see README, Porting from ChatLearn)."""
+    """ChatLearn's -1: replay all episodes; 1: this episode only."""
     seen = []
 
     def manager(buffers):
@@ -75,6 +74,22 @@ def test_max_replay_episode_minus_one_keeps_every_episode(keep, expected):
 
     _engine(keep, num_episode=4).set_replay_sample_manager(manager).learn(progress=False)
     assert seen == expected
+
+
+@pytest.mark.parametrize("keep", [None, 0])
+def test_max_replay_episode_zero_disables_replay(keep):
+    """chatlearn/data/data.py ``StreamDataset.set_dataset``: replay runs only when
+    ``max_replay_episode > 0`` (or -1); 0, the default, trains each episode on its own
+    samples. ChatLearn then skips a manager that is set without a word; rlhfjob refuses
+    it before any episode runs, naming the key (README, Porting from ChatLearn)."""
+    engine = _engine(keep)
+    engine.learn(progress=False)
+    assert [summary["train_steps"] for summary in engine.summaries] == [4] * 3
+    called = []
+    refused = _engine(keep).set_replay_sample_manager(lambda buffers: called.append(buffers))
+    with pytest.raises(ValueError, match=r"runtime\.max_replay_episode is 0, which disables"):
+        refused.learn(progress=False)
+    assert called == []
 
 
 @pytest.mark.parametrize("setter", ["set_relay_sample_manager", "set_relay_sample_fn"])
