@@ -56,8 +56,8 @@ lint: $(STAMP) ## ruff, mypy, the import rules (lint-imports; e.g. the operator 
 	$(UV) lock --check
 
 # Binaries go to ${RLHFJOB_CACHE:-~/.cache/rlhfjob}, keyed by version; present ones are skipped.
-cluster-bin: $(STAMP) ## Build the test control plane and kubectl/helm into the cache
-	PYTHON=$(PY) tests/cluster/build.sh
+cluster-bin: $(STAMP) | $(UV) ## Build the test control plane and kubectl/helm into the cache
+	PYTHON=$(PY) PIP=$(UV_HOME)/bin/pip tests/cluster/build.sh
 
 .PHONY: cluster-bin
 

