@@ -29,6 +29,7 @@ PREFIX = "rlhfjob_operator"
 RECONCILES = Counter(
     f"{PREFIX}_reconciles", "Reconciliations run, by trigger.", ["trigger"], registry=REGISTRY
 )
+ERROR_KINDS = ("temporary", "permanent", "unexpected")
 ERRORS = Counter(
     f"{PREFIX}_reconcile_errors",
     "Reconciliations that failed, by kind (temporary, permanent, unexpected).",
@@ -47,8 +48,13 @@ GANG_RESTARTS = Counter(
 )
 PODS_CREATED = Counter(f"{PREFIX}_pods_created", "Pods created.", registry=REGISTRY)
 
+# Every error kind is exported from the start, at 0: a series born at 1 makes
+# increase() read no change, so the RLHFJobOperatorReconcileErrors alert would miss
+# the first error (a permanent one is never retried, so it is often the only one).
 for _phase in ("", *CONDITION_TYPES):
     JOBS.labels(phase=_phase).set(0)
+for _kind in ERROR_KINDS:
+    ERRORS.labels(kind=_kind)
 
 
 class JobPhases:

@@ -17,7 +17,9 @@ Gauges, set after every episode from its summary (:meth:`JobMetrics.record_episo
 - ``rlhfjob_eval_metric{name}``: evaluation results (``eval/<name>``);
 - ``rlhfjob_restarts``: gang restarts before this process (``RLHFJOB_RESTART_GENERATION``);
 - ``rlhfjob_last_checkpoint_episode``: the newest checkpoint's episode, saved or resumed
-  from (no series before the first).
+  from (no series before the first);
+- ``rlhfjob_progress_timestamp_seconds``: Unix time this driver started its run or last
+  ended an episode (the chart's RLHFJobStuck alert compares it with ``time()``).
 
 Counters: ``rlhfjob_samples_total``, ``rlhfjob_train_steps_total``,
 ``rlhfjob_param_sync_bytes_total``. Histograms: ``rlhfjob_param_sync_seconds`` (one
@@ -82,6 +84,10 @@ class JobMetrics:
         self.restarts = gauge(
             "restarts", "Gang restarts before this driver started (RLHFJOB_RESTART_GENERATION)."
         ).labels(job)
+        self.progress_time = gauge(
+            "progress_timestamp_seconds",
+            "Unix time this driver started its run or last ended an episode.",
+        ).labels(job)
         # Labelled on first use: no series until there is a checkpoint.
         self.checkpoint_episode = gauge(
             "last_checkpoint_episode",
@@ -123,6 +129,7 @@ class JobMetrics:
         self.num_episode.set(num_episode)
         self.episode.set(episode)
         self.restarts.set(restarts)
+        self.progress_time.set_to_current_time()
         if episode:
             self.record_checkpoint(episode)
 
@@ -137,6 +144,7 @@ class JobMetrics:
         per episode). Keys it does not know are ignored; non-finite or non-numeric
         values are skipped, except that a missing key leaves its metric as it was."""
         job = self.job
+        self.progress_time.set_to_current_time()
         if "episode" in summary:
             self.episode.set(summary["episode"])
         if _number(summary.get("samples_per_s")) is not None:

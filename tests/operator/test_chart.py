@@ -20,11 +20,14 @@ from cluster import Cluster
 
 CHART = REPO / "helm" / "rlhfjob"
 K8S_VERSION = "1.35.0"
-# Prometheus Operator kinds: not in Kubernetes' schemas, so checked by hand.
-MONITOR_KINDS = {"ServiceMonitor", "PodMonitor"}
+# Prometheus Operator kinds: not in Kubernetes' schemas, so checked by hand (the
+# PrometheusRule's expressions by promtool and the real Prometheus: tests/e2e).
+MONITOR_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 ALL_ON = [
     "--set",
     "monitoring.serviceMonitor.enabled=true",
+    "--set",
+    "monitoring.prometheusRule.enabled=true",
     "--set",
     "monitoring.podMonitor.enabled=true",
     "--set",
@@ -78,6 +81,10 @@ def _check_monitor(doc: dict[str, Any]) -> None:
     assert doc["apiVersion"] == "monitoring.coreos.com/v1"
     assert doc["metadata"]["name"] and doc["metadata"]["namespace"] == "rlhfjob-system"
     spec = doc["spec"]
+    if doc["kind"] == "PrometheusRule":
+        rules = [rule for group in spec["groups"] for rule in group["rules"]]
+        assert rules and all(r["alert"] and r["expr"] and r["annotations"] for r in rules)
+        return
     assert set(spec) == {
         "selector",
         "namespaceSelector",

@@ -15,14 +15,26 @@ _KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bo
 _KEYWORDS |= {"unless", "offset", "le"}
 
 
-def dashboard_exprs(path: Path = DASHBOARD) -> list[str]:
-    """Every PromQL ``expr`` in the dashboard: panels' targets and query variables."""
+OPERATOR_PREFIX = "rlhfjob_operator_"
+
+
+def panel_exprs(path: Path = DASHBOARD) -> list[tuple[str, str]]:
+    """(panel title, PromQL ``expr``) of every panel's every target."""
     dash = json.loads(path.read_text())
-    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    return [(p["title"], t["expr"]) for p in dash["panels"] for t in p.get("targets", [])]
+
+
+def dashboard_exprs(path: Path = DASHBOARD, *, source: str = "driver") -> list[str]:
+    """The PromQL a ``source`` serves the data of: ``driver`` (panels on the job's
+    series, and the query variables) or ``operator`` (the Operator row's panels, on
+    ``rlhfjob_operator_*``)."""
+    dash = json.loads(path.read_text())
+    exprs = [e for _, e in panel_exprs(path)]
     for var in dash["templating"]["list"]:
         if var["type"] == "query":
             exprs.append(var["query"]["query"])
-    return exprs
+    on_operator = [e for e in exprs if OPERATOR_PREFIX in e]
+    return on_operator if source == "operator" else [e for e in exprs if e not in on_operator]
 
 
 def metric_names(expr: str) -> set[str]:

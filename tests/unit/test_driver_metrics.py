@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.request
 
 import pytest
@@ -12,6 +13,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from rlhfjob.metrics import JobMetrics, serve
+from rlhfjob_operator import metrics as operator_metrics
 
 SUMMARY = {
     "episode": 3,
@@ -50,7 +52,12 @@ def test_metric_names_extracted_from_promql():
 
 def test_summary_updates_every_metric():
     m = JobMetrics("job-a")
+    began = time.time()
     m.start(num_episode=10, episode=2, restarts=1)
+    started = m.registry.get_sample_value(
+        "rlhfjob_progress_timestamp_seconds", {"rlhf_job": "job-a"}
+    )
+    assert started is not None and began <= started <= time.time()
     m.record_episode(SUMMARY, dataset_samples=6)
     m.observe_steps([("policy", "forward_step", 0.02), ("policy", "forward_step", 0.2)])
     get = m.registry.get_sample_value
@@ -58,6 +65,7 @@ def test_summary_updates_every_metric():
     assert get("rlhfjob_episode", job) == 3
     assert get("rlhfjob_num_episode", job) == 10
     assert get("rlhfjob_restarts", job) == 1
+    assert started <= get("rlhfjob_progress_timestamp_seconds", job) <= time.time()
     assert get("rlhfjob_samples_per_second", job) == 4.0
     assert get("rlhfjob_episode_duration_seconds", job) == 2.0
     assert get("rlhfjob_samples_total", job) == 8
@@ -125,6 +133,9 @@ def test_every_dashboard_metric_is_exported():
     wanted = set().union(*(metric_names(e) for e in dashboard_exprs()))
     assert wanted and all(name.startswith("rlhfjob_") for name in wanted), wanted
     assert wanted <= set(served), wanted - set(served)
+    on_operator = set().union(*(metric_names(e) for e in dashboard_exprs(source="operator")))
+    operator_served = served_families(generate_latest(operator_metrics.REGISTRY).decode())
+    assert on_operator and on_operator <= set(operator_served), on_operator - set(operator_served)
 
 
 def test_dashboard_has_variables_and_selectors():
@@ -134,7 +145,9 @@ def test_dashboard_has_variables_and_selectors():
     titles = " ".join(p["title"].lower() for p in dash["panels"])
     for word in ("progress", "reward", "loss", "kl", "throughput", "sync", "restarts", "latency"):
         assert word in titles, word
-    for expr in (t["expr"] for p in dash["panels"] for t in p["targets"]):
+    for expr in dashboard_exprs():
+        if expr.startswith("label_values("):
+            continue
         for selector in re.findall(r"rlhfjob_\w+(\{[^}]*\})?", expr):
             assert selector == '{namespace="$namespace", rlhf_job="$job"}', expr
 

@@ -59,3 +59,11 @@ def test_served_over_http() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_every_error_kind_is_exported_before_the_first_error() -> None:
+    """A counter series born at 1 reads as no increase(): the chart's
+    RLHFJobOperatorReconcileErrors alert needs each kind at 0 from the start."""
+    samples = _samples()
+    for kind in metrics.ERROR_KINDS:
+        assert (("rlhfjob_operator_reconcile_errors_total", (("kind", kind),))) in samples
