@@ -93,7 +93,8 @@ class PromptStream:
 
     With several datasets (``set_multiple_datasets``) the stream takes
     ``ratio[d]`` prompts from dataset ``d`` in turn (ChatLearn's ``data_ratio``;
-    default one from each), each dataset wrapping on its own. The order of pass
+    default one from each; a single entry is that many from each, as ChatLearn's
+    ``data_ratio: 2``), each dataset wrapping on its own. The order of pass
     ``k`` of dataset ``d`` is a permutation drawn from ``(seed, d, k)``, so the
     state is just positions.
     """
@@ -108,11 +109,14 @@ class PromptStream:
     ) -> None:
         if not datasets or any(len(d) == 0 for d in datasets):
             raise ValueError("a prompt dataset is empty; give at least one prompt")
-        ratio = list(ratio) if ratio is not None else [1] * len(datasets)
+        ratio = list(ratio) if ratio is not None else [1]
+        if len(ratio) == 1:
+            ratio = ratio * len(datasets)
         if len(ratio) != len(datasets):
             raise ValueError(
                 f"runtime.data_ratio has {len(ratio)} entries but there are {len(datasets)} "
-                "prompt datasets; give one ratio per dataset of set_multiple_datasets"
+                "prompt datasets; give one ratio per dataset of set_multiple_datasets, "
+                "or one for all"
             )
         self.datasets = [list(d) for d in datasets]
         self.ratio = ratio

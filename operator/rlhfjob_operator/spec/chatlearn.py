@@ -10,7 +10,8 @@ rlhfjob's names alone. What happens, in order:
 - sections: ``rlhf`` (ChatLearn's old name) is ``runtime``; ``runtime_env`` (Ray's
   working directory and pip packages) is dropped, the image carries the code;
 - v1.0.x's relay spellings and ``num_device`` are renamed; ``colocation: ["a,b"]`` and
-  ``data_ratio: "1,2"`` are split as ChatLearn splits them;
+  ``data_ratio: "1,2"`` are split as ChatLearn splits them, and ``data_ratio: 2`` (that
+  many from every dataset) becomes ``[2]``, which the prompt stream applies to each;
 - each key of IGNORED is dropped (the table says why); each key of AT_DEFAULT is
   dropped when it holds ChatLearn's default and refused, naming key and reason, when
   not, since rlhfjob would compute something else;
@@ -109,8 +110,11 @@ def from_chatlearn(config: dict[str, Any]) -> dict[str, Any]:
                 [n.strip() for n in g.split(",")] if isinstance(g, str) else g
                 for g in runtime["colocation"]
             ]
-        if isinstance(runtime.get("data_ratio"), str):
-            runtime["data_ratio"] = [int(v) for v in runtime["data_ratio"].split(",")]
+        ratio = runtime.get("data_ratio")
+        if isinstance(ratio, str):
+            runtime["data_ratio"] = [int(v) for v in ratio.split(",")]
+        elif isinstance(ratio, int) and not isinstance(ratio, bool):
+            runtime["data_ratio"] = [ratio]  # one entry: that many from every dataset
         config["runtime"] = runtime
     models = config.get("models")
     if isinstance(models, dict):

@@ -63,7 +63,7 @@ class RuntimeSpec(ConfigModel):
         None,
         min_length=1,
         description="With several prompt datasets: how many prompts to take from each in "
-        "turn (one entry per dataset); default one from each.",
+        "turn (one entry per dataset, or one entry for all); default one from each.",
     )
     colocation: list[list[str]] = Field(
         default_factory=list, description="Groups of model names that share one worker."

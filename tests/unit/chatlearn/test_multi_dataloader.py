@@ -104,3 +104,14 @@ def test_data_ratio_needs_one_entry_per_dataset():
     one entry per dataset; here learn() refuses, naming the key and both counts."""
     with pytest.raises(ValueError, match=r"runtime.data_ratio has 3 entries but there are 2"):
         _episodes([[1], [2]], sample_per_episode=2, num_episode=1, data_ratio=[1, 2, 3])
+
+
+@pytest.mark.parametrize("ratio", [2, [2], "2,2", [2, 2]])
+def test_data_ratio_int_is_that_many_from_every_dataset(ratio):
+    """chatlearn/data/sampler.py ``MultiDatasetSampler``: an int ``data_ratio`` is
+    ``[n] * dataset_num``; the string form is split. rlhfjob reads a one-entry list as
+    the int too (an RLHFJob manifest's schema takes lists only)."""
+    episodes = _episodes(
+        [[1, 2, 3], ["a", "b", "c"]], sample_per_episode=8, num_episode=1, data_ratio=ratio
+    )
+    assert episodes == [[1, 2, "a", "b", 3, 1, "c", "a"]]
