@@ -29,6 +29,7 @@ import pytest
 import yaml
 from dashboards import panel_exprs
 from gangs import REPO
+from jobfiles import write_job
 from malformed import base_manifest
 from operator_proc import apply, running_operator, wait_phase
 
@@ -107,21 +108,9 @@ def _render(cluster: Cluster, where: Path) -> dict[str, dict[str, Any]]:
 
 
 def _manifest(tmp_path: Path, name: str) -> Path:
-    manifest = {
-        "apiVersion": "rlhf.dev/v1alpha1",
-        "kind": "RLHFJob",
-        "metadata": {"name": name},
-        "spec": {
-            "image": "rlhfjob:dev",
-            "entrypoint": {"file": str(REPO / "tests" / "e2e" / "alertjob.py")},
-            "runtime": {**RUNTIME, "data_checkpoint_path": str(tmp_path / "ckpt")},
-            "models": MODELS,
-            "runPolicy": {"backoffLimit": 2},
-        },
-    }
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(manifest))
-    return path
+    runtime = {**RUNTIME, "data_checkpoint_path": str(tmp_path / "ckpt")}
+    entry = REPO / "tests" / "e2e" / "alertjob.py"
+    return write_job(tmp_path, name, runtime, MODELS, entry, backoff_limit=2)
 
 
 def _substitute(expr: str, namespace: str, job: str) -> str:

@@ -8,9 +8,9 @@ import sys
 import time
 from pathlib import Path
 
+import jobfiles
 import pytest
 import torch
-import yaml
 
 from rlhfjob import checkpoint as ckpt
 
@@ -47,21 +47,8 @@ def worker_pids(job: str) -> list[int]:
 def write_job(
     tmp_path: Path, name: str, runtime: dict, models: dict, entry: str = "toyjob.py"
 ) -> Path:
-    manifest = {
-        "apiVersion": "rlhf.dev/v1alpha1",
-        "kind": "RLHFJob",
-        "metadata": {"name": name},
-        "spec": {
-            "image": "rlhfjob:dev",
-            "entrypoint": {"file": str(HERE / entry)},
-            "runtime": runtime,
-            "models": models,
-            "runPolicy": {"backoffLimit": 0},
-        },
-    }
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(manifest))
-    return path
+    """A job of ``entry`` (a file of tests/runtime), no restarts."""
+    return jobfiles.write_job(tmp_path, name, runtime, models, HERE / entry)
 
 
 def rlhfjob_run(path: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
