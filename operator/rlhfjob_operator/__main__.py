@@ -52,6 +52,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=15.0,
         help="seconds between reads of a running driver's metrics into status.progress",
     )
+    p.add_argument(
+        "--kube-api-qps",
+        type=float,
+        default=100.0,
+        help="client-side limit on requests a second to the API server (<= 0: none)",
+    )
+    p.add_argument(
+        "--kube-api-burst", type=int, default=200, help="requests allowed at once above the qps"
+    )
     p.add_argument("--backoff-base", type=float, default=10.0, help="first restart delay (s)")
     p.add_argument("--backoff-max", type=float, default=300.0, help="longest restart delay (s)")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -143,7 +152,11 @@ def _operate(args: argparse.Namespace, stop: StopRequest) -> int:
             file=sys.stderr,
         )
         return 2
-    client = KubeClient(configuration)
+    try:
+        client = KubeClient(configuration, qps=args.kube_api_qps, burst=args.kube_api_burst)
+    except ValueError as exc:
+        print(f"rlhfjob operator: --kube-api-burst: {exc}", file=sys.stderr)
+        return 2
     reconciler = Reconciler(
         client,
         backoff=Backoff(base_seconds=args.backoff_base, cap_seconds=args.backoff_max),

@@ -10,6 +10,8 @@ their own, served by :func:`serve`.
   the first status).
 - ``rlhfjob_operator_gang_restarts_total``: gangs deleted and re-created after a failure.
 - ``rlhfjob_operator_pods_created_total``: pods created.
+- ``rlhfjob_operator_client_throttled_seconds_total``: time requests waited for the
+  client-side rate limit (``--kube-api-qps``, ``--kube-api-burst``).
 """
 
 from __future__ import annotations
@@ -47,6 +49,11 @@ GANG_RESTARTS = Counter(
     f"{PREFIX}_gang_restarts", "Gangs re-created after a pod failed.", registry=REGISTRY
 )
 PODS_CREATED = Counter(f"{PREFIX}_pods_created", "Pods created.", registry=REGISTRY)
+CLIENT_THROTTLED = Counter(
+    f"{PREFIX}_client_throttled_seconds",
+    "Time requests to the API server waited for the client-side rate limit.",
+    registry=REGISTRY,
+)
 
 # Every error kind is exported from the start, at 0: a series born at 1 makes
 # increase() read no change, so the RLHFJobOperatorReconcileErrors alert would miss

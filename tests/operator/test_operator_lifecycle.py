@@ -4,6 +4,8 @@ real kubectl and the test kubelet (which marks pods Running and finishes them on
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -310,3 +312,43 @@ def test_a_spec_only_pydantic_refuses_fails_with_a_reason(
     assert "ppo-policy" in failed["message"]
     assert not pods(cluster, namespace, "clash")
     assert "InvalidSpec" in {e["reason"] for e in events(cluster, namespace, "clash")}
+
+
+def test_client_rate_limit_paces_the_operators_requests(cluster: Cluster, namespace: str) -> None:
+    """``--kube-api-qps 4 --kube-api-burst 1``: the job's pods, status patches and Events
+    go one request at a time, 4 a second, and the waits are counted."""
+    _kubelet(cluster)
+    limit = ("--kube-api-qps", "4", "--kube-api-burst", "1")
+    with running_operator(cluster, namespace, extra_args=limit) as op:
+        apply(cluster, namespace, _small("paced"))
+        wait_phase(cluster, namespace, "paced", "Running")
+        assert len(_names(pods(cluster, namespace, "paced"))) == 6
+        (line,) = [
+            line
+            for line in op.metrics().splitlines()
+            if line.startswith("rlhfjob_operator_client_throttled_seconds_total ")
+        ]
+        # Eight threads create the pods at once: all but one wait for a token.
+        assert float(line.split()[1]) > 0, line
+
+
+def test_a_burst_below_one_stops_the_operator_with_a_message(cluster: Cluster) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rlhfjob_operator",
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+            "--kube-api-qps",
+            "5",
+            "--kube-api-burst",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert proc.returncode == 2
+    assert "--kube-api-burst: a burst of 0 admits no request" in proc.stderr

@@ -36,7 +36,8 @@ def free_port() -> int:
 
 class Operator:
     """One operator process watching one namespace; stop() checks it exited cleanly.
-    ``kubeconfig`` defaults to the cluster's admin one (a ServiceAccount's, to test RBAC)."""
+    ``kubeconfig`` defaults to the cluster's admin one (a ServiceAccount's, to test RBAC);
+    ``extra_args`` go after the test defaults, so a later flag wins."""
 
     def __init__(
         self,
@@ -45,8 +46,10 @@ class Operator:
         *,
         backoff: float = 1.0,
         kubeconfig: Path | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.cluster = cluster
+        self.extra_args = extra_args
         self.namespace = namespace
         self.backoff = backoff
         self.kubeconfig = kubeconfig or cluster.kubeconfig
@@ -82,6 +85,7 @@ class Operator:
             str(self.backoff),
             "--backoff-max",
             str(self.backoff * 4),
+            *self.extra_args,
         ]
         # Stop signals blocked across exec (the child inherits the mask; the operator
         # unblocks them once its handler is installed): a stop() at any moment, even

@@ -22,6 +22,8 @@ import requests
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
+from rlhfjob_operator import metrics
+from rlhfjob_operator.kube.ratelimit import TokenBucket
 from rlhfjob_operator.spec import GROUP, PLURAL, VERSION
 
 __all__ = ["AlreadyExists", "ApiError", "Conflict", "KubeClient", "NotFound", "QuotaExceeded"]
@@ -76,11 +78,16 @@ def load_configuration(kubeconfig: Path | None = None) -> k8s.Configuration:
 
 
 class KubeClient:
-    """Blocking; safe to share between threads (one HTTP session per thread)."""
+    """Blocking; safe to share between threads (one HTTP session per thread). Every
+    request first takes a token of the client-side rate limit (``qps`` a second, bursts
+    of ``burst``; ``qps <= 0``: none), which all threads share."""
 
-    def __init__(self, configuration: k8s.Configuration) -> None:
+    def __init__(
+        self, configuration: k8s.Configuration, *, qps: float = 100.0, burst: int = 200
+    ) -> None:
         self._cfg = configuration
         self._local = threading.local()
+        self.limiter = TokenBucket(qps, burst)
         self.instance = socket.gethostname()
 
     def _session(self) -> requests.Session:
@@ -119,6 +126,7 @@ class KubeClient:
         content_type: str = "application/json",
     ) -> dict[str, Any]:
         url = self._cfg.host.rstrip("/") + path
+        metrics.CLIENT_THROTTLED.inc(self.limiter.acquire())
         try:
             resp = self._session().request(
                 method,
