@@ -53,6 +53,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds between reads of a running driver's metrics into status.progress",
     )
     p.add_argument(
+        "--resync-interval",
+        type=float,
+        default=60.0,
+        help="seconds between reconciliations of every unfinished job, whatever happened",
+    )
+    p.add_argument(
         "--kube-api-qps",
         type=float,
         default=100.0,
@@ -162,7 +168,9 @@ def _operate(args: argparse.Namespace, stop: StopRequest) -> int:
         backoff=Backoff(base_seconds=args.backoff_base, cap_seconds=args.backoff_max),
         progress_interval=args.progress_interval,
     )
-    registry = build_registry(reconciler, timer_interval=args.timer_interval)
+    registry = build_registry(
+        reconciler, timer_interval=args.timer_interval, resync_interval=args.resync_interval
+    )
     if args.metrics_port:
         server = metrics.serve(args.metrics_port, args.metrics_host)
         log.info("metrics on http://%s:%d/metrics", args.metrics_host, server.server_port)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -352,3 +353,29 @@ def test_a_burst_below_one_stops_the_operator_with_a_message(cluster: Cluster) -
     )
     assert proc.returncode == 2
     assert "--kube-api-burst: a burst of 0 admits no request" in proc.stderr
+
+
+def test_every_unfinished_job_is_resynced(cluster: Cluster, namespace: str) -> None:
+    """``--resync-interval``: a suspended job, which no timer and no pod event touches,
+    is still reconciled every interval (a lost trigger's safety net); a finished one
+    is not."""
+
+    def resyncs() -> float:
+        for line in op.metrics().splitlines():
+            if line.startswith('rlhfjob_operator_reconciles_total{trigger="resync"}'):
+                return float(line.split()[1])
+        return 0.0
+
+    with running_operator(cluster, namespace, extra_args=("--resync-interval", "0.5")) as op:
+        apply(cluster, namespace, _small("idle", suspend=True))
+        wait_phase(cluster, namespace, "idle", "Suspended")
+        wait_for(lambda: resyncs() >= 3, what="three resyncs of the suspended job")
+        clash = _small("clash")
+        clash["spec"]["models"]["ppo-policy"] = {}  # Failed at once: finished
+        apply(cluster, namespace, clash)
+        wait_phase(cluster, namespace, "clash", "Failed")
+        cluster.kubectl_run("delete", "rlhfjob", "idle", "-n", namespace)
+        wait_for(lambda: not op.metrics().count('phase="Suspended"} 1.0'), what="idle gone")
+        before = resyncs()
+        time.sleep(2)  # four intervals: the finished job gets no resync
+        assert resyncs() == before

@@ -7,7 +7,9 @@
   finished), ``backoff`` (Restarting: create the next gang when the backoff is
   over), ``ttl`` (finished with ttlSecondsAfterFinished: delete the job),
   ``progress`` (Running: read the driver's progress into the status, every
-  ``--progress-interval`` seconds; kube/scrape.py).
+  ``--progress-interval`` seconds; kube/scrape.py), ``resync`` (not finished: every
+  ``--resync-interval`` seconds, so that a trigger lost anywhere, a dropped watch
+  event or a failure past its retries, still gets acted on).
 - An RLHFJob deleted -> forget it (its objects go by ownerReference GC).
 
 kopf keeps its own bookkeeping in ``rlhf.dev/``-prefixed annotations, never in
@@ -55,7 +57,13 @@ def _running(body: Any, **_: Any) -> bool:
     return _phase(body) == "Running"
 
 
-def build_registry(reconciler: Reconciler, *, timer_interval: float) -> kopf.OperatorRegistry:
+def _unfinished(body: Any, **_: Any) -> bool:
+    return _phase(body) not in _FINAL
+
+
+def build_registry(
+    reconciler: Reconciler, *, timer_interval: float, resync_interval: float = 60.0
+) -> kopf.OperatorRegistry:
     """A kopf registry with the operator's handlers bound to ``reconciler``."""
     registry = kopf.OperatorRegistry()
     job = (GROUP, VERSION, PLURAL)
@@ -103,6 +111,7 @@ def build_registry(reconciler: Reconciler, *, timer_interval: float) -> kopf.Ope
         ("backoff", _restarting, timer_interval),
         ("ttl", _finished_with_ttl, timer_interval),
         ("progress", _running, reconciler.progress.interval),
+        ("resync", _unfinished, resync_interval),
     ):
 
         def tick(_t: str = timer_name, **kwargs: Any) -> None:

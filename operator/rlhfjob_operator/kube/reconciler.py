@@ -18,6 +18,12 @@ after the backoff (``base * 2**(n-1)``, capped, ``n`` the refusals in a row), as
 Job controller does: nothing is raised, so no kopf timer or handler stops. The pure
 core clears the condition once every pod of the generation exists.
 
+A reconciliation that fails for any reason but a PermanentError (the API server
+unreachable, a 5xx, a bug) is tried again after a capped backoff (``error_backoff``,
+1 s doubling to 60 s by default, ``n`` the failures in a row), whatever asked for it: a
+pod event's handler is not retried by kopf, so without this a failed pod could sit
+unacted on until the next event. The error still reaches the caller (kopf logs it).
+
 Identity is the job's uid, not its name: an object of the job's name that an earlier
 job of that name controls (deleted, not yet garbage-collected) is never adopted. The
 pure core ignores such pods; an AlreadyExists on one of them, or on that job's
@@ -65,6 +71,7 @@ log = logging.getLogger("rlhfjob_operator")
 _CONFLICT_RETRIES = 5
 _CREATE_THREADS = 8
 _REFUSED = (403, 422)  # a create refused: retried with backoff, not a PermanentError
+ERROR_BACKOFF = Backoff(base_seconds=1.0, cap_seconds=60.0)  # a failed reconciliation's retry
 
 
 @dataclass
@@ -82,15 +89,18 @@ class Reconciler:
         backoff: Backoff,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
         progress_interval: float = 15.0,
+        error_backoff: Backoff = ERROR_BACKOFF,
     ) -> None:
         self.client = client
         self.backoff = backoff
+        self.error_backoff = error_backoff
         self.clock = clock
         self.progress = ProgressReader(interval=progress_interval)
         self.phases = metrics.JobPhases()
         self._guard = threading.Lock()
         self._slots: dict[tuple[str, str], _Slot] = {}
         self._refusals: dict[tuple[str, str], int] = {}  # creates refused in a row
+        self._failures: dict[tuple[str, str], int] = {}  # reconciliations failed in a row
         self._retries: dict[tuple[str, str], threading.Timer] = {}
 
     def request(self, namespace: str, name: str, *, trigger: str) -> None:
@@ -109,9 +119,17 @@ class Reconciler:
                     slot.dirty = False
                 self._timed(namespace, name, trigger=trigger)
                 with self._guard:
+                    self._failures.pop(key, None)
                     if not slot.dirty:
                         return
                 trigger = "coalesced"
+        except kopf.PermanentError:
+            raise
+        except Exception:
+            with self._guard:
+                failures = self._failures[key] = self._failures.get(key, 0) + 1
+            self._again(namespace, name, self.error_backoff.delay(failures))
+            raise
         finally:
             with self._guard:
                 slot.running = False
@@ -122,6 +140,7 @@ class Reconciler:
         with self._guard:
             self._slots.pop((namespace, name), None)
             self._refusals.pop((namespace, name), None)
+            self._failures.pop((namespace, name), None)
             retry = self._retries.pop((namespace, name), None)
         if retry is not None:
             retry.cancel()
@@ -217,6 +236,7 @@ class Reconciler:
             else:
                 with self._guard:
                     self._refusals.pop((namespace, name), None)
+            self._failures.pop((namespace, name), None)
         for pod in decision.ungate:
             self.client.lift_gate(namespace, pod, SCHEDULING_GATE)
         for event in decision.events:
