@@ -77,7 +77,7 @@ def test_max_replay_episode_minus_one_keeps_every_episode(keep, expected):
 
 
 @pytest.mark.parametrize("keep", [None, 0])
-def test_max_replay_episode_zero_disables_replay(keep):
+def test_max_replay_episode_zero_disables_replay(keep, bad_inputs):
     """chatlearn/data/data.py ``StreamDataset.set_dataset``: replay runs only when
     ``max_replay_episode > 0`` (or -1); 0, the default, trains each episode on its own
     samples. ChatLearn then skips a manager that is set without a word; rlhfjob refuses
@@ -90,6 +90,7 @@ def test_max_replay_episode_zero_disables_replay(keep):
     with pytest.raises(ValueError, match=r"runtime\.max_replay_episode is 0, which disables"):
         refused.learn(progress=False)
     assert called == []
+    bad_inputs.refused("engine", 1)
 
 
 @pytest.mark.parametrize("setter", ["set_relay_sample_manager", "set_relay_sample_fn"])
