@@ -5,6 +5,13 @@
 Credentials: ``--kubeconfig``, else in-cluster (a pod's ServiceAccount), else
 $KUBECONFIG / ~/.kube/config. Serves metrics on ``--metrics-port`` (0: off).
 
+With ``--leader-elect`` (the chart's default) it first waits to hold the Lease
+(kube/leader.py), answering ``--liveness`` with 200 meanwhile so that the kubelet
+keeps a standby alive, then runs kopf. A leader that cannot renew within
+``--leader-elect-renew-deadline`` exits 1 at once, threads mid-request or not: it
+must stop before the lease it held runs out on a standby's clock. A stop signal
+releases the Lease, so that a standby takes over at its next try.
+
 SIGTERM or SIGINT at any moment after the interpreter has started stops the
 operator with exit code 0: during the imports and setup (no handler has run,
 nothing to undo), while kopf starts, or while it runs (kopf finishes what it is
@@ -17,10 +24,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
+import urllib.parse
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import FrameType
 
@@ -66,6 +76,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--kube-api-burst", type=int, default=200, help="requests allowed at once above the qps"
+    )
+    election = p.add_argument_group(
+        "leader election",
+        "replicas compete for a coordination.k8s.io Lease; only its holder reconciles "
+        "(kube/leader.py)",
+    )
+    election.add_argument(
+        "--leader-elect", action="store_true", help="run only while holding the Lease"
+    )
+    election.add_argument(
+        "--leader-elect-resource-namespace",
+        help="the Lease's namespace; default: the pod's own (its ServiceAccount's)",
+    )
+    election.add_argument("--leader-elect-resource-name", default="rlhfjob-operator")
+    election.add_argument(
+        "--leader-elect-lease-duration",
+        type=float,
+        default=15.0,
+        help="seconds a standby waits on an unchanged Lease before taking it",
+    )
+    election.add_argument(
+        "--leader-elect-renew-deadline",
+        type=float,
+        default=10.0,
+        help="seconds without a renewal after which the leader stops (exit 1)",
+    )
+    election.add_argument(
+        "--leader-elect-retry-period",
+        type=float,
+        default=2.0,
+        help="seconds between a standby's tries and between the leader's renewals",
     )
     p.add_argument("--backoff-base", type=float, default=10.0, help="first restart delay (s)")
     p.add_argument("--backoff-max", type=float, default=300.0, help="longest restart delay (s)")
@@ -132,6 +173,52 @@ def main(argv: list[str] | None = None) -> int:
         stop.ignore_further()
 
 
+_SERVICEACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def _lease_namespace(args: argparse.Namespace) -> str:
+    if args.leader_elect_resource_namespace:
+        return str(args.leader_elect_resource_namespace)
+    try:
+        return _SERVICEACCOUNT_NAMESPACE.read_text().strip()
+    except OSError:
+        raise ValueError(
+            "--leader-elect-resource-namespace: not in a pod (no "
+            f"{_SERVICEACCOUNT_NAMESPACE}), so name the namespace of the Lease"
+        ) from None
+
+
+@contextlib.asynccontextmanager
+async def _standby_health(url: str | None) -> AsyncIterator[None]:
+    """Answer 200 at kopf's liveness URL while standing by (kopf serves it once it runs)."""
+    if url is None:
+        yield
+        return
+    from aiohttp import web
+
+    parts = urllib.parse.urlsplit(url)
+
+    async def healthy(request: web.Request) -> web.Response:
+        del request
+        return web.Response(text="standing by for the lease\n")
+
+    app = web.Application()
+    app.router.add_get(parts.path or "/", healthy)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, parts.hostname, parts.port, reuse_address=True).start()
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+
+
+def _lost_leadership(why: str) -> None:
+    logging.getLogger("rlhfjob_operator").critical("lost the lease: %s; exiting now", why)
+    logging.shutdown()
+    os._exit(1)
+
+
 def _operate(args: argparse.Namespace, stop: StopRequest) -> int:
     # Imported only now, with the stop handler in place (see main).
     import kopf
@@ -140,6 +227,7 @@ def _operate(args: argparse.Namespace, stop: StopRequest) -> int:
 
     from rlhfjob_operator import metrics
     from rlhfjob_operator.contract import Backoff
+    from rlhfjob_operator.kube import leader
     from rlhfjob_operator.kube.client import KubeClient, load_configuration
     from rlhfjob_operator.kube.handlers import build_registry
     from rlhfjob_operator.kube.reconciler import Reconciler
@@ -163,6 +251,24 @@ def _operate(args: argparse.Namespace, stop: StopRequest) -> int:
     except ValueError as exc:
         print(f"rlhfjob operator: --kube-api-burst: {exc}", file=sys.stderr)
         return 2
+    elector: leader.LeaderElector | None = None
+    if args.leader_elect:
+        try:
+            elector = leader.LeaderElector(
+                # A client of its own, unthrottled: a renewal never waits behind reconciles.
+                KubeClient(configuration, qps=0),
+                namespace=_lease_namespace(args),
+                name=args.leader_elect_resource_name,
+                identity=leader.default_identity(),
+                timing=leader.Timing(
+                    lease_seconds=args.leader_elect_lease_duration,
+                    renew_deadline_seconds=args.leader_elect_renew_deadline,
+                    retry_seconds=args.leader_elect_retry_period,
+                ),
+            )
+        except ValueError as exc:
+            print(f"rlhfjob operator: leader election: {exc}", file=sys.stderr)
+            return 2
     reconciler = Reconciler(
         client,
         backoff=Backoff(base_seconds=args.backoff_base, cap_seconds=args.backoff_max),
@@ -181,19 +287,36 @@ def _operate(args: argparse.Namespace, stop: StopRequest) -> int:
     async def operate() -> None:
         if not stop.cancels_current_task():
             return
-        await kopf.operator(
-            registry=registry,
-            standalone=args.standalone,
-            namespaces=args.namespace,
-            clusterwide=args.all_namespaces or not args.namespace,
-            liveness_endpoint=args.liveness,
-        )
+        renewal = None
+        if elector is not None:
+            async with _standby_health(args.liveness):
+                await leader.acquire(elector)
+            log.info(
+                "leading: lease %s/%s held as %s", elector.namespace, elector.name, elector.identity
+            )
+            renewal = leader.renew_in_background(elector, on_lost=_lost_leadership)
+        metrics.LEADER.set(1)
+        try:
+            await kopf.operator(
+                registry=registry,
+                standalone=args.standalone,
+                namespaces=args.namespace,
+                clusterwide=args.all_namespaces or not args.namespace,
+                liveness_endpoint=args.liveness,
+            )
+        finally:
+            metrics.LEADER.set(0)
+            if elector is not None and renewal is not None:
+                elector.stop()
+                renewal.join(timeout=5)
+                elector.release()
 
     try:
         asyncio.run(operate())
     except asyncio.CancelledError:
-        # A stop signal while kopf started, before its own handlers took over.
-        log.info("stop signal while kopf started: stopped")
+        # A stop signal while standing by for the Lease, or while kopf started, before
+        # its own handlers took over.
+        log.info("stop signal before kopf ran: stopped")
     return 0
 
 

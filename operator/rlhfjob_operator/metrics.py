@@ -12,6 +12,8 @@ their own, served by :func:`serve`.
 - ``rlhfjob_operator_pods_created_total``: pods created.
 - ``rlhfjob_operator_client_throttled_seconds_total``: time requests waited for the
   client-side rate limit (``--kube-api-qps``, ``--kube-api-burst``).
+- ``rlhfjob_operator_leader``: 1 while this replica reconciles (it holds the Lease, or
+  runs without ``--leader-elect``), 0 while it stands by.
 """
 
 from __future__ import annotations
@@ -52,6 +54,11 @@ PODS_CREATED = Counter(f"{PREFIX}_pods_created", "Pods created.", registry=REGIS
 CLIENT_THROTTLED = Counter(
     f"{PREFIX}_client_throttled_seconds",
     "Time requests to the API server waited for the client-side rate limit.",
+    registry=REGISTRY,
+)
+LEADER = Gauge(
+    f"{PREFIX}_leader",
+    "1 while this replica reconciles (holds the Lease, or no election), 0 on standby.",
     registry=REGISTRY,
 )
 

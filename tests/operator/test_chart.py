@@ -77,6 +77,15 @@ def test_values_schema_is_closed(control_plane: Cluster) -> None:
         assert "additional properties" in proc.stderr, proc.stderr
 
 
+def test_two_replicas_without_leader_election_are_refused_by_name(control_plane: Cluster) -> None:
+    values = ("operator.replicas=2", "operator.leaderElection.enabled=false")
+    proc = control_plane.helm_run(
+        "template", "rel", str(CHART), *(a for v in values for a in ("--set", v)), check=False
+    )
+    assert proc.returncode != 0
+    assert "operator.replicas above 1 needs operator.leaderElection.enabled" in proc.stderr
+
+
 def _check_monitor(doc: dict[str, Any]) -> None:
     assert doc["apiVersion"] == "monitoring.coreos.com/v1"
     assert doc["metadata"]["name"] and doc["metadata"]["namespace"] == "rlhfjob-system"
@@ -118,6 +127,20 @@ def test_rendered_objects_match_kubernetes_schemas(
     assert deploy["spec"]["replicas"] == 1
     assert container["command"] == ["python", "-m", "rlhfjob_operator"]
     assert "--standalone" in container["args"]
+    # Leader election on by default: a second replica, or a rolling update's new pod,
+    # stands by on the Lease instead of reconciling beside the first.
+    assert deploy["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert {"--leader-elect", "--leader-elect-resource-name=rel-rlhfjob"} <= set(container["args"])
+    (lease_role,) = by_kind(docs, "Role")
+    assert lease_role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["rel-rlhfjob"],
+            "verbs": ["get", "update"],
+        },
+    ]
     assert pod["securityContext"]["runAsNonRoot"] is True
     sc = container["securityContext"]
     assert sc["readOnlyRootFilesystem"] is True
@@ -128,7 +151,12 @@ def test_rendered_objects_match_kubernetes_schemas(
 
     if not values:
         # Optional features are off; the operator gets no default resources; cluster-wide.
-        assert not kinds & (MONITOR_KINDS | {"ConfigMap", "RoleBinding"})
+        assert not kinds & (MONITOR_KINDS | {"ConfigMap"})
+        # The one RoleBinding: the Lease's, in the release's namespace.
+        assert [
+            (b["metadata"]["name"], b["metadata"]["namespace"])
+            for b in by_kind(docs, "RoleBinding")
+        ] == [("rel-rlhfjob-leader-election", lease_role["metadata"]["namespace"])]
         assert "resources" not in container
         assert "--all-namespaces" in container["args"]
         assert {b["metadata"]["name"] for b in by_kind(docs, "ClusterRoleBinding")} == {
@@ -140,10 +168,11 @@ def test_rendered_objects_match_kubernetes_schemas(
         assert "--namespace=team-a" in container["args"]
         assert "--all-namespaces" not in container["args"]
         # Namespaced: RoleBindings in the watched namespaces only.
-        assert {b["metadata"]["namespace"] for b in by_kind(docs, "RoleBinding")} == {
-            "team-a",
-            "team-b",
-        }
+        assert {
+            b["metadata"]["namespace"]
+            for b in by_kind(docs, "RoleBinding")
+            if b["metadata"]["name"] == "rel-rlhfjob"
+        } == {"team-a", "team-b"}
         assert [b["metadata"]["name"] for b in by_kind(docs, "ClusterRoleBinding")] == [
             "rel-rlhfjob-crd-watch"
         ]
@@ -271,7 +300,19 @@ def test_chart_service_account_runs_a_job_and_no_more(
         # Enough: the operator, with the chart's credentials, runs the example job.
         if control_plane.kubelet is None:
             pytest.skip("needs the test kubelet to mark pods Running")
-        with running_operator(control_plane, namespace, kubeconfig=kubeconfig) as op:
+        # The Lease: its own name in the release's namespace, nothing more.
+        assert can("update", "leases.coordination.k8s.io/rbac-rlhfjob", "-n", sys_ns)
+        assert not can("update", "leases.coordination.k8s.io/other", "-n", sys_ns)
+        assert not can("delete", "leases.coordination.k8s.io/rbac-rlhfjob", "-n", sys_ns)
+        assert not can("create", "leases.coordination.k8s.io", "-n", namespace)
+        election = (
+            "--leader-elect",
+            f"--leader-elect-resource-namespace={sys_ns}",
+            "--leader-elect-resource-name=rbac-rlhfjob",
+        )
+        with running_operator(
+            control_plane, namespace, kubeconfig=kubeconfig, extra_args=election
+        ) as op:
             apply(control_plane, namespace, REPO / "examples" / "k8s" / "ppo-sort.yaml")
             wait_phase(control_plane, namespace, "ppo-sort", "Running", timeout=90)
             assert len(pods(control_plane, namespace, "ppo-sort")) == 6
