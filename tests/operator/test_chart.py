@@ -161,7 +161,7 @@ def test_rendered_objects_match_kubernetes_schemas(
         assert "--all-namespaces" in container["args"]
         assert {b["metadata"]["name"] for b in by_kind(docs, "ClusterRoleBinding")} == {
             "rel-rlhfjob",
-            "rel-rlhfjob-crd-watch",
+            "rel-rlhfjob-cluster-read",
         }
     else:
         assert kinds >= MONITOR_KINDS | {"ConfigMap", "RoleBinding"}
@@ -174,7 +174,7 @@ def test_rendered_objects_match_kubernetes_schemas(
             if b["metadata"]["name"] == "rel-rlhfjob"
         } == {"team-a", "team-b"}
         assert [b["metadata"]["name"] for b in by_kind(docs, "ClusterRoleBinding")] == [
-            "rel-rlhfjob-crd-watch"
+            "rel-rlhfjob-cluster-read"
         ]
         (cm,) = by_kind(docs, "ConfigMap")
         shipped = (CHART / "dashboards" / "rlhfjob.json").read_text()
@@ -294,8 +294,11 @@ def test_chart_service_account_runs_a_job_and_no_more(
             ("list", "secrets", "--all-namespaces"),
             ("create", "customresourcedefinitions.apiextensions.k8s.io"),
             ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
+            ("list", "nodes"),
         ):
             assert not can(*args), " ".join(args)
+        # Cluster-scoped, so bound cluster-wide even for a namespaced install.
+        assert can("get", "nodes")
 
         # Enough: the operator, with the chart's credentials, runs the example job.
         if control_plane.kubelet is None:
@@ -345,6 +348,9 @@ def test_cluster_wide_install_reaches_every_namespace_but_no_secrets(
     assert _can_i(control_plane, kubeconfig, "watch", "rlhfjobs.rlhf.dev", "--all-namespaces")
     assert not _can_i(control_plane, kubeconfig, "list", "secrets", "--all-namespaces")
     assert not _can_i(control_plane, kubeconfig, "delete", "nodes")
+    # A node's Ready condition, for pods stuck terminating on it; nothing more of nodes.
+    assert _can_i(control_plane, kubeconfig, "get", "nodes")
+    assert not _can_i(control_plane, kubeconfig, "list", "nodes")
     # The Deployment points at the ServiceAccount the token came from.
     deploy = json.loads(
         control_plane.kubectl_run(

@@ -379,3 +379,52 @@ def test_every_unfinished_job_is_resynced(cluster: Cluster, namespace: str) -> N
         before = resyncs()
         time.sleep(2)  # four intervals: the finished job gets no resync
         assert resyncs() == before
+
+
+def test_a_gang_stuck_terminating_on_a_lost_node_is_not_waited_for(
+    cluster: Cluster, namespace: str, operator: Operator
+) -> None:
+    """A node's kubelet goes silent with the gang on it, and a pod fails: the next
+    generation waits for the old pods, naming them in its Restarting condition, until
+    the node is not Ready; then it starts with the old pods still Terminating."""
+    kubelet = _kubelet(cluster)
+    m = _small("lost", backoffLimit=2)
+    m["spec"]["nodeSelector"] = {"kubernetes.io/hostname": "gpu-1"}
+    apply(cluster, namespace, m)
+    wait_phase(cluster, namespace, "lost", "Running")
+    assert {p["spec"]["nodeName"] for p in pods(cluster, namespace, "lost")} == {"gpu-1"}
+
+    def generation(n: int) -> list[dict[str, Any]]:
+        return [
+            p for p in pods(cluster, namespace, "lost") if p["metadata"]["name"].endswith(f"-g{n}")
+        ]
+
+    kubelet.lose_node("gpu-1")
+    try:
+        kubelet.finish_pod(namespace, "lost-policy-1-g0", 1, reason="Error", message="boom")
+        waiting = wait_for(
+            lambda: (
+                (c := _condition(job(cluster, namespace, "lost"), "Restarting"))
+                and c["message"].startswith("waiting for ")
+                and c
+            ),
+            what="the Restarting condition naming the pods waited for",
+        )
+        assert "pods of earlier generations to stop: lost-driver-g0, " in waiting["message"]
+        assert waiting["reason"] == "PodFailed" and "not waiting" not in waiting["message"]
+        assert not generation(1)
+
+        kubelet.mark_node_unknown("gpu-1")
+        wait_for(lambda: len(generation(1)) == 6, what="generation 1 created")
+        stuck = [
+            p["metadata"]["name"] for p in generation(0) if p["metadata"].get("deletionTimestamp")
+        ]
+        assert stuck, "the old pods should still be Terminating on the silent node"
+    finally:
+        kubelet.recover_node("gpu-1")
+    obj = wait_phase(cluster, namespace, "lost", "Running", timeout=120)
+    assert (obj["status"]["restarts"], obj["status"]["restartGeneration"]) == (1, 1)
+    wait_for(
+        lambda: not [p for p in generation(0) if p["metadata"].get("deletionTimestamp")],
+        what="the old pods gone once the node is back",
+    )

@@ -17,7 +17,8 @@ Obj = dict[str, Any]
 
 class FakeApi:
     """One job and the pods created for it; ``refuse`` is raised by every pod create,
-    ``fail_lists`` by that many pod lists (then they answer again)."""
+    ``fail_lists`` by that many pod lists (then they answer again); the nodes in
+    ``lost_nodes`` are not Ready."""
 
     def __init__(self) -> None:
         m = copy.deepcopy(base_manifest("job"))
@@ -28,6 +29,7 @@ class FakeApi:
         self.events: list[tuple[str, str, str]] = []
         self.refuse: ApiError | None = None
         self.fail_lists: list[ApiError] = []
+        self.lost_nodes: set[str] = set()
         self.lock = threading.Lock()
 
     def get_job(self, namespace: str, name: str) -> Obj | None:
@@ -49,6 +51,9 @@ class FakeApi:
             if self.fail_lists:
                 raise self.fail_lists.pop(0)
             return copy.deepcopy(list(self.pods.values()))
+
+    def node_ready(self, name: str) -> bool:
+        return name not in self.lost_nodes
 
     def create_if_absent(self, obj: Obj) -> Obj | None:
         name = obj["metadata"]["name"]

@@ -227,6 +227,16 @@ class KubeClient:
         except NotFound:
             return None
 
+    def node_ready(self, name: str) -> bool:
+        """Whether node ``name`` has its Ready condition True; False when it is NotReady,
+        Unknown (its kubelet stopped reporting) or gone (404)."""
+        try:
+            node = self.request("GET", f"/api/v1/nodes/{name}")
+        except NotFound:
+            return False
+        conditions = (node.get("status") or {}).get("conditions") or []
+        return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
     def list_pods(self, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
         labels = ",".join(f"{k}={v}" for k, v in selector.items())
         out = self.request(

@@ -35,8 +35,12 @@ earliest-finished failure that is not a 75); an exit
 :data:`~rlhfjob_operator.contract.EXIT_DISRUPTED` (the driver's, after an emergency
 checkpoint) restarts it at once uncounted (:func:`~rlhfjob_operator.contract.next_attempt`).
 Counted restarts are ``status.restarts``, uncounted ones ``status.disruptions``. A new
-generation is only created once every pod of older ones is gone (the new
-driver reuses the old one's DNS name). A job with a Kueue queue waits, gated, for
+generation is only created once every pod of older ones is gone (an old driver may
+still be writing its emergency checkpoint), or given up on (:func:`~.status.given_up`:
+its node is not Ready, or it is long past its grace period); the Restarting
+condition names the pods waited for meanwhile. Each generation has DNS names of its
+own (kube/names.py), so a pod left Terminating on a lost node never answers for the
+new driver. A job with a Kueue queue waits, gated, for
 Kueue's admission of each generation (kube/kueue.py); the pods of a generation it
 leaves are marked so Kueue frees their quota. ``suspend`` deletes the pods and keeps
 the status; resuming starts a new generation and restarts the
@@ -68,6 +72,7 @@ from rlhfjob_operator.kube.status import (
     disruption,
     failed_exit,
     format_time,
+    given_up,
     of_another_job,
     parse_time,
     pod_generation,
@@ -100,12 +105,15 @@ def decide(
     now: dt.datetime,
     backoff: Backoff,
     live: progress.Live | None = None,
+    lost_nodes: frozenset[str] = frozenset(),
 ) -> Decision:
     """What to do next for ``job``, given every pod labelled as its own: the phases of
     :data:`_PHASES` are tried in order, the first that decides answers; a job none of
     them stops runs its gang (:func:`_run_gang`). Pods of an earlier job of the same
     name (:func:`~.status.of_another_job`) are not looked at. ``live`` is the running
-    driver's progress as just read from its metrics, recorded while the gang runs."""
+    driver's progress as just read from its metrics, recorded while the gang runs.
+    ``lost_nodes``: the nodes, of those hosting terminating pods of older generations,
+    that are not Ready."""
     pods = [p for p in pods if not of_another_job(p, job.metadata.uid)]
     status = (job.status or RLHFJobStatus()).model_copy(deep=True)
     status.observed_generation = job.metadata.generation
@@ -121,6 +129,7 @@ def decide(
         current={p["metadata"]["name"]: p for p in pods if pod_generation(p) == gen},
         stale=[p for p in pods if pod_generation(p) != gen],
         live=live,
+        lost_nodes=lost_nodes,
     )
     for phase in _PHASES:
         decision = phase(turn)
@@ -295,7 +304,8 @@ def _all_active(turn: Turn) -> tuple[str, ...]:
 
 def _waiting(turn: Turn) -> Decision | None:
     """Wait out the backoff (then clear it), and for the live pods of older generations
-    to be gone (the new driver reuses the old one's DNS name). Finished pods of old
+    to be gone, unless given up on (:func:`~.status.given_up`); the Restarting
+    condition and the message say which are waited for. Finished pods of old
     generations stay, for their logs."""
     status = turn.status
     stale_active = active_names(turn.stale)
@@ -310,8 +320,21 @@ def _waiting(turn: Turn) -> Decision | None:
     stale_live = [
         p for p in turn.stale if terminating(p) or pod_phase(p) not in ("Succeeded", "Failed")
     ]
-    if not stale_live:
+    lost = {
+        p["metadata"]["name"]: why
+        for p in stale_live
+        if (why := given_up(p, now=turn.now, lost_nodes=turn.lost_nodes))
+    }
+    waited = sorted(p["metadata"]["name"] for p in stale_live if p["metadata"]["name"] not in lost)
+    if not waited:
         return None
+    msg = f"waiting for {len(waited)} pods of earlier generations to stop: {', '.join(waited)}"
+    if lost:
+        msg += "; not waiting for " + ", ".join(f"{n} ({why})" for n, why in sorted(lost.items()))
+    status.message = msg
+    restarting = status.condition("Restarting")
+    reason = restarting.reason if restarting is not None else "PodsTerminating"
+    set_condition(status, "Restarting", True, reason=reason, message=msg, now=turn.stamp)
     turn.counts(turn.current)
     return Decision(
         status=status, delete=stale_active, requeue_after=soonest(1.0, turn.deadline_left)

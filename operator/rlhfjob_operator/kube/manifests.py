@@ -42,6 +42,7 @@ from rlhfjob_operator.kube.names import (
     job_selector,
     network_policy_name,
     pod_group_name,
+    pod_hostname,
     pod_labels,
     pod_name,
     secret_name,
@@ -95,9 +96,11 @@ def _meta(job: RLHFJob, name: str, labels: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def master_addr(job: RLHFJob) -> str:
-    """The driver's DNS name through the headless Service (hostname.subdomain)."""
-    return f"driver.{service_name(job.name)}.{job.namespace}.svc"
+def master_addr(job: RLHFJob, plan: JobPlan, *, generation: int) -> str:
+    """The driver's DNS name through the headless Service (hostname.subdomain), one per
+    restart generation (kube/names.py says why)."""
+    host = pod_hostname(plan.driver, generation=generation)
+    return f"{host}.{service_name(job.name)}.{job.namespace}.svc"
 
 
 def _resources(worker: Worker) -> dict[str, Any]:
@@ -187,7 +190,7 @@ def build_pod(job: RLHFJob, plan: JobPlan, worker: Worker, *, generation: int) -
     ckpt = spec.checkpoint
     env = plan.env(
         worker,
-        master_addr=master_addr(job),
+        master_addr=master_addr(job, plan, generation=generation),
         spec_path=f"{SPEC_DIR}/{SPEC_FILE}",
         checkpoint_dir=ckpt.mount_path,
         restart_generation=generation,
@@ -227,7 +230,7 @@ def build_pod(job: RLHFJob, plan: JobPlan, worker: Worker, *, generation: int) -
     pod_spec: dict[str, Any] = {
         # The operator restarts the whole gang; a kubelet restarting one container would not.
         "restartPolicy": "Never",
-        "hostname": worker.hostname,
+        "hostname": pod_hostname(worker, generation=generation),
         "subdomain": service_name(job.name),
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,

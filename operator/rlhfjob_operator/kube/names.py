@@ -1,9 +1,11 @@
 """Names and labels of everything the operator creates for a job (pure).
 
-Pod names carry the restart generation, so a restarted operator re-derives
-exactly the names it may already have created (create-if-absent is then
-idempotent) and a re-created gang never collides with its terminating
-predecessor.
+Pod names and hostnames carry the restart generation, so a restarted operator
+re-derives exactly the names it may already have created (create-if-absent is
+then idempotent) and a re-created gang never collides with its terminating
+predecessor: not in the API, and not in the headless Service's DNS, where the
+new driver's name (MASTER_ADDR) must never resolve to an old driver still
+terminating on a lost node.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ __all__ = [
     "job_selector",
     "network_policy_name",
     "pod_group_name",
+    "pod_hostname",
     "pod_labels",
     "pod_name",
     "secret_name",
@@ -67,9 +70,15 @@ def secret_name(job: str) -> str:
     return f"{job}-rendezvous"
 
 
+def pod_hostname(worker: Worker, *, generation: int) -> str:
+    """``driver-g<gen>`` or ``<role>-<replica>-g<gen>``: the pod's DNS label in the
+    job's headless Service (shorter than its pod name, so within 63 characters)."""
+    return f"{worker.hostname}-g{generation}"
+
+
 def pod_name(job: str, worker: Worker, *, generation: int) -> str:
     """``<job>-driver-g<gen>`` or ``<job>-<role>-<replica>-g<gen>``."""
-    return f"{job}-{worker.hostname}-g{generation}"
+    return f"{job}-{pod_hostname(worker, generation=generation)}"
 
 
 def pod_group_name(job: str, *, generation: int) -> str:

@@ -61,7 +61,13 @@ from rlhfjob_operator.kube.manifests import (
 )
 from rlhfjob_operator.kube.names import SCHEDULING_GATE, job_selector, pod_name
 from rlhfjob_operator.kube.scrape import ProgressReader
-from rlhfjob_operator.kube.status import format_time, of_another_job, set_condition
+from rlhfjob_operator.kube.status import (
+    format_time,
+    of_another_job,
+    pod_generation,
+    set_condition,
+    terminating,
+)
 from rlhfjob_operator.plan import JobPlan, plan_job
 from rlhfjob_operator.spec import RLHFJob, RLHFJobStatus, format_validation_error
 
@@ -200,8 +206,35 @@ class Reconciler:
         driver = pod_name(name, plan.driver, generation=generation)
         driver_pod = next((p for p in pods if p["metadata"]["name"] == driver), None)
         live = self.progress.read(namespace, name, driver_pod, now=now)
-        decision = decide(job, plan, pods, now=now, backoff=self.backoff, live=live)
+        lost = self._lost_nodes(pods, generation=generation)
+        decision = decide(
+            job, plan, pods, now=now, backoff=self.backoff, live=live, lost_nodes=lost
+        )
         self._apply(raw, job, plan, decision)
+
+    def _lost_nodes(self, pods: list[dict[str, Any]], *, generation: int) -> frozenset[str]:
+        """The nodes that are not Ready (or gone), of those hosting a terminating pod of
+        an older generation: only those pods' nodes matter (status.given_up). A node
+        this operator may not read (RBAC) counts as Ready."""
+        nodes = {
+            p["spec"]["nodeName"]
+            for p in pods
+            if terminating(p)
+            and pod_generation(p) != generation
+            and (p.get("spec") or {}).get("nodeName")
+        }
+        lost = set()
+        for node in sorted(nodes):
+            try:
+                ready = self.client.node_ready(node)
+            except ApiError as exc:
+                if exc.status != 403:
+                    raise
+                log.warning("cannot read node %s (%s): its pods get their grace period", node, exc)
+                continue
+            if not ready:
+                lost.add(node)
+        return frozenset(lost)
 
     def _apply(
         self,

@@ -82,6 +82,30 @@ def terminating(pod: Pod) -> bool:
     return bool(pod["metadata"].get("deletionTimestamp"))
 
 
+# A pod still there this long after its deletionTimestamp (the end of its grace period)
+# has a kubelet that is not confirming the deletion: a lost or wedged node.
+OVERDUE_SECONDS = 120.0
+
+
+def given_up(pod: Pod, *, now: dt.datetime, lost_nodes: frozenset[str]) -> str | None:
+    """Why a pod of an earlier generation that has not stopped need not be waited for
+    any longer, or None. Only a pod being deleted qualifies, once its node is not Ready
+    (in ``lost_nodes``: NotReady, Unknown or gone; its kubelet will never confirm the
+    deletion, so it would stay Terminating until someone force-deletes it) or once it
+    is :data:`OVERDUE_SECONDS` past its grace period. A pod on a partitioned node may
+    still be running: its generation's peers are gone, and its rendezvous name is not
+    the new generation's (kube/names.py), so it cannot join the new gang."""
+    if not terminating(pod):
+        return None
+    node = (pod.get("spec") or {}).get("nodeName")
+    if node and node in lost_nodes:
+        return f"its node {node} is not Ready"
+    deadline = parse_time(pod["metadata"]["deletionTimestamp"])
+    if deadline is not None and (now - deadline).total_seconds() >= OVERDUE_SECONDS:
+        return f"{(now - deadline).total_seconds():.0f} s past its grace period"
+    return None
+
+
 def disruption(pod: Pod) -> str | None:
     """Why the pod is being taken away from outside the operator, or None.
 

@@ -91,6 +91,7 @@ class Turn:
     current: dict[str, Pod]  # pods of this generation, by name
     stale: list[Pod]  # pods of other generations (or none: unlabelled)
     live: progress.Live | None = None  # the running driver's metrics, when just read
+    lost_nodes: frozenset[str] = frozenset()  # not Ready, of those with old pods terminating
     events: list[Event] = field(default_factory=list)
 
     @property

@@ -40,7 +40,8 @@ class TestKubelet:
       after the handler stopped them), so ownerReference cascades and
       namespace deletion complete.
 
-    `finish_pod`, `mark_running` and `mark_waiting` may be called from any thread.
+    `finish_pod`, `mark_running` and `mark_waiting` may be called from any thread;
+    `lose_node`, `mark_node_unknown` and `recover_node` take a node away and back.
     """
 
     __test__ = False  # not a pytest test class despite the name
@@ -64,6 +65,7 @@ class TestKubelet:
         # pod uid -> the handler that started it (None: moved on by a test directly)
         self._started: dict[str, PodHandler | None] = {}
         self._finalized: set[str] = set()  # pod uids whose deletion we confirmed
+        self._lost: set[str] = set()  # nodes whose kubelet went silent (lose_node)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -146,6 +148,41 @@ class TestKubelet:
                 "containerStatuses": statuses,
             },
         )
+
+    def lose_node(self, name: str) -> None:
+        """Node ``name``'s kubelet goes silent, as on a crash or a partition: no more
+        heartbeats, nothing done for its pods, their deletions never confirmed (they stay
+        Terminating). The API server still shows the node Ready until
+        :meth:`mark_node_unknown`. Give it back with :meth:`recover_node`."""
+        assert name in self.node_names, name
+        with self._lock:
+            self._lost.add(name)
+
+    def mark_node_unknown(self, name: str) -> None:
+        """What the node lifecycle controller writes once a node's heartbeats are older
+        than its grace period (40 s or more on a real cluster): Ready Unknown."""
+        now = _now()
+        ready = {
+            "type": "Ready",
+            "status": "Unknown",
+            "reason": "NodeStatusUnknown",
+            "message": "Kubelet stopped posting node status.",
+            "lastHeartbeatTime": now,
+            "lastTransitionTime": now,
+        }
+        self.core.patch_node_status(name, {"status": {"conditions": [ready]}})
+
+    def recover_node(self, name: str) -> None:
+        """The node's kubelet is back: Ready again at once, and its pods dealt with
+        (deletions confirmed, new pods started)."""
+        spec = next(n for n in self.nodes if n.name == name)
+        with self._lock:
+            self._lost.discard(name)
+        self._renew(spec, status=True)
+        for pod in self.core.list_pod_for_all_namespaces(
+            field_selector=f"spec.nodeName={name}"
+        ).items:
+            self._sync(pod)
 
     def finish_pod(
         self,
@@ -344,6 +381,8 @@ class TestKubelet:
         beats = 0
         while not self._stop.is_set():
             for spec in self.nodes:
+                if spec.name in self._lost:
+                    continue
                 try:
                     # The Ready condition every 6th beat (30 s), the Lease every beat.
                     self._renew(spec, status=beats % 6 == 0)
@@ -389,7 +428,7 @@ class TestKubelet:
             resource_version = w.resource_version or resource_version
 
     def _sync(self, pod: Any) -> None:
-        if pod.spec.node_name not in self.node_names:
+        if pod.spec.node_name not in self.node_names or pod.spec.node_name in self._lost:
             return
         uid = pod.metadata.uid
         if pod.metadata.deletion_timestamp is not None:

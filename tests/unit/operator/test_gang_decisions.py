@@ -43,10 +43,20 @@ class Sim:
         assert self.job.status is not None
         return self.job.status
 
-    def step(self, seconds: float = 0, *, live: Any = None) -> Decision:
+    def step(
+        self, seconds: float = 0, *, live: Any = None, lost_nodes: frozenset[str] = frozenset()
+    ) -> Decision:
         self.now += dt.timedelta(seconds=seconds)
         pods = list(self.pods.values())
-        d = decide(self.job, self.plan, pods, now=self.now, backoff=BACKOFF, live=live)
+        d = decide(
+            self.job,
+            self.plan,
+            pods,
+            now=self.now,
+            backoff=BACKOFF,
+            live=live,
+            lost_nodes=lost_nodes,
+        )
         self.job = self.job.model_copy(update={"status": d.status})
         for name in d.delete:
             self.pods[name]["metadata"]["deletionTimestamp"] = format_time(self.now)

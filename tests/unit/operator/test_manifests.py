@@ -81,11 +81,15 @@ def test_labels_owner_and_dns() -> None:
         "controller": True,
         "blockOwnerDeletion": True,
     }
-    assert pod["spec"]["hostname"] == "ppo-policy-0"
+    # Hostnames carry the generation: the new driver's DNS name never resolves to an
+    # old driver still terminating (on a lost node, say).
+    assert pod["spec"]["hostname"] == "ppo-policy-0-g1"
     assert pod["spec"]["subdomain"] == "job"
     assert pod["spec"]["restartPolicy"] == "Never"
     env = _env(pod)
-    assert env["MASTER_ADDR"] == master_addr(job) == "driver.job.team.svc"
+    assert env["MASTER_ADDR"] == master_addr(job, plan, generation=1) == "driver-g1.job.team.svc"
+    driver = build_pod(job, plan, plan.workers[0], generation=1)
+    assert f"{driver['spec']['hostname']}.job.team.svc" == env["MASTER_ADDR"]
     assert env["RLHFJOB_RESTART_GENERATION"] == "1"
     assert env["RANK"] == "3" and env["WORLD_SIZE"] == "6"
     assert env["RLHFJOB_SPEC"] == "/etc/rlhfjob/job.yaml"
