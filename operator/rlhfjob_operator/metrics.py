@@ -12,6 +12,9 @@ their own, served by :func:`serve`.
 - ``rlhfjob_operator_pods_created_total``: pods created.
 - ``rlhfjob_operator_client_throttled_seconds_total``: time requests waited for the
   client-side rate limit (``--kube-api-qps``, ``--kube-api-burst``).
+- ``rlhfjob_operator_api_requests_total{method,code}``: requests of the operator's own
+  client (client-go's ``rest_client_requests_total``; code 0: no answer). kopf's
+  watches and its annotation and finalizer patches are not counted.
 - ``rlhfjob_operator_leader``: 1 while this replica reconciles (it holds the Lease, or
   runs without ``--leader-elect``), 0 while it stands by.
 """
@@ -54,6 +57,12 @@ PODS_CREATED = Counter(f"{PREFIX}_pods_created", "Pods created.", registry=REGIS
 CLIENT_THROTTLED = Counter(
     f"{PREFIX}_client_throttled_seconds",
     "Time requests to the API server waited for the client-side rate limit.",
+    registry=REGISTRY,
+)
+API_REQUESTS = Counter(
+    f"{PREFIX}_api_requests",
+    "Requests of the operator's own client to the API server, by method and status code.",
+    ["method", "code"],
     registry=REGISTRY,
 )
 LEADER = Gauge(

@@ -137,7 +137,9 @@ class KubeClient:
                 timeout=_TIMEOUT,
             )
         except requests.RequestException as exc:
+            metrics.API_REQUESTS.labels(method=method, code="0").inc()
             raise ApiError(0, "Unreachable", f"{method} {path}: {exc}") from exc
+        metrics.API_REQUESTS.labels(method=method, code=str(resp.status_code)).inc()
         if resp.status_code < 300:
             return resp.json() if resp.content else {}
         try:
