@@ -17,7 +17,6 @@ pods); the pods ask for no GPU, since the test nodes' 16 GPUs would hold one job
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import sys
 import tempfile
@@ -31,7 +30,7 @@ from kubernetes import client as k8s
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "support"))
 
-from malformed import base_manifest  # noqa: E402
+from malformed import wide_manifest  # noqa: E402
 from operator_proc import Operator, install_crd  # noqa: E402
 
 from cluster import ControlPlane, NodeSpec, wait_until  # noqa: E402
@@ -39,18 +38,6 @@ from common import load_average, machine  # noqa: E402
 
 REPLICAS = 16
 NODES = tuple(NodeSpec(f"big-{i}", cpu="1000", memory="4000Gi", pods=500) for i in range(4))
-
-
-def _job(name: str) -> dict[str, Any]:
-    m = copy.deepcopy(base_manifest(name))
-    m["spec"]["runtime"] = {
-        "num_episode": 2,
-        "sample_per_episode": 64,
-        "generation_batch_size": 4,
-        "train_micro_batch_size": 4,
-    }
-    m["spec"]["models"] = {"policy": {"num_replica": REPLICAS}}
-    return m
 
 
 def _sample(op: Operator) -> dict[str, float]:
@@ -77,7 +64,9 @@ def measure(cluster: Any, jobs: int, *, timeout: float) -> dict[str, float]:
             time.sleep(1.0)  # the figure is the reconcile, not kopf's start
             before = _sample(op)
             with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
-                yaml.safe_dump_all([_job(f"j{i}") for i in range(jobs)], f)
+                yaml.safe_dump_all(
+                    [wide_manifest(f"j{i}", REPLICAS, num_gpu=0) for i in range(jobs)], f
+                )
                 f.flush()
                 t0 = time.perf_counter()
                 cluster.kubectl_run("apply", "-n", ns, "-f", f.name, timeout=300)

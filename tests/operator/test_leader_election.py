@@ -7,16 +7,14 @@ tests/unit/operator/test_lease_rules.py."""
 
 from __future__ import annotations
 
-import copy
 import random
 import subprocess
 import sys
 import time
 import urllib.request
-from typing import Any
 
 import pytest
-from malformed import base_manifest
+from malformed import wide_manifest
 from operator_proc import (
     REPO,
     Operator,
@@ -80,19 +78,6 @@ def _holder(cluster: Cluster, namespace: str) -> str | None:
     return lease["spec"].get("holderIdentity")
 
 
-def _wide(name: str) -> dict[str, Any]:
-    m = copy.deepcopy(base_manifest(name))
-    m["spec"]["runtime"] = {
-        "num_episode": 2,
-        "sample_per_episode": 64,
-        "generation_batch_size": 4,
-        "train_micro_batch_size": 4,
-    }
-    m["spec"]["models"] = {"policy": {"num_gpu": 1, "num_replica": 16}}
-    m["spec"]["runPolicy"] = {"backoffLimit": 2}
-    return m
-
-
 def _live(cluster: Cluster, namespace: str, name: str) -> list[str]:
     return sorted(
         p["metadata"]["name"]
@@ -131,7 +116,7 @@ def test_the_standby_takes_over_a_killed_leader_with_nothing_twice_or_lost(
             assert resp.status == 200 and b"standing by" in resp.read()
 
         # The leader dies at a random point of creating a 17-pod gang.
-        apply(cluster, namespace, _wide("ha"))
+        apply(cluster, namespace, wide_manifest("ha", backoffLimit=2))
         target = rng.randint(1, 16)
         created = wait_for(
             lambda: (n := len(pods(cluster, namespace, "ha"))) >= target and n,

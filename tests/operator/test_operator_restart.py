@@ -3,14 +3,13 @@ gets its pods (printed, never asserted)."""
 
 from __future__ import annotations
 
-import copy
 import json
 import random
 import time
 from typing import Any
 
 import pytest
-from malformed import base_manifest
+from malformed import wide_manifest
 from operator_proc import (
     Operator,
     apply,
@@ -31,20 +30,6 @@ def cluster(control_plane: Cluster) -> Cluster:
     return control_plane
 
 
-def _wide(name: str, replicas: int = 16, **run_policy: Any) -> dict[str, Any]:
-    m = copy.deepcopy(base_manifest(name))
-    m["spec"]["runtime"] = {
-        "num_episode": 2,
-        "sample_per_episode": 64,
-        "generation_batch_size": 4,
-        "train_micro_batch_size": 4,
-    }
-    m["spec"]["models"] = {"policy": {"num_gpu": 1, "num_replica": replicas}}
-    if run_policy:
-        m["spec"]["runPolicy"] = run_policy
-    return m
-
-
 def _pod_names(cluster: Cluster, namespace: str, name: str) -> list[str]:
     return sorted(p["metadata"]["name"] for p in pods(cluster, namespace, name))
 
@@ -59,7 +44,7 @@ def test_operator_killed_mid_creation_creates_no_duplicates(
     try:
         for attempt in range(4):
             name = f"wide-{attempt}"
-            apply(cluster, namespace, _wide(name))
+            apply(cluster, namespace, wide_manifest(name))
             # Kill at a random point of the reconciliation (often mid-creation).
             time.sleep(rng.uniform(0.0, 1.5))
             seen = len(_pod_names(cluster, namespace, name))
@@ -91,7 +76,7 @@ def test_operator_stopped_at_any_moment_of_its_start_exits_cleanly(
     rng = random.Random(seed)
     delays = [0.0, *sorted(rng.uniform(0.0, 3.0) for _ in range(5))]
     print(f"seed {seed}: SIGTERM {', '.join(f'{d:.2f}' for d in delays)} s after start")
-    apply(cluster, namespace, _wide("stopped", replicas=2))  # something to reconcile
+    apply(cluster, namespace, wide_manifest("stopped", replicas=2))  # something to reconcile
     for delay in delays:
         op = Operator(cluster, namespace).start()
         try:
@@ -110,7 +95,7 @@ def test_operator_killed_mid_restart_restarts_the_gang_once(
         pytest.skip("needs the test kubelet")
     op = Operator(cluster, namespace, backoff=2.0).start()
     try:
-        apply(cluster, namespace, _wide("twice", replicas=4, backoffLimit=5))
+        apply(cluster, namespace, wide_manifest("twice", replicas=4, backoffLimit=5))
         wait_phase(cluster, namespace, "twice", "Running")
         kubelet.finish_pod(namespace, "twice-policy-2-g0", 1)
         wait_for(
@@ -201,7 +186,7 @@ def test_operator_killed_at_random_points_of_reconciliation(
     try:
         for run in range(CHAOS_RUNS):
             scenario, name = SCENARIOS[run % len(SCENARIOS)], f"chaos-{run}"
-            apply(cluster, namespace, _wide(name, replicas=3, backoffLimit=3))
+            apply(cluster, namespace, wide_manifest(name, replicas=3, backoffLimit=3))
             if scenario != "create":
                 wait_phase(cluster, namespace, name, "Running", timeout=90)
             if scenario == "restart":
@@ -263,7 +248,7 @@ def test_sixteen_replicas_apply_to_pods_created(
         wait_for(lambda: "rlhfjob_operator_jobs" in op.metrics(), what="operator metrics")
         time.sleep(1.0)
         t0 = time.perf_counter()
-        apply(cluster, namespace, _wide("sixteen"))
+        apply(cluster, namespace, wide_manifest("sixteen"))
         t_applied = time.perf_counter() - t0
         wait_for(
             lambda: len(_pod_names(cluster, namespace, "sixteen")) == 17,

@@ -41,6 +41,27 @@ def base_manifest(name: str = "bad") -> Manifest:
     }
 
 
+def wide_manifest(
+    name: str, replicas: int = 16, *, num_gpu: int = 1, **run_policy: Any
+) -> Manifest:
+    """A valid job of ``replicas`` policy replicas (and the driver): ``replicas + 1``
+    pods, ``num_gpu`` GPUs each, ``run_policy`` as its runPolicy."""
+    m = copy.deepcopy(base_manifest(name))
+    m["spec"]["runtime"] = {
+        "num_episode": 2,
+        "sample_per_episode": 64,
+        "generation_batch_size": 4,
+        "train_micro_batch_size": 4,
+    }
+    policy: dict[str, Any] = {"num_replica": replicas}
+    if num_gpu:
+        policy["num_gpu"] = num_gpu
+    m["spec"]["models"] = {"policy": policy}
+    if run_policy:
+        m["spec"]["runPolicy"] = run_policy
+    return m
+
+
 @dataclass(frozen=True)
 class Case:
     id: str
