@@ -151,6 +151,24 @@ class LeaderElector:
     def _path(self) -> str:
         return f"{_API}/namespaces/{self.namespace}/leases"
 
+    def _lease(
+        self, spec: dict[str, Any], *, resource_version: str | None = None
+    ) -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": self.name, "namespace": self.namespace}
+        if resource_version is not None:
+            meta["resourceVersion"] = resource_version
+        return {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": meta,
+            "spec": spec,
+        }
+
+    def _replace(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """PUT ``spec`` with the resourceVersion last read: Conflict if it changed since."""
+        body = self._lease(spec, resource_version=self._resource_version)
+        return self.client.request("PUT", f"{self._path}/{self.name}", body=body)
+
     def _observe(self, lease: dict[str, Any]) -> None:
         spec = dict(lease.get("spec") or {})
         if self._observed is None or self._observed.spec != spec:
@@ -179,16 +197,11 @@ class LeaderElector:
         )
         if spec is None:
             return False
-        meta: dict[str, Any] = {"name": self.name, "namespace": self.namespace}
-        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta}
         try:
             if lease is None:
-                written = self.client.request("POST", self._path, body=body | {"spec": spec})
+                written = self.client.request("POST", self._path, body=self._lease(spec))
             else:
-                meta["resourceVersion"] = self._resource_version
-                written = self.client.request(
-                    "PUT", f"{self._path}/{self.name}", body=body | {"spec": spec}
-                )
+                written = self._replace(spec)
         except (AlreadyExists, Conflict):
             return False
         self._observe(written)
@@ -235,14 +248,8 @@ class LeaderElector:
             "renewTime": stamp,
             "acquireTime": stamp,
         }
-        meta = {
-            "name": self.name,
-            "namespace": self.namespace,
-            "resourceVersion": self._resource_version,
-        }
-        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta}
         try:
-            self.client.request("PUT", f"{self._path}/{self.name}", body=body | {"spec": spec})
+            self._replace(spec)
         except (Conflict, NotFound):
             return
         log.info("lease %s/%s released", self.namespace, self.name)
