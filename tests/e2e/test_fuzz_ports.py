@@ -37,13 +37,12 @@ from strangers import (
     UNREAD,
     job_ports,
     labelled,
+    listening_inodes,
     other_job,
     payloads_of,
     probe,
     sweep,
 )
-
-from rlhfjob.comm import admission
 
 
 def _restarted(job: str, before: int) -> bool:
@@ -52,7 +51,7 @@ def _restarted(job: str, before: int) -> bool:
         if pid != before:
             with contextlib.suppress(OSError, KeyError, ValueError):
                 metrics = next(p for p, what in _driver_ports(pid).items() if what == "metrics")
-                return metrics in {port for _, _, port in admission.listening_inodes(pid).values()}
+                return metrics in {port for _, _, port in listening_inodes(pid).values()}
     return False
 
 

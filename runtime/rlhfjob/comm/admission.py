@@ -35,6 +35,7 @@ import ipaddress
 import itertools
 import os
 import socket
+import stat
 import struct
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -48,7 +49,6 @@ __all__ = [
     "guard",
     "guard_peers",
     "host_addresses",
-    "listening_inodes",
     "local_ipv4",
 ]
 
@@ -173,45 +173,6 @@ def host_addresses() -> tuple[str, ...]:
     return tuple(dict.fromkeys(found))
 
 
-def listening_inodes(pid: int | str = "self") -> dict[int, tuple[int, str, int]]:
-    """The listening TCP sockets of process ``pid`` (Linux; another process's only where
-    ``/proc`` lets us read its file descriptors): socket inode -> (file descriptor,
-    local address, port). A process that ended meanwhile has none."""
-    by_inode: dict[int, int] = {}
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return {}
-    for fd in fds:
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue  # closed since the listing
-        if target.startswith("socket:["):
-            by_inode[int(target[8:-1])] = int(fd)
-    listening: dict[int, tuple[int, str, int]] = {}
-    for table in ("tcp", "tcp6"):
-        try:
-            with open(f"/proc/{pid}/net/{table}") as rows:
-                next(rows)
-                for row in rows:
-                    fields = row.split()
-                    inode = int(fields[9])
-                    if fields[3] == "0A" and inode in by_inode:  # 0A: TCP_LISTEN
-                        host, port = fields[1].rsplit(":", 1)
-                        listening[inode] = (by_inode[inode], _proc_address(host), int(port, 16))
-        except OSError:
-            continue
-    return listening
-
-
-def _proc_address(text: str) -> str:
-    """An address as ``/proc/net/tcp[6]`` writes it: 32-bit words in host (little-endian)
-    order, as hex."""
-    words = [bytes.fromhex(text[i : i + 8])[::-1] for i in range(0, len(text), 8)]
-    return str(ipaddress.ip_address(b"".join(words)))
-
-
 _exempt: set[int] = set()  # socket inodes never guarded
 
 
@@ -233,22 +194,55 @@ def guard(addresses: Iterable[str]) -> list[int]:
     buffer = ctypes.create_string_buffer(program, len(program))
     fprog = struct.pack("HxxxxxxP", len(program) // 8, ctypes.addressof(buffer))
     done = []
-    for inode, (fd, _, _) in sorted(listening_inodes().items()):
-        if inode in _exempt:
-            continue
-        try:
-            sock = socket.socket(fileno=os.dup(fd))
-        except OSError:
-            continue
+    for fd, sock in _own_listeners():
         with sock:
             try:
-                if os.fstat(sock.fileno()).st_ino != inode:
-                    continue  # the descriptor now holds another socket
+                if os.fstat(sock.fileno()).st_ino in _exempt:
+                    continue
                 sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
             except OSError:
                 continue
         done.append(fd)
     return done
+
+
+def _own_listeners() -> list[tuple[int, socket.socket]]:
+    """This process's listening TCP sockets: (file descriptor, a socket object on a
+    duplicate of it, for the caller to close). Each descriptor is asked itself
+    (``SO_ACCEPTCONN``), so none is missed the way a ``/proc/net/tcp`` row can be; one
+    closed since the listing, or reused by something that is not a TCP listener, is
+    left out."""
+    found = []
+    try:
+        fds = sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
+    except OSError:
+        return []
+    for fd in fds:
+        try:
+            dup = os.dup(fd)
+        except OSError:
+            continue  # closed since the listing
+        try:
+            if not stat.S_ISSOCK(os.fstat(dup).st_mode):
+                os.close(dup)
+                continue
+            sock = socket.socket(fileno=dup)
+        except OSError:
+            os.close(dup)
+            continue
+        try:
+            listening = (
+                sock.family in (socket.AF_INET, socket.AF_INET6)
+                and sock.type == socket.SOCK_STREAM
+                and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+            )
+        except OSError:
+            listening = False
+        if listening:
+            found.append((fd, sock))
+        else:
+            sock.close()
+    return found
 
 
 def guard_peers(peers: Iterable[Peer]) -> list[int]:
