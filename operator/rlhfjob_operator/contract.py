@@ -2,7 +2,8 @@
 
 Both launchers (the operator: one pod per worker; ``rlhfjob run``: one local
 process per worker) start :data:`WORKER_COMMAND` with the environment below,
-and act on its exit code through :func:`next_attempt`; the runtime reads the
+and act on its exit code through ``runPolicy.failurePolicy``
+(``rlhfjob_operator.spec.failure``); the runtime reads the
 same names. Nothing else in the code base spells these strings.
 
 The environment of every process, driver included:
@@ -121,7 +122,6 @@ __all__ = [
     "describe_exit",
     "entrypoint_path",
     "log_level",
-    "next_attempt",
     "shm_prefix",
 ]
 
@@ -302,24 +302,3 @@ class Final:
 
     reason: str
     why: str
-
-
-def next_attempt(
-    exit_code: int, restarts: int, limit: int, *, backoff: Backoff = DEFAULT_BACKOFF
-) -> Retry | Final:
-    """What a launcher does after a gang failed with ``exit_code`` (the root cause's).
-
-    ``restarts`` counted restarts were spent already, ``limit`` is
-    runPolicy.backoffLimit. 0 is never a failure (the caller finishes the job);
-    78 fails at once; 79 (disrupted) restarts at once without spending a restart;
-    anything else restarts after the backoff while restarts are left.
-    """
-    if exit_code == EXIT_OK:
-        raise ValueError("exit code 0 is success, not a failure to act on")
-    if exit_code == EXIT_PERMANENT:
-        return Final("PermanentError", f"exit code {EXIT_PERMANENT} means a restart cannot fix it")
-    if exit_code == EXIT_DISRUPTED:
-        return Retry(0.0, counted=False)
-    if restarts >= limit:
-        return Final("BackoffLimitExceeded", f"runPolicy.backoffLimit ({limit}) restarts spent")
-    return Retry(backoff.delay(restarts + 1))

@@ -50,9 +50,9 @@ from typing import IO
 
 from rlhfjob_operator.contract import (
     DEFAULT_BACKOFF,
+    DRIVER_ROLE,
     ENV_JOB_SECRET,
     ENV_METRICS_HOST,
-    EXIT_DISRUPTED,
     EXIT_OK,
     EXIT_PERMANENT,
     EXIT_RETRYABLE,
@@ -64,12 +64,12 @@ from rlhfjob_operator.contract import (
     describe_exit,
     entrypoint_path,
     log_level,
-    next_attempt,
     shm_prefix,
 )
 from rlhfjob_operator.plan import JobPlan, Worker, plan_job
 from rlhfjob_operator.restarts import latest_saved_episode, restart_origin
 from rlhfjob_operator.spec import RLHFJob, load_job
+from rlhfjob_operator.spec.failure import attempt, first_match
 
 __all__ = ["RunResult", "free_port", "run_job", "sweep_shm"]
 
@@ -252,34 +252,35 @@ def _stop_all(procs: list[_Proc]) -> None:
             proc.pump.join(timeout=_GRACE_S)
 
 
-def root_cause(ended: list[tuple[float, str, int]]) -> tuple[int, str] | None:
-    """The failure a gang ended with, from ``(seen at, who, exit code)`` of every process
-    that ended: None when none failed. Any 78 makes the gang's code 78 (a restart would
-    repeat it); otherwise the earliest-ended failure that is not a 75 is the cause (a 75
-    is a process noticing that a peer died), and only when every failure is a 75 the
-    earliest of those. A signal counts as retryable; its message names it."""
-    failures = sorted((t, who, code) for t, who, code in ended if code != EXIT_OK)
+def root_cause(ended: list[tuple[float, str, int, str]]) -> tuple[int, str, str] | None:
+    """The failure a gang ended with, from ``(seen at, who, exit code, role)`` of every
+    process that ended: (its exit code, a message naming it, its role), or None when
+    none failed. Any 78 is the cause (a restart would repeat it); otherwise the
+    earliest-ended failure that is not a 75 (a 75 is a process noticing that a peer
+    died), and only when every failure is a 75 the earliest of those. A process killed
+    by signal N reads as exit 128+N, as a container's does; its message names the
+    signal."""
+    failures = sorted(e for e in ended if e[2] != EXIT_OK)
     if not failures:
         return None
     permanent = [f for f in failures if f[2] == EXIT_PERMANENT]
     first = (permanent or [f for f in failures if f[2] != EXIT_RETRYABLE] or failures)[0]
-    _, who, code = first
-    effective = code if code in (EXIT_PERMANENT, EXIT_DISRUPTED) else EXIT_RETRYABLE
-    return effective, f"{who} {describe_exit(code)}"
+    _, who, code, role = first
+    return (code if code >= 0 else 128 - code), f"{who} {describe_exit(code)}", role
 
 
-def _watch(procs: list[_Proc], *, timeout: float | None) -> tuple[int, str]:
+def _watch(procs: list[_Proc], *, timeout: float | None) -> tuple[int, str, str]:
     """Wait until the driver ends or anything fails; returns (code, message naming the
-    root cause, see :func:`root_cause`)."""
+    root cause, its role; see :func:`root_cause`)."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    ended: dict[int, tuple[float, str, int]] = {}
+    ended: dict[int, tuple[float, str, int, str]] = {}
 
     def poll() -> None:
         for index, proc in enumerate(procs):
             code = proc.popen.poll()
             if code is not None and index not in ended:
                 who = proc.describe() if index == 0 else f"worker {proc.describe()}"
-                ended[index] = (time.monotonic(), who, code)
+                ended[index] = (time.monotonic(), who, code, proc.worker.role)
 
     def settle() -> None:
         # The driver's graceful shutdown waits for every worker, and a failure takes its
@@ -293,14 +294,14 @@ def _watch(procs: list[_Proc], *, timeout: float | None) -> tuple[int, str]:
         poll()
         # Workers end with 0 once the driver shuts RPC down, just before the driver does:
         # only the driver's end (index 0) or a failure ends the watch.
-        if 0 in ended or any(code != EXIT_OK for _, _, code in ended.values()):
+        if 0 in ended or any(e[2] != EXIT_OK for e in ended.values()):
             settle()
             cause = root_cause(list(ended.values()))
             if cause is None:
-                return EXIT_OK, "the driver succeeded"
+                return EXIT_OK, "the driver succeeded", DRIVER_ROLE
             return cause
         if deadline is not None and time.monotonic() > deadline:
-            return EXIT_RETRYABLE, f"the job ran past its {timeout:.0f}s deadline"
+            return EXIT_RETRYABLE, f"the job ran past its {timeout:.0f}s deadline", ""
         time.sleep(_POLL_S)
 
 
@@ -320,8 +321,9 @@ def run_job(
 
     ``checkpoint_dir`` defaults to ``spec.runtime.data_checkpoint_path``;
     restarts resume from it. What follows a failure is the contract's
-    :func:`~rlhfjob_operator.contract.next_attempt`, as on Kubernetes, with
-    ``backoff`` between attempts. ``timeout`` bounds each attempt.
+    the job's ``runPolicy.failurePolicy`` (its exit-code rules: processes have no pod
+    conditions), as on Kubernetes, with ``backoff`` between attempts. ``timeout``
+    bounds each attempt.
     """
     job = load_job(manifest)
     if spec_path is None:
@@ -354,7 +356,7 @@ def run_job(
                 out=out,
             )
             try:
-                code, message = _watch(procs, timeout=timeout)
+                code, message, role = _watch(procs, timeout=timeout)
             finally:
                 _stop_all(procs)
                 sweep_shm(shm_prefix(plan.job_name, plan.master_port))
@@ -363,16 +365,23 @@ def run_job(
         if code == EXIT_OK:
             return RunResult(EXIT_OK, generation, message)
         print(f"rlhfjob run: {message}", file=err, flush=True)
-        attempt = next_attempt(code, restarts, limit, backoff=backoff)
-        if isinstance(attempt, Final):
-            return RunResult(code, generation, f"{message} ({attempt.why})")
+        policy = job.spec.run_policy.failure_policy
+        match = first_match(
+            policy.rule_list if policy else (), names=plan.names_of(role), code=code, conditions={}
+        )
+        next_ = attempt(match, restarts=restarts, limit=limit, backoff=backoff)
+        if match.index is not None:
+            message += f"; {match.describe()}"
+        if isinstance(next_, Final):
+            exit_code = EXIT_RETRYABLE if next_.reason == "BackoffLimitExceeded" else EXIT_PERMANENT
+            return RunResult(exit_code, generation, f"{message} ({next_.why})")
         generation += 1
-        restarts += attempt.counted
-        counted = f"restart {restarts} of {limit}" if attempt.counted else "not counted"
+        restarts += next_.counted
+        counted = f"restart {restarts} of {limit}" if next_.counted else "not counted"
         origin = restart_origin(job.spec.runtime, saved=latest_saved_episode(ckpt))
         print(
-            f"rlhfjob run: restarting the gang {origin} in {attempt.delay:.0f}s ({counted})",
+            f"rlhfjob run: restarting the gang {origin} in {next_.delay:.0f}s ({counted})",
             file=err,
             flush=True,
         )
-        time.sleep(attempt.delay)
+        time.sleep(next_.delay)

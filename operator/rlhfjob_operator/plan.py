@@ -129,6 +129,11 @@ class JobPlan:
     def driver(self) -> Worker:
         return self.workers[0]
 
+    def names_of(self, role: str) -> frozenset[str]:
+        """``role`` and the models its workers host: what a failurePolicy rule's
+        ``onExitCodes.role`` may name to match them."""
+        return frozenset({role, *(m for w in self.workers if w.role == role for m in w.models)})
+
     def env(
         self,
         worker: Worker,

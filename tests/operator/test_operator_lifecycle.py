@@ -196,6 +196,64 @@ def test_failed_pod_restarts_the_gang_until_the_backoff_limit(
     assert "rlhfjob_operator_gang_restarts_total 1.0" in operator.metrics()
 
 
+def test_failure_policy_rules_restart_uncounted_then_fail_the_job(
+    cluster: Cluster, namespace: str, operator: Operator
+) -> None:
+    """runPolicy.failurePolicy through the API server (its schema and CEL rules) and the
+    operator: exit 1 restarts uncounted by the first rule, exit 3 of the reward pod
+    fails the job by the second, whatever backoffLimit is left."""
+    kubelet = _kubelet(cluster)
+    rules = [
+        {"action": "RestartNotCounting", "onExitCodes": {"operator": "In", "values": [1]}},
+        {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [3], "role": "reward"}},
+    ]
+    apply(cluster, namespace, _small("ruled", backoffLimit=5, failurePolicy={"rules": rules}))
+    wait_phase(cluster, namespace, "ruled", "Running")
+    kubelet.finish_pod(namespace, "ruled-policy-1-g0", 1, reason="Error")
+    obj = wait_for(
+        lambda: (j := job(cluster, namespace, "ruled"))["status"].get("disruptions") == 1 and j,
+        what="disruptions 1",
+    )
+    assert obj["status"].get("restarts", 0) == 0
+    wait_phase(cluster, namespace, "ruled", "Running")
+    kubelet.finish_pod(namespace, "ruled-reward-0-g1", 3, reason="Error")
+    obj = wait_phase(cluster, namespace, "ruled", "Failed")
+    failed = _condition(obj, "Failed")
+    assert failed is not None and failed["reason"] == "FailurePolicy"
+    assert "ruled-reward-0-g1 failed (exit code 3" in failed["message"]
+    assert "FailJob by runPolicy.failurePolicy.rules[1]" in failed["message"]
+    assert obj["status"].get("restarts", 0) == 0
+
+
+def test_a_gang_the_scheduler_cannot_place_times_out_and_the_policy_fails_it(
+    cluster: Cluster, namespace: str, operator: Operator
+) -> None:
+    """runPolicy.startupTimeoutSeconds with the real scheduler: a reward pod asking for
+    more GPUs than any node has stays Unschedulable; 3 s after the gang was created the
+    job fails by the rule on PodScheduled=False, naming the pod and the scheduler's
+    reason."""
+    _kubelet(cluster)
+    m = _small(
+        "unplaced",
+        startupTimeoutSeconds=3,
+        failurePolicy={
+            "rules": [
+                {
+                    "action": "FailJob",
+                    "onPodConditions": [{"type": "PodScheduled", "status": "False"}],
+                }
+            ]
+        },
+    )
+    m["spec"]["models"]["reward"] = {"num_gpu": 64}
+    apply(cluster, namespace, m)
+    obj = wait_phase(cluster, namespace, "unplaced", "Failed", timeout=60)
+    failed = _condition(obj, "Failed")
+    assert failed is not None and failed["reason"] == "FailurePolicy", failed
+    assert "pod unplaced-reward-0-g0 not running 3s after its gang was created" in failed["message"]
+    assert "Unschedulable" in failed["message"] and "nvidia.com/gpu" in failed["message"]
+
+
 def test_suspend_and_resume(cluster: Cluster, namespace: str, operator: Operator) -> None:
     _kubelet(cluster)
     apply(cluster, namespace, _small("pausable"))

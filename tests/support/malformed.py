@@ -235,6 +235,83 @@ CASES: list[Case] = [
         "schedulerName",
     ),
     Case(
+        "failure-rule-neither-match",
+        _spec(runPolicy={"failurePolicy": {"rules": [{"action": "FailJob"}]}}),
+        "onExitCodes or onPodConditions",
+    ),
+    Case(
+        "failure-rule-both-matches",
+        _spec(
+            runPolicy={
+                "failurePolicy": {
+                    "rules": [
+                        {
+                            "action": "Restart",
+                            "onExitCodes": {"operator": "In", "values": [3]},
+                            "onPodConditions": [{"type": "DisruptionTarget"}],
+                        }
+                    ]
+                }
+            }
+        ),
+        "onExitCodes or onPodConditions",
+    ),
+    Case(
+        "failure-rule-unknown-action",
+        _spec(
+            runPolicy={
+                "failurePolicy": {
+                    "rules": [
+                        {"action": "Ignore", "onExitCodes": {"operator": "In", "values": [3]}}
+                    ]
+                }
+            }
+        ),
+        "action",
+    ),
+    Case(
+        "failure-rule-exit-zero",
+        _spec(
+            runPolicy={
+                "failurePolicy": {
+                    "rules": [
+                        {"action": "Restart", "onExitCodes": {"operator": "In", "values": [0]}}
+                    ]
+                }
+            }
+        ),
+        "must not list 0",
+    ),
+    Case(
+        "failure-rule-exit-code-too-big",
+        _spec(
+            runPolicy={
+                "failurePolicy": {
+                    "rules": [
+                        {"action": "Restart", "onExitCodes": {"operator": "NotIn", "values": [256]}}
+                    ]
+                }
+            }
+        ),
+        "values",
+    ),
+    Case(
+        "failure-rule-unknown-role",
+        _spec(
+            runPolicy={
+                "failurePolicy": {
+                    "rules": [
+                        {
+                            "action": "FailJob",
+                            "onExitCodes": {"operator": "In", "values": [3], "role": "critic"},
+                        }
+                    ]
+                }
+            }
+        ),
+        "onExitCodes.role",
+    ),
+    Case(
         "bad-toleration-operator",
         _spec(tolerations=[{"key": "a", "operator": "Maybe"}]),
         "operator",

@@ -33,7 +33,9 @@ speaks for a generation where several failed (kube/rootcause.py: any exit
 :data:`~rlhfjob_operator.contract.EXIT_PERMANENT` fails the job at once, else the
 earliest-finished failure that is not a 75); an exit
 :data:`~rlhfjob_operator.contract.EXIT_DISRUPTED` (the driver's, after an emergency
-checkpoint) restarts it at once uncounted (:func:`~rlhfjob_operator.contract.next_attempt`).
+checkpoint) restarts it at once uncounted. These are the defaults of
+``runPolicy.failurePolicy`` (spec/failure.py), whose rules are tried first on the
+pod that speaks, failed or disrupted.
 Counted restarts are ``status.restarts``, uncounted ones ``status.disruptions``. A new
 generation is only created once every pod of older ones is gone (an old driver may
 still be writing its emergency checkpoint), or given up on (:func:`~.status.given_up`:
@@ -55,16 +57,10 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 
 from rlhfjob_operator import progress
-from rlhfjob_operator.contract import (
-    EXIT_RETRYABLE,
-    Backoff,
-    Final,
-    Retry,
-    abort_hint,
-    next_attempt,
-)
+from rlhfjob_operator.contract import Backoff, Final, Retry, abort_hint
 from rlhfjob_operator.kube.gang import gated
 from rlhfjob_operator.kube.kueue import awaiting_admission, queue_name, to_retire
+from rlhfjob_operator.kube.names import LABEL_ROLE
 from rlhfjob_operator.kube.rootcause import root_cause
 from rlhfjob_operator.kube.status import (
     Pod,
@@ -73,6 +69,7 @@ from rlhfjob_operator.kube.status import (
     failed_exit,
     format_time,
     given_up,
+    not_running,
     of_another_job,
     parse_time,
     pod_generation,
@@ -85,6 +82,7 @@ from rlhfjob_operator.kube.turn import FINAL, Decision, Event, Turn, invalid_spe
 from rlhfjob_operator.plan import JobPlan
 from rlhfjob_operator.restarts import restart_origin_on_kubernetes
 from rlhfjob_operator.spec import RLHFJob, RLHFJobStatus
+from rlhfjob_operator.spec.failure import Match, attempt, first_match
 
 __all__ = [
     "Backoff",
@@ -177,7 +175,7 @@ def _suspended(turn: Turn) -> Decision | None:
         set_condition(status, "Suspended", True, reason="Suspended", message=msg, now=stamp)
         set_condition(status, "Running", False, reason="Suspended", message=msg, now=stamp)
         turn.events.append(Event("Normal", "Suspended", msg))
-    status.next_restart_time = None
+    status.next_restart_time = status.startup_deadline = None
     turn.counts({})
     return turn.decision(delete=active_names(turn.pods))
 
@@ -229,8 +227,9 @@ def _driver_succeeded(turn: Turn) -> Decision | None:
 
 def _disrupted(turn: Turn) -> Decision | None:
     """A pod of this generation is being taken away (:func:`~.status.disruption`), or is
-    gone once the gang was Running: the gang goes now and the next generation follows
-    as soon as it is gone, uncounted (the first disrupted pod by name speaks)."""
+    gone once the gang was Running: the gang goes now and, unless the job's
+    failurePolicy says otherwise, the next generation follows as soon as it is gone,
+    uncounted (the first disrupted pod by name speaks)."""
     named = sorted(
         (name, why) for name, pod in turn.current.items() if (why := disruption(pod)) is not None
     )
@@ -239,60 +238,114 @@ def _disrupted(turn: Turn) -> Decision | None:
     if not named:
         return None
     name, why = named[0]
-    what = f"pod {name} disrupted ({why})"
-    return _restart(turn, what, Retry(0.0, counted=False))
+    pod = turn.current.get(name)
+    match = _policy(turn, pod, failed_exit(pod)[0] if pod else None)
+    if match.rule is None:  # taken away with no condition or code to match: not counted
+        match = dataclasses.replace(match, action="RestartNotCounting")
+    return _act(turn, f"pod {name} disrupted ({why})", match)
 
 
 def _pod_failed(turn: Turn) -> Decision | None:
     """A pod of this generation failed (its root cause speaks: kube/rootcause.py): the
-    gang goes, and :func:`~rlhfjob_operator.contract.next_attempt` says Failed or when
-    to restart."""
+    gang goes, and the job's failurePolicy (spec/failure.py) says Failed or when to
+    restart."""
     pod = root_cause(p for p in turn.current.values() if pod_phase(p) == "Failed")
     if pod is None:
         return None
-    status, policy = turn.status, turn.job.spec.run_policy
     code, why = failed_exit(pod)
     name = pod["metadata"]["name"]
     what = f"pod {name} failed" + (
         f" (exit code {code}: {why}{abort_hint(code)})" if code is not None else f" ({why})"
     )
-    # A pod that failed without an exit code (evicted, lost) is retryable.
-    attempt = next_attempt(
-        code if code is not None else EXIT_RETRYABLE,
-        status.restarts,
-        policy.backoff_limit,
-        backoff=turn.backoff,
+    return _act(turn, what, _policy(turn, pod, code))
+
+
+def _startup_timed_out(turn: Turn) -> Decision | None:
+    """``runPolicy.startupTimeoutSeconds`` passed before this generation was Running: the
+    first of its pods (by name) that is not running and ready speaks, with why
+    (:func:`~.status.not_running`), and failurePolicy acts on it as on a failed pod
+    without an exit code (its conditions may match a rule; by default a counted
+    restart)."""
+    status = turn.status
+    deadline = parse_time(status.startup_deadline)
+    if deadline is None or turn.now < deadline or status.phase == "Running":
+        return None
+    if queue_name(turn.job) is not None and awaiting_admission(turn.current.values()):
+        return None  # queued: _run_gang moves the deadline
+    status.startup_deadline = None
+    name = next(n for n in turn.wanted if not _running_and_ready(turn.current.get(n)))
+    pod = turn.current.get(name)
+    timeout = turn.job.spec.run_policy.startup_timeout_seconds
+    what = (
+        f"pod {name} not running {timeout}s after its gang was created "
+        f"(runPolicy.startupTimeoutSeconds): {not_running(pod)}"
     )
-    if isinstance(attempt, Final):
-        turn.finish(succeeded=False, reason=attempt.reason, message=f"{what}; {attempt.why}")
+    return _act(turn, what, _policy(turn, pod, None), reason="StartupTimeout")
+
+
+def _running_and_ready(pod: Pod | None) -> bool:
+    conditions = ((pod or {}).get("status") or {}).get("conditions") or []
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    return pod is not None and pod_phase(pod) == "Running" and ready
+
+
+def _policy(turn: Turn, pod: Pod | None, code: int | None) -> Match:
+    """The failurePolicy's match for ``pod`` (None: gone) with exit ``code``."""
+    policy = turn.job.spec.run_policy.failure_policy
+    labels = (pod or {}).get("metadata", {}).get("labels") or {}
+    conditions = {
+        str(c.get("type")): str(c.get("status"))
+        for c in ((pod or {}).get("status") or {}).get("conditions") or []
+    }
+    return first_match(
+        policy.rule_list if policy else (),
+        names=turn.plan.names_of(labels.get(LABEL_ROLE, "")),
+        code=code,
+        conditions=conditions,
+    )
+
+
+def _act(turn: Turn, what: str, match: Match, *, reason: str | None = None) -> Decision:
+    """Fail the job or restart the gang, as ``match`` says; ``reason`` is the Restarting
+    condition's (by default PodFailed or PodDisrupted)."""
+    status, policy = turn.status, turn.job.spec.run_policy
+    if match.index is not None:
+        what += f"; {match.describe()}"
+    next_ = attempt(
+        match, restarts=status.restarts, limit=policy.backoff_limit, backoff=turn.backoff
+    )
+    if isinstance(next_, Final):
+        turn.finish(succeeded=False, reason=next_.reason, message=f"{what}; {next_.why}")
         turn.counts({})
         return turn.decision(delete=_all_active(turn))
-    return _restart(turn, what, attempt)
+    return _restart(turn, what, next_, reason=reason)
 
 
-def _restart(turn: Turn, what: str, attempt: Retry) -> Decision:
-    """Delete the gang and start the next generation after ``attempt.delay``; an uncounted
-    attempt is a disruption (Normal Event), a counted one spends a restart (Warning)."""
+def _restart(turn: Turn, what: str, retry: Retry, *, reason: str | None = None) -> Decision:
+    """Delete the gang and start the next generation after ``retry.delay``; an uncounted
+    retry is a disruption (Normal Event), a counted one spends a restart (Warning)."""
     status, stamp, policy = turn.status, turn.stamp, turn.job.spec.run_policy
     to_delete = _all_active(turn)
-    status.restarts += attempt.counted
-    status.disruptions += not attempt.counted
+    status.restarts += retry.counted
+    status.disruptions += not retry.counted
     status.restart_generation += 1
-    delay = attempt.delay
+    delay = retry.delay
     status.next_restart_time = format_time(turn.now + dt.timedelta(seconds=delay))
     status.phase = "Restarting"
-    if attempt.counted:
-        reason, tail = "PodFailed", f" (restart {status.restarts} of {policy.backoff_limit})"
+    if retry.counted:
+        why, tail = "PodFailed", f" (restart {status.restarts} of {policy.backoff_limit})"
     else:
-        reason, tail = "PodDisrupted", ", disrupted (not counted)"
+        why, tail = "PodDisrupted", ", disrupted (not counted)"
+    reason = reason or why
+    status.startup_deadline = None
     origin = restart_origin_on_kubernetes(
-        turn.job, last_checkpoint=status.last_checkpoint, stopping=not attempt.counted
+        turn.job, last_checkpoint=status.last_checkpoint, stopping=not retry.counted
     )
     msg = f"{what}; restarting the gang {origin} in {delay:g}s{tail}"
     status.message = msg
     set_condition(status, "Restarting", True, reason=reason, message=msg, now=stamp)
     set_condition(status, "Running", False, reason=reason, message=msg, now=stamp)
-    turn.events.append(Event("Warning" if attempt.counted else "Normal", "Restarting", msg))
+    turn.events.append(Event("Warning" if retry.counted else "Normal", "Restarting", msg))
     turn.counts({})
     return turn.decision(delete=to_delete, requeue_after=delay)
 
@@ -354,6 +407,9 @@ def _run_gang(turn: Turn) -> Decision:
         set_condition(status, "FailedCreate", False, reason="PodsCreated", message=msg, now=stamp)
     turn.counts(turn.current)
     all_ready = not create and status.ready_replicas == plan.world_size
+    queue = queue_name(turn.job)
+    queued = not create and queue is not None and awaiting_admission(turn.current.values())
+    _startup_clock(turn, fresh=len(create) == len(wanted), queued=queued, running=all_ready)
     if status.phase is None:
         msg = f"created {len(wanted)} pods (generation {gen})"
         set_condition(status, "Created", True, reason="PodsCreated", message=msg, now=stamp)
@@ -374,11 +430,26 @@ def _run_gang(turn: Turn) -> Decision:
         status.phase = "Created"
         status.message = msg
         set_condition(status, "Running", False, reason="PodsNotReady", message=msg, now=stamp)
-    queue = queue_name(turn.job)
-    if not create and queue is not None and awaiting_admission(turn.current.values()):
+    if queued:
         status.message = f"waiting for Kueue to admit the gang (queue {queue})"
     record_progress(status, turn.current.get(turn.driver_name), turn.live)
-    return turn.decision(create=create, ungate=ungate, requeue_after=turn.deadline_left)
+    startup = parse_time(status.startup_deadline)
+    wake = turn.deadline_left
+    if startup is not None:
+        wake = soonest((startup - turn.now).total_seconds(), wake)
+    return turn.decision(create=create, ungate=ungate, requeue_after=wake)
+
+
+def _startup_clock(turn: Turn, *, fresh: bool, queued: bool, running: bool) -> None:
+    """``status.startupDeadline``: set when a generation's pods are all created (again
+    after a refused create) and while Kueue has not admitted it (queueing is not
+    startup), cleared once the gang is Running (so a pod going unready later is no
+    startup failure)."""
+    status, timeout = turn.status, turn.job.spec.run_policy.startup_timeout_seconds
+    if running or timeout is None:
+        status.startup_deadline = None
+    elif fresh or queued:
+        status.startup_deadline = format_time(turn.now + dt.timedelta(seconds=timeout))
 
 
 # Tried in this order; each returns a Decision when it decides, else None.
@@ -390,5 +461,6 @@ _PHASES: tuple[Callable[[Turn], Decision | None], ...] = (
     _past_deadline,
     _disrupted,
     _pod_failed,
+    _startup_timed_out,
     _waiting,
 )

@@ -5,7 +5,8 @@
   job (the last pod of a generation appearing is what lifts the gang's gates).
 - Timers, only while they matter: ``deadline`` (activeDeadlineSeconds set, not
   finished), ``backoff`` (Restarting: create the next gang when the backoff is
-  over), ``ttl`` (finished with ttlSecondsAfterFinished: delete the job),
+  over), ``startup`` (a startupDeadline is set: fail the gang not Running in
+  time), ``ttl`` (finished with ttlSecondsAfterFinished: delete the job),
   ``progress`` (Running: read the driver's progress into the status, every
   ``--progress-interval`` seconds; kube/scrape.py), ``resync`` (not finished: every
   ``--resync-interval`` seconds, so that a trigger lost anywhere, a dropped watch
@@ -43,6 +44,10 @@ def _run_policy(body: Any) -> dict[str, Any]:
 
 def _deadline_running(body: Any, **_: Any) -> bool:
     return "activeDeadlineSeconds" in _run_policy(body) and _phase(body) not in _FINAL
+
+
+def _starting(body: Any, **_: Any) -> bool:
+    return bool((body.get("status") or {}).get("startupDeadline")) and _phase(body) not in _FINAL
 
 
 def _finished_with_ttl(body: Any, **_: Any) -> bool:
@@ -109,6 +114,7 @@ def build_registry(
     for timer_name, when, interval in (
         ("deadline", _deadline_running, timer_interval),
         ("backoff", _restarting, timer_interval),
+        ("startup", _starting, timer_interval),
         ("ttl", _finished_with_ttl, timer_interval),
         ("progress", _running, reconciler.progress.interval),
         ("resync", _unfinished, resync_interval),

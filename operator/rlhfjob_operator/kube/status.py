@@ -82,6 +82,31 @@ def terminating(pod: Pod) -> bool:
     return bool(pod["metadata"].get("deletionTimestamp"))
 
 
+def not_running(pod: Pod | None) -> str:
+    """Why a pod of a gang that should be starting is not running yet, in a phrase: a
+    container's waiting reason (ImagePullBackOff, CreateContainerConfigError...), the
+    scheduler's (Unschedulable, with its message), scheduling gates, or its phase."""
+    if pod is None:
+        return "not created"
+    status = pod.get("status") or {}
+    for cs in [
+        *(status.get("initContainerStatuses") or []),
+        *(status.get("containerStatuses") or []),
+    ]:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") and waiting["reason"] != "ContainerCreating":
+            tail = f": {waiting['message']}" if waiting.get("message") else ""
+            return f"container {cs.get('name')} waiting: {waiting['reason']}{tail}"
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            tail = f": {cond['message']}" if cond.get("message") else ""
+            return f"{cond.get('reason') or 'not scheduled'}{tail}"
+    gates = [g.get("name") for g in (pod.get("spec") or {}).get("schedulingGates") or []]
+    if gates:
+        return f"held by scheduling gates {', '.join(map(str, gates))}"
+    return f"phase {pod_phase(pod)}, not ready"
+
+
 # A pod still there this long after its deletionTimestamp (the end of its grace period)
 # has a kubelet that is not confirming the deletion: a lost or wedged node.
 OVERDUE_SECONDS = 120.0

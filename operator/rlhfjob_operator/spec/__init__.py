@@ -12,12 +12,14 @@ gives both the CRD's CEL rule and pydantic's check.
 
 Layers, each importing only those above it: ``rules`` (Rule), ``base`` (names,
 SpecError, base models), ``env``, ``pod``, ``merge``, ``runtime`` (ChatLearn's sections,
-JobConfig), ``scheduling``, ``status``, ``job`` (RLHFJobSpec, RLHFJob), ``chatlearn`` (ChatLearn's
+JobConfig), ``scheduling``, ``failure`` (runPolicy.failurePolicy and what it
+decides), ``status``, ``job`` (RLHFJobSpec, RLHFJob), ``chatlearn`` (ChatLearn's
 spellings of keys), ``load``.
 """
 
 from rlhfjob_operator.spec.base import API_VERSION, GROUP, KIND, PLURAL, VERSION, SpecError
 from rlhfjob_operator.spec.env import EnvFromSource, EnvVar, NameRef
+from rlhfjob_operator.spec.failure import ExitCodes, FailurePolicy, FailureRule
 from rlhfjob_operator.spec.job import (
     JOB_NAME_MAX,
     JOB_NAME_PATTERN,
@@ -67,6 +69,9 @@ __all__ = [
     "Entrypoint",
     "EnvFromSource",
     "EnvVar",
+    "ExitCodes",
+    "FailurePolicy",
+    "FailureRule",
     "JobConfig",
     "JobProgress",
     "ModelSpec",

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from rlhfjob_operator.contract import DRIVER_ROLE
 from rlhfjob_operator.spec.base import API_VERSION, KIND, KubeModel, Quantity, check_quantity
 from rlhfjob_operator.spec.env import EnvVar, reserved_env_rule
+from rlhfjob_operator.spec.failure import FailurePolicy
 from rlhfjob_operator.spec.pod import NodeSelector, PodSettings, Toleration
 from rlhfjob_operator.spec.rules import Rule, cel_or, immutable, transition
 from rlhfjob_operator.spec.runtime import (
@@ -157,6 +158,19 @@ class RunPolicy(KubeModel):
     scheduling_policy: SchedulingPolicy | None = Field(
         None, description="The gang's scheduler, priority and PodGroup (next generation on)."
     )
+    startup_timeout_seconds: int | None = Field(
+        None,
+        ge=1,
+        description="A generation's gang not all Running this long after its pods were "
+        "created (Kueue's queueing not counted) is a failure of the first pod not running "
+        "(Unschedulable, ImagePullBackOff...), which failurePolicy then acts on.",
+    )
+    failure_policy: FailurePolicy | None = Field(
+        None,
+        description="Rules, as the batch Job's podFailurePolicy, tried before the defaults: "
+        "DisruptionTarget=True restarts uncounted, exit 78 fails, exit 79 restarts "
+        "uncounted, anything else restarts counted.",
+    )
 
 
 # --- Rules of RLHFJobSpec beyond those it shares with JobConfig --------------------
@@ -185,6 +199,19 @@ def _misnamed(spec: RLHFJobSpec) -> str | None:
     return next((n for n in spec.models if not re.fullmatch(MODEL_NAME_PATTERN, n)), None)
 
 
+_ROLE_RULE = f"onExitCodes.role is '{DRIVER_ROLE}' or a name in spec.models"
+
+
+def _unknown_role(spec: RLHFJobSpec) -> int | None:
+    """The index of the first failurePolicy rule naming a role the job does not have."""
+    policy = spec.run_policy.failure_policy
+    for index, rule in enumerate(policy.rule_list if policy else []):
+        role = rule.on_exit_codes.role if rule.on_exit_codes else None
+        if role is not None and role != DRIVER_ROLE and role not in spec.models:
+            return index
+    return None
+
+
 _SPEC_RULES: tuple[Rule[RLHFJobSpec], ...] = (
     Rule(
         # models may be absent (no models); reading it would fail the rule.
@@ -202,6 +229,17 @@ _SPEC_RULES: tuple[Rule[RLHFJobSpec], ...] = (
         field_path=".models",
     ),
     COLOCATED_MODELS_EXIST,
+    Rule(
+        cel="!has(self.runPolicy) || !has(self.runPolicy.failurePolicy) || "
+        "!has(self.runPolicy.failurePolicy.rules) || self.runPolicy.failurePolicy.rules.all("
+        "r, !has(r.onExitCodes) || !has(r.onExitCodes.role) || "
+        f"r.onExitCodes.role == '{DRIVER_ROLE}' || "
+        "(has(self.models) && r.onExitCodes.role in self.models))",
+        message=f"spec.runPolicy.failurePolicy: {_ROLE_RULE}",
+        holds=lambda s: _unknown_role(s) is None,
+        explain=lambda s: f"runPolicy.failurePolicy.rules[{_unknown_role(s)}]: {_ROLE_RULE}",
+        field_path=".runPolicy",
+    ),
     COLOCATED_REPLICAS_MATCH,
     REPLICAS_GET_BATCHES,
     reserved_env_rule("spec.env"),

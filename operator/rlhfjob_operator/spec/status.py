@@ -106,6 +106,12 @@ class RLHFJobStatus(KubeModel):
     start_time: str | None = Field(None, json_schema_extra=_TIME)
     completion_time: str | None = Field(None, json_schema_extra=_TIME)
     next_restart_time: str | None = Field(None, json_schema_extra=_TIME)
+    startup_deadline: str | None = Field(
+        None,
+        description="When this generation must be Running by (runPolicy.startupTimeoutSeconds); "
+        "unset once it is.",
+        json_schema_extra=_TIME,
+    )
     observed_generation: int | None = None
     message: str | None = None
     progress: JobProgress | None = None

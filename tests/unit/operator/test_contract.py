@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rlhfjob_operator.contract import (
+    DEFAULT_BACKOFF,
     EXIT_DISRUPTED,
     EXIT_PERMANENT,
     EXIT_RETRYABLE,
@@ -12,11 +13,19 @@ from rlhfjob_operator.contract import (
     Final,
     Retry,
     describe_exit,
-    next_attempt,
 )
 from rlhfjob_operator.local import root_cause
+from rlhfjob_operator.spec.failure import attempt, first_match
 
 FAST = Backoff(base_seconds=1, cap_seconds=4)
+
+
+def next_attempt(
+    code: int, restarts: int, limit: int, backoff: Backoff = DEFAULT_BACKOFF
+) -> object:
+    """What the default failure policy does after a failure with exit ``code``."""
+    match = first_match((), names=(), code=code, conditions={})
+    return attempt(match, restarts=restarts, limit=limit, backoff=backoff)
 
 
 def test_retryable_failures_back_off_doubling_to_the_cap_then_stop_at_the_limit() -> None:
@@ -29,7 +38,7 @@ def test_retryable_failures_back_off_doubling_to_the_cap_then_stop_at_the_limit(
 
 def test_the_default_backoff_is_the_job_controllers() -> None:
     assert next_attempt(1, 0, 3) == Retry(10.0)
-    assert next_attempt(-9, 2, 3) == Retry(40.0)
+    assert next_attempt(137, 2, 3) == Retry(40.0)
     assert Backoff().delay(20) == 300.0
 
 
@@ -37,11 +46,6 @@ def test_permanent_fails_at_once_and_disrupted_restarts_uncounted() -> None:
     final = next_attempt(EXIT_PERMANENT, 0, 9)
     assert isinstance(final, Final) and final.reason == "PermanentError"
     assert next_attempt(EXIT_DISRUPTED, 9, 9) == Retry(0.0, counted=False)
-
-
-def test_success_is_not_a_failure_to_act_on() -> None:
-    with pytest.raises(ValueError, match="success"):
-        next_attempt(0, 0, 3)
 
 
 def test_a_negative_backoff_is_refused() -> None:
@@ -61,18 +65,30 @@ def test_exits_are_described_with_their_meaning() -> None:
 
 def test_the_root_cause_is_the_earliest_failure_that_is_not_a_peer_noticing() -> None:
     # A worker is killed; the driver notices and exits 75 a moment later.
-    ended = [(2.0, "the driver", EXIT_RETRYABLE), (1.5, "worker value-0", -9), (2.5, "w", 0)]
-    assert root_cause(ended) == (EXIT_RETRYABLE, "worker value-0 was killed by SIGKILL")
+    ended = [
+        (2.0, "the driver", EXIT_RETRYABLE, "driver"),
+        (1.5, "worker value-0", -9, "value"),
+        (2.5, "w", 0, "w"),
+    ]
+    # A signal reads as a container's exit, 128 + N.
+    assert root_cause(ended) == (137, "worker value-0 was killed by SIGKILL", "value")
     # Seen in the other order, the same answer.
     assert root_cause(list(reversed(ended))) == root_cause(ended)
 
 
 def test_a_permanent_exit_anywhere_fails_the_gang_even_when_a_75_came_first() -> None:
-    ended = [(1.0, "worker actor-0", EXIT_RETRYABLE), (3.0, "the driver", EXIT_PERMANENT)]
-    assert root_cause(ended) == (EXIT_PERMANENT, "the driver exited with code 78 (permanent)")
+    ended = [
+        (1.0, "worker actor-0", EXIT_RETRYABLE, "actor"),
+        (3.0, "the driver", EXIT_PERMANENT, "driver"),
+    ]
+    assert root_cause(ended) == (
+        EXIT_PERMANENT,
+        "the driver exited with code 78 (permanent)",
+        "driver",
+    )
 
 
 def test_only_75s_name_the_earliest_and_success_is_no_cause() -> None:
-    ended = [(2.0, "b", EXIT_RETRYABLE), (1.0, "a", EXIT_RETRYABLE)]
-    assert root_cause(ended) == (EXIT_RETRYABLE, "a exited with code 75 (retryable)")
-    assert root_cause([(1.0, "the driver", 0), (1.1, "w", 0)]) is None
+    ended = [(2.0, "b", EXIT_RETRYABLE, "b"), (1.0, "a", EXIT_RETRYABLE, "a")]
+    assert root_cause(ended) == (EXIT_RETRYABLE, "a exited with code 75 (retryable)", "a")
+    assert root_cause([(1.0, "the driver", 0, "driver"), (1.1, "w", 0, "w")]) is None

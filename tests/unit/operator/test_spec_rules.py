@@ -32,6 +32,8 @@ from rlhfjob_operator.spec import (
     Entrypoint,
     EnvFromSource,
     EnvVar,
+    ExitCodes,
+    FailureRule,
     JobConfig,
     PodSettings,
     ResourceRequirements,
@@ -43,7 +45,7 @@ from rlhfjob_operator.spec import (
 )
 
 SETTINGS = settings(
-    max_examples=300,
+    max_examples=500,
     deadline=None,
     derandomize=True,  # the same examples on every machine
     database=None,  # no .hypothesis/ directory left in the checkout
@@ -126,11 +128,32 @@ _QUANTITIES = st.dictionaries(
     st.sampled_from(["memory", "cpu", "nvidia.com/gpu"]), st.sampled_from(["4Gi", 2]), max_size=2
 )
 
+_EXIT_CODES = st.builds(
+    lambda op, values, role: {"operator": op, "values": values, **role},
+    st.sampled_from(["In", "NotIn"]),
+    st.lists(st.sampled_from([0, 1, 3, 78]), min_size=1, max_size=3),
+    _optional(role=st.sampled_from(["driver", "policy", "reward", "critic"])),
+)
+_FAILURE_POLICY = _optional(
+    rules=st.lists(
+        st.builds(lambda codes: {"action": "FailJob", "onExitCodes": codes}, _EXIT_CODES),
+        max_size=3,
+    )
+)
+
 # Every model with rules, and objects of it as the API server would see them.
 CASES: dict[type[BaseModel], st.SearchStrategy[dict[str, Any]]] = {
     RuntimeSpec: _RUNTIME,
     JobConfig: _SECTIONS,
-    RLHFJobSpec: st.builds(lambda s, env: {**s, **env}, _SECTIONS, _optional(env=_ENV_VARS)),
+    RLHFJobSpec: st.builds(
+        lambda s, env: {**s, **env},
+        _SECTIONS,
+        _optional(env=_ENV_VARS, runPolicy=_optional(failurePolicy=_FAILURE_POLICY)),
+    ),
+    ExitCodes: _EXIT_CODES,
+    FailureRule: _optional(
+        onExitCodes=_EXIT_CODES, onPodConditions=st.just([{"type": "DisruptionTarget"}])
+    ),
     ResourceRequirements: _optional(requests=_QUANTITIES, limits=_QUANTITIES),
     Toleration: _optional(
         operator=st.sampled_from(["Exists", "Equal"]),
