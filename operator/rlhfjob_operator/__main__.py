@@ -54,9 +54,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--metrics-port", type=int, default=8080, help="0 turns metrics off")
     p.add_argument("--liveness", help="kopf liveness endpoint, e.g. http://0.0.0.0:8081/healthz")
     p.add_argument(
-        "--timer-interval", type=float, default=2.0, help="seconds between deadline/TTL checks"
-    )
-    p.add_argument(
         "--progress-interval",
         type=float,
         default=15.0,
@@ -274,9 +271,7 @@ def _operate(args: argparse.Namespace, stop: StopRequest) -> int:
         backoff=Backoff(base_seconds=args.backoff_base, cap_seconds=args.backoff_max),
         progress_interval=args.progress_interval,
     )
-    registry = build_registry(
-        reconciler, timer_interval=args.timer_interval, resync_interval=args.resync_interval
-    )
+    registry = build_registry(reconciler, resync_interval=args.resync_interval)
     if args.metrics_port:
         server = metrics.serve(args.metrics_port, args.metrics_host)
         log.info("metrics on http://%s:%d/metrics", args.metrics_host, server.server_port)

@@ -76,8 +76,6 @@ class Operator:
             "127.0.0.1",
             "--metrics-port",
             str(self.metrics_port),
-            "--timer-interval",
-            "0.5",
             # Live progress in the status within a second: a test's jobs are short.
             "--progress-interval",
             "1",

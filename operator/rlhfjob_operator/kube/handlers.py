@@ -3,14 +3,13 @@
 - RLHFJob created, resumed (operator start) or its spec changed -> reconcile it.
 - A pod labelled ``rlhf.dev/job`` was added, changed or deleted -> reconcile its
   job (the last pod of a generation appearing is what lifts the gang's gates).
-- Timers, only while they matter: ``deadline`` (activeDeadlineSeconds set, not
-  finished), ``backoff`` (Restarting: create the next gang when the backoff is
-  over), ``startup`` (a startupDeadline is set: fail the gang not Running in
-  time), ``ttl`` (finished with ttlSecondsAfterFinished: delete the job),
-  ``progress`` (Running: read the driver's progress into the status, every
-  ``--progress-interval`` seconds; kube/scrape.py), ``resync`` (not finished: every
-  ``--resync-interval`` seconds, so that a trigger lost anywhere, a dropped watch
-  event or a failure past its retries, still gets acted on).
+- Timers, only while they matter: ``progress`` (Running: read the driver's progress
+  into the status, every ``--progress-interval`` seconds; kube/scrape.py) and
+  ``resync`` (not finished: every ``--resync-interval`` seconds, so that a trigger
+  lost anywhere, a dropped watch event or a failure past its retries, still gets
+  acted on). A decision's own clock (the backoff before a restart,
+  ``activeDeadlineSeconds``, ``startupTimeoutSeconds``, the TTL) is its
+  ``requeue_after``, which the reconciler turns into one timer of the job's.
 - An RLHFJob deleted -> forget it (its objects go by ownerReference GC).
 
 kopf keeps its own bookkeeping in ``rlhf.dev/``-prefixed annotations, never in
@@ -42,22 +41,6 @@ def _run_policy(body: Any) -> dict[str, Any]:
     return dict((body.get("spec") or {}).get("runPolicy") or {})
 
 
-def _deadline_running(body: Any, **_: Any) -> bool:
-    return "activeDeadlineSeconds" in _run_policy(body) and _phase(body) not in _FINAL
-
-
-def _starting(body: Any, **_: Any) -> bool:
-    return bool((body.get("status") or {}).get("startupDeadline")) and _phase(body) not in _FINAL
-
-
-def _finished_with_ttl(body: Any, **_: Any) -> bool:
-    return "ttlSecondsAfterFinished" in _run_policy(body) and _phase(body) in _FINAL
-
-
-def _restarting(body: Any, **_: Any) -> bool:
-    return _phase(body) == "Restarting"
-
-
 def _running(body: Any, **_: Any) -> bool:
     return _phase(body) == "Running"
 
@@ -67,7 +50,7 @@ def _unfinished(body: Any, **_: Any) -> bool:
 
 
 def build_registry(
-    reconciler: Reconciler, *, timer_interval: float, resync_interval: float = 60.0
+    reconciler: Reconciler, *, resync_interval: float = 60.0
 ) -> kopf.OperatorRegistry:
     """A kopf registry with the operator's handlers bound to ``reconciler``."""
     registry = kopf.OperatorRegistry()
@@ -112,10 +95,6 @@ def build_registry(
         reconciler.request(kwargs["namespace"], kwargs["labels"][LABEL_JOB], trigger="pod")
 
     for timer_name, when, interval in (
-        ("deadline", _deadline_running, timer_interval),
-        ("backoff", _restarting, timer_interval),
-        ("startup", _starting, timer_interval),
-        ("ttl", _finished_with_ttl, timer_interval),
         ("progress", _running, reconciler.progress.interval),
         ("resync", _unfinished, resync_interval),
     ):

@@ -73,6 +73,7 @@ from rlhfjob_operator.spec import RLHFJob, RLHFJobStatus, format_validation_erro
 
 __all__ = ["Reconciler"]
 
+_MIN_REQUEUE_S = 0.05  # a decision due now is looked at again this soon, never in a spin
 log = logging.getLogger("rlhfjob_operator")
 _CONFLICT_RETRIES = 5
 _CREATE_THREADS = 8
@@ -107,7 +108,8 @@ class Reconciler:
         self._slots: dict[tuple[str, str], _Slot] = {}
         self._refusals: dict[tuple[str, str], int] = {}  # creates refused in a row
         self._failures: dict[tuple[str, str], int] = {}  # reconciliations failed in a row
-        self._retries: dict[tuple[str, str], threading.Timer] = {}
+        # The one pending "reconcile again" of each job: its timer and when it is due.
+        self._retries: dict[tuple[str, str], tuple[threading.Timer, float]] = {}
 
     def request(self, namespace: str, name: str, *, trigger: str) -> None:
         """Reconcile the job now, or have the reconciliation already running go round
@@ -149,7 +151,7 @@ class Reconciler:
             self._failures.pop((namespace, name), None)
             retry = self._retries.pop((namespace, name), None)
         if retry is not None:
-            retry.cancel()
+            retry[0].cancel()
 
     def _timed(self, namespace: str, name: str, *, trigger: str) -> None:
         metrics.RECONCILES.labels(trigger=trigger).inc()
@@ -282,6 +284,11 @@ class Reconciler:
         if decision.delete_job:
             log.info("%s/%s: ttlSecondsAfterFinished passed; deleting the job", namespace, name)
             self.client.delete_job(namespace, name, uid=meta["uid"])
+        elif decision.requeue_after is not None:
+            # The decision's own clock (a backoff, a deadline, a TTL): nothing else wakes
+            # the job then but the resync, a minute later.
+            delay = max(_MIN_REQUEUE_S, decision.requeue_after)
+            self._again(namespace, name, delay, trigger="requeue", sooner=True)
 
     def _create(self, job: RLHFJob, plan: JobPlan, decision: Decision) -> None:
         # The Secret before the pods that read it. A fresh token each time, but it only
@@ -369,21 +376,35 @@ class Reconciler:
                 log.warning("%s/%s: FailedCreate not recorded: %s", *key, again)
         self._again(*key, delay)
 
-    def _again(self, namespace: str, name: str, delay: float) -> None:
-        """Reconcile the job again in ``delay`` seconds (once: a later call replaces it)."""
-        retry = threading.Timer(delay, self._retry, args=(namespace, name))
+    def _again(
+        self,
+        namespace: str,
+        name: str,
+        delay: float,
+        *,
+        trigger: str = "retry",
+        sooner: bool = False,
+    ) -> None:
+        """Reconcile the job again in ``delay`` seconds (once: a later call replaces the
+        pending one; with ``sooner``, only when it comes before it)."""
+        key = (namespace, name)
+        due = time.monotonic() + delay
+        retry = threading.Timer(delay, self._retry, args=(namespace, name, trigger))
         retry.daemon = True
         with self._guard:
-            old, self._retries[(namespace, name)] = self._retries.get((namespace, name)), retry
+            old = self._retries.get(key)
+            if sooner and old is not None and old[1] <= due:
+                return
+            self._retries[key] = (retry, due)
         if old is not None:
-            old.cancel()
+            old[0].cancel()
         retry.start()
 
-    def _retry(self, namespace: str, name: str) -> None:
+    def _retry(self, namespace: str, name: str, trigger: str) -> None:
         with self._guard:
             self._retries.pop((namespace, name), None)
         try:
-            self.request(namespace, name, trigger="retry")
+            self.request(namespace, name, trigger=trigger)
         except Exception:  # no kopf handler above this thread: say it here
             log.exception("%s/%s: reconciling again", namespace, name)
 

@@ -66,3 +66,20 @@ def test_a_permanent_error_is_not_retried() -> None:
         assert not rec._retries, "no retry scheduled"
     finally:
         rec.forget("ns", "job")
+
+
+def test_a_decisions_own_clock_wakes_the_job_with_no_other_trigger() -> None:
+    """activeDeadlineSeconds: the first turn creates the gang and asks to be looked at
+    again when the deadline is due; nothing else asks, and the job fails on time."""
+    api = FakeApi()
+    api.job["spec"]["runPolicy"] = {"activeDeadlineSeconds": 1}
+    rec = _reconciler(api)
+    try:
+        rec.request("ns", "job", trigger="change")
+        assert len(api.pods) == 6 and api.job["status"]["phase"] == "Created"
+        assert list(rec._retries) == [("ns", "job")]  # the deadline's wake-up
+        wait(lambda: api.job["status"]["phase"] == "Failed", timeout=5)
+        failed = next(c for c in api.job["status"]["conditions"] if c["type"] == "Failed")
+        assert failed["reason"] == "DeadlineExceeded"
+    finally:
+        rec.forget("ns", "job")
