@@ -10,16 +10,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_bad_input_runtime import RUNTIME
 
 from conftest import rlhfjob_run, write_job
 
-RUNTIME = dict(
-    num_episode=1,
-    sample_per_episode=8,
-    generation_batch_size=4,
-    train_micro_batch_size=4,
-    train_global_batch_size=4,
-)
 ENTRY = """
 import os
 from toys import Actor, Learner, Scorer, prompts
