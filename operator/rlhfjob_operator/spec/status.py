@@ -1,10 +1,17 @@
-"""``status`` of an RLHFJob: written by the operator only (the status subresource)."""
+"""``status`` of an RLHFJob: written by the operator only (the status subresource).
+
+Read leniently, unlike the spec: a status written by a newer or an older operator (an
+upgrade, a rollback, with the CRD of either) must not fail a running job. So every
+model here ignores keys it does not know, and a condition of a type this operator
+does not know is dropped (the list is the operator's own to rewrite). A field it does
+know with a value it cannot read still fails the job, naming the field.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal, get_args
 
-from pydantic import Field
+from pydantic import ConfigDict, Field, field_validator
 from pydantic.config import JsonDict
 
 from rlhfjob_operator.spec.base import KubeModel
@@ -36,7 +43,13 @@ CONDITION_TYPES: tuple[Phase, ...] = (  # the phases, as metrics count jobs
 _TIME: JsonDict = {"format": "date-time"}
 
 
-class Condition(KubeModel):
+class _StatusModel(KubeModel):
+    """Keys another operator version wrote, and this one does not know, are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class Condition(_StatusModel):
     """A Kubernetes-style condition; ``status`` is "True", "False" or "Unknown"."""
 
     type: ConditionType
@@ -47,12 +60,12 @@ class Condition(KubeModel):
     last_update_time: str | None = Field(None, json_schema_extra=_TIME)
 
 
-class ModelStatus(KubeModel):
+class ModelStatus(_StatusModel):
     replicas: int = Field(0, ge=0, description="Pods wanted for this model.")
     ready: int = Field(0, ge=0, description="Of those, Running and ready.")
 
 
-class JobProgress(KubeModel):
+class JobProgress(_StatusModel):
     """The driver's progress while it runs, read from its metrics endpoint by the
     operator at a bounded rate (``rlhfjob_operator.progress.from_metrics``)."""
 
@@ -71,7 +84,7 @@ class JobProgress(KubeModel):
     observed_at: str = Field(description="When the operator read it.", json_schema_extra=_TIME)
 
 
-class RLHFJobStatus(KubeModel):
+class RLHFJobStatus(_StatusModel):
     """Written by the operator only (the status subresource)."""
 
     phase: Phase | None = None
@@ -115,6 +128,14 @@ class RLHFJobStatus(KubeModel):
     observed_generation: int | None = None
     message: str | None = None
     progress: JobProgress | None = None
+
+    @field_validator("conditions", mode="before")
+    @classmethod
+    def _known_conditions(cls, value: Any) -> Any:
+        known = get_args(ConditionType)
+        if not isinstance(value, list):
+            return value
+        return [c for c in value if not isinstance(c, dict) or c.get("type") in known]
 
     def condition(self, type_: ConditionType) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)
