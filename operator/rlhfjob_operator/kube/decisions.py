@@ -69,6 +69,7 @@ from rlhfjob_operator.kube.status import (
     failed_exit,
     format_time,
     given_up,
+    is_ready,
     not_running,
     of_another_job,
     parse_time,
@@ -273,7 +274,7 @@ def _startup_timed_out(turn: Turn) -> Decision | None:
     if queue_name(turn.job) is not None and awaiting_admission(turn.current.values()):
         return None  # queued: _run_gang moves the deadline
     status.startup_deadline = None
-    name = next(n for n in turn.wanted if not _running_and_ready(turn.current.get(n)))
+    name = next(n for n in turn.wanted if n not in turn.current or not is_ready(turn.current[n]))
     pod = turn.current.get(name)
     timeout = turn.job.spec.run_policy.startup_timeout_seconds
     what = (
@@ -281,12 +282,6 @@ def _startup_timed_out(turn: Turn) -> Decision | None:
         f"(runPolicy.startupTimeoutSeconds): {not_running(pod)}"
     )
     return _act(turn, what, _policy(turn, pod, None), reason="StartupTimeout")
-
-
-def _running_and_ready(pod: Pod | None) -> bool:
-    conditions = ((pod or {}).get("status") or {}).get("conditions") or []
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-    return pod is not None and pod_phase(pod) == "Running" and ready
 
 
 def _policy(turn: Turn, pod: Pod | None, code: int | None) -> Match:
