@@ -74,6 +74,19 @@ def test_bad_config_is_refused_naming_the_key(config, message):
     assert message in str(err.value)
 
 
+def test_a_dynamic_loaders_global_batch_is_sized_in_what_the_flow_yields():
+    """GRPO's episode is sample_per_episode prompts x group_size responses, so one
+    optimizer step an episode (as TRL's GRPOTrainer takes) needs a global batch larger
+    than sample_per_episode: the dynamic loader allows it, the fixed one does not."""
+    runtime = {"sample_per_episode": 4, "train_micro_batch_size": 32, "train_global_batch_size": 32}
+    config = JobConfig.model_validate(
+        {"runtime": {**runtime, "stream_data_loader_type": "dynamic"}}
+    )
+    assert config.runtime.global_batch_size == 32
+    with pytest.raises(SpecError, match=r"with stream_data_loader_type 'fixed'"):
+        load_job_config({"runtime": runtime})
+
+
 def test_defaults_follow_chatlearn():
     config = load_job_config({})
     rt = config.runtime

@@ -29,7 +29,22 @@ class RuntimeSpec(ConfigModel):
     """ChatLearn's ``runtime`` section: how episodes are cut and trained."""
 
     num_episode: int = Field(5000, ge=1, description="Episodes to run.")
-    sample_per_episode: int = Field(1000, ge=1, description="Prompts taken per episode.")
+    sample_per_episode: int = Field(
+        1000,
+        ge=1,
+        description="Samples per episode: prompts taken, times num_inference_per_prompt.",
+    )
+    num_inference_per_prompt: int = Field(
+        1,
+        ge=1,
+        description="Copies of each prompt taken (ChatLearn's data loader repeats each prompt "
+        "this many times); sample_per_episode counts the copies.",
+    )
+    data_rerank: bool = Field(
+        False,
+        description="With num_inference_per_prompt > 1: true repeats the episode's prompts "
+        "as a whole (a b a b), false each in place (a a b b), as ChatLearn's sampler.",
+    )
     num_training_epoch: int = Field(1, ge=1, description="Passes over each episode's samples.")
     generation_batch_size: int = Field(2, ge=1, description="Prompts per env-flow batch.")
     train_micro_batch_size: int = Field(2, ge=1, description="Samples per micro-batch.")
@@ -135,7 +150,21 @@ def _runtime_rules() -> tuple[Rule[RuntimeSpec], ...]:
     glob = cel_or("self", "train_global_batch_size", micro)
     spe = cel_or("self", "sample_per_episode", d["sample_per_episode"])
     gen = cel_or("self", "generation_batch_size", d["generation_batch_size"])
+    loader = cel_or("self", "stream_data_loader_type", f"'{d['stream_data_loader_type']}'")
+    repeats = cel_or("self", "num_inference_per_prompt", d["num_inference_per_prompt"])
     return (
+        Rule(
+            cel=f"{spe} % {repeats} == 0",
+            message="runtime.sample_per_episode must be a multiple of "
+            "runtime.num_inference_per_prompt",
+            holds=lambda rt: rt.sample_per_episode % rt.num_inference_per_prompt == 0,
+            explain=lambda rt: (
+                f"runtime.sample_per_episode ({rt.sample_per_episode}) must be a multiple of "
+                f"runtime.num_inference_per_prompt ({rt.num_inference_per_prompt}): an episode "
+                "takes whole prompts, each that many times"
+            ),
+            field_path=".sample_per_episode",
+        ),
         Rule(
             cel=f"{glob} % {micro} == 0",
             message="runtime.train_global_batch_size must be a multiple of "
@@ -148,14 +177,22 @@ def _runtime_rules() -> tuple[Rule[RuntimeSpec], ...]:
             field_path=".train_global_batch_size",
         ),
         Rule(
-            cel=f"{glob} <= {spe}",
-            message="runtime.train_global_batch_size is larger than runtime.sample_per_episode: "
-            "no optimizer step could ever run",
-            holds=lambda rt: rt.global_batch_size <= rt.sample_per_episode,
+            # Only a fixed loader's episode is sample_per_episode samples; a dynamic one's
+            # count is the env flow's (GRPO: sample_per_episode prompts x group_size), so
+            # its global batch is sized in what the flow yields.
+            cel=f"{loader} == 'dynamic' || {glob} <= {spe}",
+            message="runtime.train_global_batch_size is larger than runtime.sample_per_episode "
+            "with the fixed loader: every episode would train in one smaller batch",
+            holds=lambda rt: (
+                rt.stream_data_loader_type == "dynamic"
+                or rt.global_batch_size <= rt.sample_per_episode
+            ),
             explain=lambda rt: (
-                f"runtime.train_global_batch_size ({rt.global_batch_size}) is "
-                f"larger than runtime.sample_per_episode ({rt.sample_per_episode}): no optimizer "
-                "step could ever run; lower the batch or raise sample_per_episode"
+                f"runtime.train_global_batch_size ({rt.global_batch_size}) is larger than "
+                f"runtime.sample_per_episode ({rt.sample_per_episode}), the samples of every "
+                "episode with stream_data_loader_type 'fixed', so no batch would ever be "
+                "that size; lower the batch, raise sample_per_episode, or use the 'dynamic' "
+                "loader when the env flow yields more samples than prompts (GRPO)"
             ),
             field_path=".train_global_batch_size",
         ),
