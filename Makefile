@@ -42,7 +42,7 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml uv.lock
 	$(SYNC) --extra dev --extra bench
 	touch $@
 
-bench: $(BENCH_STAMP) ## Benchmarks against Ray, raw TensorPipe, gloo, memcpy, uncached generation: tables (out/bench.md)
+bench: $(BENCH_STAMP) ## Benchmarks against Ray, raw TensorPipe, gloo, memcpy, uncached generation, TRL: tables (out/bench.md)
 	mkdir -p out
 	$(PY) bench/run.py --out out/bench.md
 

@@ -1,5 +1,5 @@
-"""rlhfjob against Ray, raw TensorPipe, raw gloo, memcpy and generation without a KV cache,
-in one run: ``make bench``.
+"""rlhfjob against Ray, raw TensorPipe, raw gloo, memcpy, generation without a KV cache
+and TRL's GRPOTrainer, in one run: ``make bench``.
 
 Prints Markdown tables, each figure beside its baseline with the ratio (how
 many times better rlhfjob is; for parameter sync, the share of the flat
@@ -357,6 +357,31 @@ def generation(lengths: list[int]) -> list[Row]:
     return rows
 
 
+def grpo_step(lengths: list[int], steps: int) -> list[Row]:
+    result = run_script(
+        [str(HERE / "trl_bench.py"), ",".join(map(str, lengths)), str(steps)], timeout=3600
+    )
+    n = result["completions_per_step"]
+    rows = []
+    for length in lengths:
+        figures = result["lengths"][str(length)]
+        trl = figures["trl"]["completions_per_s"]
+        for runner, where in (("inproc", "in-process"), ("dist", "under rlhfjob run")):
+            ours = figures[runner]["completions_per_s"]
+            rows.append(
+                Row(
+                    f"one GRPO step, {n} completions of {length} tokens, {where}, "
+                    "tiny Llama, 1 thread",
+                    f"{ours:.1f} completions/s",
+                    f"TRL GRPOTrainer: {trl:.1f} completions/s",
+                    ours / trl,
+                    "≥1.5×",
+                    ours / trl >= 1.5,
+                )
+            )
+    return rows
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, help="also write the tables to this file")
@@ -366,6 +391,10 @@ def main(argv: list[str]) -> int:
         "--gen-lengths", default="16,128,512", help="response lengths of the generation bench"
     )
     parser.add_argument("--sweep", default="4,25,400", help="bucket sizes (MB) for the sweep")
+    parser.add_argument(
+        "--grpo-lengths", default="8,128", help="response lengths of the GRPO step against TRL"
+    )
+    parser.add_argument("--grpo-steps", type=int, default=6, help="steps per GRPO run")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     started = time.monotonic()
@@ -393,6 +422,10 @@ def main(argv: list[str]) -> int:
             "generation": (
                 "generation (KV cache)",
                 lambda: generation([int(n) for n in args.gen_lengths.split(",")]),
+            ),
+            "grpo": (
+                "one GRPO step against TRL",
+                lambda: grpo_step([int(n) for n in args.grpo_lengths.split(",")], args.grpo_steps),
             ),
         }
         for key, (title, run) in sections.items():
