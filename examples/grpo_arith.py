@@ -4,7 +4,8 @@ tokenizer of its own, and a reward that reads the answer out of the generated te
     python examples/grpo_arith.py --plot arith_reward.png
 
 Before training, ``prepare`` makes what a user would bring, in ``--workdir`` (by
-default a temporary directory, removed at the end):
+default a temporary directory, removed at the end), unless the job config already names
+every path (see ``PATH_KEYS``: then it runs on those as they are):
 
 - a byte-level BPE tokenizer trained with ``tokenizers`` on the task's text, with an
   end-of-sequence token;
@@ -18,6 +19,12 @@ response with ``rlhfjob.rewards.arith:exact_answer`` (1.0 when the last number o
 text equals the row's ``answer``), and trains on group-normalised advantages with the
 clipped surrogate and a KL term to the reference. Responses end at EOS, so they vary in
 length (``reward/response_length``).
+
+The same job from its manifest alone (``grpo_arith_engine.yaml``, ``entrypoint: {engine:
+grpo}``, every path written out) needs the files first::
+
+    python examples/grpo_arith.py --prepare-only --workdir grpo-arith
+    rlhfjob run examples/grpo_arith_engine.yaml
 """
 
 from __future__ import annotations
@@ -139,6 +146,32 @@ def build_engine(config: dict[str, Any], **_: Any) -> Engine:
     return GRPOEngine(config=config)
 
 
+# (section, model or None, key) of what with_paths fills in from the prepared files.
+PATH_KEYS = (
+    ("runtime", None, "data_path"),
+    ("runtime", None, "eval_data_path"),
+    ("models", "policy", "model_path"),
+    ("models", "reference", "model_path"),
+    ("models", "grpo_policy", "model_path"),
+    ("models", "policy", "eos_token_id"),
+    ("models", "reward", "tokenizer_path"),
+)
+
+
+def _slot(config: dict[str, Any], section: str, model: str | None) -> dict[str, Any]:
+    found = config.get(section) or {}
+    return found if model is None else (found.get(model) or {}).get("args") or {}
+
+
+def missing_paths(config: dict[str, Any]) -> list[str]:
+    """The ``PATH_KEYS`` the config leaves out, dotted (``models.policy.args.model_path``)."""
+    return [
+        f"{section}.{key}" if model is None else f"{section}.{model}.args.{key}"
+        for section, model, key in PATH_KEYS
+        if _slot(config, section, model).get(key) is None
+    ]
+
+
 def with_paths(config: dict[str, Any], paths: dict[str, Path], eos: int) -> dict[str, Any]:
     """The config with the prepared files' paths and the tokenizer's EOS filled in."""
     runtime = config["runtime"]
@@ -151,23 +184,56 @@ def with_paths(config: dict[str, Any], paths: dict[str, Path], eos: int) -> dict
     return config
 
 
+def prepare_only(workdir: Path, *, warmup_steps: int) -> dict[str, Path]:
+    """``prepare`` into ``workdir`` and print what a manifest names: the paths and EOS."""
+    from rlhfjob.text import load_tokenizer
+
+    paths = prepare(workdir, warmup_steps=warmup_steps)
+    eos = load_tokenizer(str(paths["model"])).eos_token_id
+    print(f"prepared in {workdir}:")
+    print(f"  runtime.data_path: {paths['train']}")
+    print(f"  runtime.eval_data_path: {paths['eval']}")
+    print(f"  models.{{policy,reference,grpo_policy}}.args.model_path: {paths['model']}")
+    print(f"  models.reward.args.tokenizer_path: {paths['model']}")
+    print(f"  models.policy.args.eos_token_id: {eos}")
+    return paths
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    """Prepare the model and prompts, run the job; returns the per-episode summaries."""
+    """Prepare the model and prompts (unless the config names them all, or with
+    ``--prepare-only`` nothing else), run the job; returns the per-episode summaries."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--workdir", help="where prepare() writes (kept); default: a temp dir")
     parser.add_argument("--warmup-steps", type=int, default=100, help="supervised steps")
+    parser.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="write the model, tokenizer and prompts to --workdir and exit (for "
+        "grpo_arith_engine.yaml)",
+    )
     known, rest = parser.parse_known_args(argv)
+    if known.prepare_only:
+        if not known.workdir:
+            parser.error("--prepare-only needs --workdir DIR: where to keep what it makes")
+        prepare_only(Path(known.workdir), warmup_steps=known.warmup_steps)
+        return []
     with tempfile.TemporaryDirectory(prefix="grpo-arith-") as scratch:
         workdir = Path(known.workdir) if known.workdir else Path(scratch)
-        paths = prepare(workdir, warmup_steps=known.warmup_steps)
-        from rlhfjob.text import load_tokenizer
 
-        eos = load_tokenizer(str(paths["model"])).eos_token_id
+        def prepared(config: dict[str, Any], **kw: Any) -> Engine:
+            if not missing_paths(config):  # a manifest naming every file: run on those
+                return build_engine(config, **kw)
+            from rlhfjob.text import load_tokenizer
+
+            paths = prepare(workdir, warmup_steps=known.warmup_steps)
+            eos = load_tokenizer(str(paths["model"])).eos_token_id
+            return build_engine(with_paths(config, paths, eos), **kw)
+
         return run_example(
             rest,
             doc=__doc__,
             config=CONFIG,
-            build_engine=lambda config, **kw: build_engine(with_paths(config, paths, eos), **kw),
+            build_engine=prepared,
             reward_key=REWARD_KEY,
             title="GRPO: add two numbers, in text",
         )
