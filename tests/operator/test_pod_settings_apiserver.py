@@ -1,6 +1,6 @@
 """The real API server on pod settings: nodeSelector and tolerations change only while a
 job is suspended (so Kueue can inject and restore a flavour's placement), and every
-manifest in examples/k8s (and the YAML-only examples/grpo_sort_engine.yaml) is accepted
+manifest in examples/k8s (and the YAML-only examples/*_engine.yaml) is accepted
 as it ships, it and the pods the operator renders from it (server-side dry runs, strict
 field validation)."""
 
@@ -25,7 +25,7 @@ from rlhfjob_operator.plan import plan_job
 from rlhfjob_operator.spec import load_job
 
 _EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-EXAMPLES = [*sorted((_EXAMPLES / "k8s").glob("*.yaml")), _EXAMPLES / "grpo_sort_engine.yaml"]
+EXAMPLES = [*sorted((_EXAMPLES / "k8s").glob("*.yaml")), *sorted(_EXAMPLES.glob("*_engine.yaml"))]
 _ZONE = {"zone": "a"}
 _TAINT = [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]
 _MOVED = "may change only while spec.runPolicy.suspend is true"
