@@ -3,8 +3,9 @@
 One episode:
 
 1. ``before_episode`` on every module;
-2. take ``sample_per_episode`` prompts from the stream (continuing across
-   episodes, wrapping and reshuffling at the end of the dataset), run the env
+2. take ``sample_per_episode / num_inference_per_prompt`` prompts from the stream
+   (continuing across episodes, wrapping and reshuffling at the end of the
+   dataset), each ``num_inference_per_prompt`` times (default once), run the env
    flow over them in ``generation_batch_size`` batches, and collect the
    outputs in the StreamDataset;
 3. the replay sample manager (if set) rewrites the samples from the last
@@ -104,7 +105,8 @@ class Engine:
         return self
 
     def set_dataset(self, dataset: Sequence[Any]) -> Engine:
-        """The prompts of the env flow; taken ``sample_per_episode`` at a time, wrapping.
+        """The prompts of the env flow; taken ``sample_per_episode`` copies at a time
+        (``num_inference_per_prompt`` of each), wrapping.
         Without it, ``learn()`` reads ``runtime.data_path`` (``rlhfjob.text``)."""
         return self.set_multiple_datasets([dataset])
 

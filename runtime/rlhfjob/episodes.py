@@ -175,7 +175,11 @@ class EpisodeRun:
         assert self.engine.environment is not None and self.stream is not None
         graph = self.engine.environment.graph
         assert graph.outputs or self.engine.trainer is None
-        prompts = self.stream.take(self.rt.sample_per_episode)
+        prompts = _repeated(
+            self.stream.take(self.rt.sample_per_episode // self.rt.num_inference_per_prompt),
+            times=self.rt.num_inference_per_prompt,
+            whole=self.rt.data_rerank,
+        )
         size = self.rt.generation_batch_size
         batches = []
         for start in range(0, len(prompts), size):
@@ -257,3 +261,11 @@ def _format(summary: dict[str, Any], *, total: int | None = None) -> str:
         if key not in skip and isinstance(value, (int, float)):
             parts.append(f"{key} {value:.4g}")
     return "  ".join(parts)
+
+
+def _repeated(prompts: list[Any], *, times: int, whole: bool) -> list[Any]:
+    """Each prompt ``times`` times, as ChatLearn's ``MultiDatasetSampler.repeat``: the
+    list as a whole (a b a b) with ``data_rerank``, else each in place (a a b b)."""
+    if whole:
+        return prompts * times
+    return [p for p in prompts for _ in range(times)]

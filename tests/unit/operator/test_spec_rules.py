@@ -89,6 +89,7 @@ _COLOCATION = st.lists(
 )
 _RUNTIME = _optional(
     sample_per_episode=st.integers(1, 24),
+    num_inference_per_prompt=st.integers(1, 6),
     generation_batch_size=st.integers(1, 24),
     train_micro_batch_size=st.integers(1, 12),
     train_global_batch_size=st.integers(1, 48),
