@@ -13,8 +13,8 @@ gives both the CRD's CEL rule and pydantic's check.
 Layers, each importing only those above it: ``rules`` (Rule), ``base`` (names,
 SpecError, base models), ``env``, ``pod``, ``merge``, ``runtime`` (ChatLearn's sections,
 JobConfig), ``scheduling``, ``failure`` (runPolicy.failurePolicy and what it
-decides), ``status``, ``job`` (RLHFJobSpec, RLHFJob), ``chatlearn`` (ChatLearn's
-spellings of keys), ``load``.
+decides), ``status``, ``job`` (RLHFJobSpec, RLHFJob), ``interpolation`` (OmegaConf's
+``${a.b}``), ``chatlearn`` (ChatLearn's spellings of keys), ``load``.
 """
 
 from rlhfjob_operator.spec.base import API_VERSION, GROUP, KIND, PLURAL, VERSION, SpecError

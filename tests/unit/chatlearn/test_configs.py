@@ -111,7 +111,11 @@ def test_a_misspelled_key_is_still_refused(tmp_path):
 @pytest.mark.parametrize(
     ("old", "new", "match"),
     [
-        ("data_rerank: False", "data_rerank: True", r"runtime.data_rerank: True .*no rerank"),
+        (
+            "data_rerank: False",
+            "data_rerank: False\n    consumed_samples: 8",
+            r"runtime.consumed_samples: 8 .*resume restores",
+        ),
         (
             "enable_lora: ${enable_lora_policy:False}",
             "enable_lora: True",
