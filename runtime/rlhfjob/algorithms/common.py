@@ -1,5 +1,5 @@
 """What the PPO and GRPO modules share: building models from their settings, assembling
-sequences, and metric accumulation.
+sequences, the trainers' memory and precision settings, and metric accumulation.
 
 Every module builds its own model from its settings alone (``ModelConfig``: a
 local Hugging Face ``model_path``, or the small GPT from ``gpt`` and
@@ -9,11 +9,12 @@ when each module lives in a separate worker process.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +23,19 @@ from torch import nn
 
 from rlhfjob.algorithms.configs import ModelConfig, TrainerConfig
 from rlhfjob.algorithms.tasks import supervised_warmup
-from rlhfjob.models import GPT, ValueModel, load_hf_causal_lm
+from rlhfjob.models import GPT, HFCausalLM, ValueModel, load_hf_causal_lm
 
 __all__ = [
     "Metrics",
     "build_lm",
     "build_value_model",
+    "enable_gradient_checkpointing",
+    "forward_precision",
     "optimizer_for",
     "sequence",
 ]
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # Warmed-up weights per model config, computed once per process: the warm-up is
 # a pure function of the config, and policy, reference, trainer and value all
@@ -60,6 +65,10 @@ def build_lm(config: ModelConfig) -> nn.Module:
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     if config.warmup is not None and config.warmup.steps > 0:
         _warm_up(model, config)
+    if config.model_path is None:
+        # The small GPT is made, loaded and warmed up in float32, then cast: the same
+        # weights as a float32 twin's, rounded once.
+        model.to(_DTYPES[config.dtype])
     return model
 
 
@@ -132,6 +141,36 @@ def _max(values: list[float]) -> float:
 
 
 _REDUCERS: dict[str, Callable[[list[float]], float]] = {"mean": _mean, "min": _min, "max": _max}
+
+
+def enable_gradient_checkpointing(model: nn.Module, *, name: str) -> None:
+    """Recompute ``model``'s transformer blocks in the backward pass (a value model's
+    backbone's). Raises ValueError naming ``models.<name>.args.gradient_checkpointing``
+    when the model cannot: a Hugging Face class without support, or another model."""
+    lm = model.backbone if isinstance(model, ValueModel) else model
+    key = f"models.{name}.args.gradient_checkpointing"
+    if isinstance(lm, GPT):
+        lm.gradient_checkpointing = True
+    elif isinstance(lm, HFCausalLM):
+        try:
+            lm.enable_gradient_checkpointing()
+        except ValueError as exc:
+            raise ValueError(f"{key}: {exc}; set it to false") from None
+    else:
+        raise ValueError(
+            f"{key}: {type(lm).__name__} is neither the small GPT nor a Hugging Face model, "
+            "so it cannot be checkpointed here; set it to false"
+        )
+
+
+@contextlib.contextmanager
+def forward_precision(model: nn.Module, config: TrainerConfig) -> Iterator[None]:
+    """The trainer's forward pass: under bf16 autocast on the model's device with
+    ``mixed_precision: bf16`` (weights and gradients stay float32), else as it is."""
+    enabled = config.mixed_precision == "bf16"
+    device = next(model.parameters()).device.type
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=enabled):
+        yield
 
 
 def optimizer_for(model: nn.Module, config: TrainerConfig) -> torch.optim.Optimizer:

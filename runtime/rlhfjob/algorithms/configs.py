@@ -84,7 +84,11 @@ class ModelConfig(Settings):
         ),
     )
     dtype: Literal["float32", "bfloat16", "float16"] = field(
-        default="float32", metadata=about("dtype of the `model_path` model's weights")
+        default="float32",
+        metadata=about(
+            "dtype of the weights (the small GPT's too): `bfloat16` halves a model that only "
+            "infers; trainers keep `float32` (see `mixed_precision`)"
+        ),
     )
     gpt: dict[str, Any] | None = field(
         default=None,
@@ -329,6 +333,39 @@ class TrainerConfig(ModelConfig):
             "`token-mean`, `seq-mean-token-mean` or `seq-mean-token-sum-norm` (Dr. GRPO)"
         ),
     )
+    mixed_precision: Literal["no", "bf16"] = field(
+        default="no",
+        metadata=about(
+            "`bf16`: forward passes under bf16 autocast while weights, gradients and AdamW "
+            "state stay float32 (log-probs are taken in float32); `no`: float32 throughout"
+        ),
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata=about(
+            "recompute each transformer block in the backward pass instead of keeping its "
+            "activations (Hugging Face models and the small GPT)"
+        ),
+    )
+    train_max_tokens_per_micro_batch: int | None = field(
+        default=None,
+        metadata=about(
+            "cut each global batch into micro-batches by tokens instead of "
+            "`runtime.train_micro_batch_size`: samples in order, as many as fit this many real "
+            "prompt + response tokens (a longer sample trains alone); null: the runtime's cut",
+            check=AT_LEAST_1,
+        ),
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        if self.dtype != "float32":
+            raise SettingError(
+                "dtype",
+                f"is {self.dtype!r}, but a trainer keeps float32 weights: AdamW steps are "
+                "lost in bf16/fp16 weights; remove dtype here and set mixed_precision: bf16 "
+                "for bf16 compute",
+            )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

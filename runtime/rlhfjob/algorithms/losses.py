@@ -105,20 +105,25 @@ LossAggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-n
 class LossScale:
     """How per-token losses add up to one global batch's loss, split in micro-batches.
 
-    ``tokens`` and ``sequences`` count the whole global batch (every micro-batch's
-    mask), so the micro-batches' :func:`agg_loss` values sum to the loss of the
-    global batch taken at once, however it is split.
+    ``tokens``, ``sequences`` and ``horizon`` describe the whole global batch (every
+    micro-batch's mask), so the micro-batches' :func:`agg_loss` values sum to the loss
+    of the global batch taken at once, however it is split, and whether or not a
+    micro-batch is trimmed of its padding columns.
     """
 
     mode: LossAggMode
     tokens: float  # real response tokens in the global batch
     sequences: int  # responses in the global batch
+    horizon: int | None = None  # response columns of the global batch; None: each loss's own
 
     @classmethod
     def of(cls, mode: LossAggMode, masks: Sequence[torch.Tensor]) -> LossScale:
         """The scale of a global batch whose micro-batches have these (B, R) masks."""
         tokens = float(sum(float(m.sum()) for m in masks))
-        return cls(mode, tokens=tokens, sequences=sum(int(m.shape[0]) for m in masks))
+        horizon = max((int(m.shape[-1]) for m in masks), default=None)
+        return cls(
+            mode, tokens=tokens, sequences=sum(int(m.shape[0]) for m in masks), horizon=horizon
+        )
 
 
 def agg_loss(loss: torch.Tensor, mask: torch.Tensor, scale: LossScale) -> torch.Tensor:
@@ -129,8 +134,10 @@ def agg_loss(loss: torch.Tensor, mask: torch.Tensor, scale: LossScale) -> torch.
     - ``seq-mean-token-mean``: each response's token mean, averaged over the global
       batch's responses (GRPO's original; each response weighs the same);
     - ``seq-mean-token-sum-norm``: each response's token sum over the response
-      horizon R (a constant: responses are padded to ``max_new_tokens``), averaged
-      over the responses (Dr. GRPO's: no length bias either way).
+      horizon R (a constant: responses are padded to ``max_new_tokens``; the scale's
+      ``horizon`` when set, so a micro-batch trimmed to its longest response still
+      divides by the global batch's R), averaged over the responses (Dr. GRPO's: no
+      length bias either way).
 
     An all-padding response adds 0; a global batch with no real token gives 0.
     """
@@ -141,7 +148,7 @@ def agg_loss(loss: torch.Tensor, mask: torch.Tensor, scale: LossScale) -> torch.
     if scale.mode == "seq-mean-token-mean":
         per_seq = per_token.sum(-1) / mask.sum(-1).clamp(min=1.0)
     elif scale.mode == "seq-mean-token-sum-norm":
-        per_seq = per_token.sum(-1) / loss.shape[-1]
+        per_seq = per_token.sum(-1) / (scale.horizon or loss.shape[-1])
     else:
         raise ValueError(
             f"unknown loss_agg_mode {scale.mode!r}; use 'token-mean', 'seq-mean-token-mean' "

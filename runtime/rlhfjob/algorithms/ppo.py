@@ -29,6 +29,8 @@ from rlhfjob.algorithms.common import (
     Metrics,
     build_lm,
     build_value_model,
+    enable_gradient_checkpointing,
+    forward_precision,
     optimizer_for,
     sequence,
 )
@@ -37,6 +39,7 @@ from rlhfjob.algorithms.configs import (
     PolicyInferenceConfig,
     PolicyTrainerConfig,
     RewardConfig,
+    TrainerConfig,
     ValueTrainerConfig,
 )
 from rlhfjob.algorithms.losses import (
@@ -49,6 +52,7 @@ from rlhfjob.algorithms.losses import (
     ppo_policy_loss,
     value_loss,
 )
+from rlhfjob.algorithms.micro_batches import token_cut
 from rlhfjob.models import generate_tokens, response_log_probs
 from rlhfjob.module import BaseModule
 from rlhfjob.rewards import build_scorer
@@ -290,7 +294,36 @@ class RewardInference(_LMModule):
         return {"reward": self._scores(data, record=False)}
 
 
-class PolicyTrainer(_LMModule):
+class _Trainer(_LMModule):
+    """What both trainers share: their memory and precision settings (``TrainerConfig``:
+    ``gradient_checkpointing``, ``mixed_precision``, ``train_max_tokens_per_micro_batch``)."""
+
+    config: TrainerConfig
+
+    def _prepare(self, model: torch.nn.Module) -> None:
+        """Install ``model`` in training mode, checkpointed if asked, with its optimizer."""
+        if self.config.gradient_checkpointing:
+            enable_gradient_checkpointing(model, name=self.name)
+        self.model = model
+        self.model.train()
+        self.optimizer = optimizer_for(self.model, self.config)
+
+    def _micro_batches(self, data: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The runtime's micro-batches, or with a token budget the same samples re-cut by
+        it (``micro_batches.token_cut``); the losses' ``LossScale`` is taken before."""
+        budget = self.config.train_max_tokens_per_micro_batch
+        if budget is None:
+            return data
+        batches = token_cut(data, budget)
+        self.metrics.add("micro_batches", len(batches))
+        return batches
+
+    def _forward(self) -> Any:
+        assert self.model is not None
+        return forward_precision(self.model, self.config)
+
+
+class PolicyTrainer(_Trainer):
     """PPO's actor: the clipped surrogate, plus an optional KL term in the loss.
 
     One optimizer step per ``train_step`` (gradients accumulated over the
@@ -302,9 +335,7 @@ class PolicyTrainer(_LMModule):
     config: PolicyTrainerConfig
 
     def setup(self) -> None:
-        self.model = build_lm(self.config)
-        self.model.train()
-        self.optimizer = optimizer_for(self.model, self.config)
+        self._prepare(build_lm(self.config))
 
     def train_step(self, data: list[dict[str, Any]], iteration: int = 0) -> None:
         assert self.model is not None and self.optimizer is not None
@@ -322,12 +353,16 @@ class PolicyTrainer(_LMModule):
             ]
         clip_eps, kl_coef = self.config.clip_eps, self.config.kl_coef
         scale = LossScale.of(self.config.loss_agg_mode, [mb["response_mask"] for mb in data])
+        batches = self._micro_batches(
+            [{**mb, "advantages": adv} for mb, adv in zip(data, advantages, strict=True)]
+        )
         self.optimizer.zero_grad(set_to_none=True)
         step_loss = step_kl = 0.0
-        for mb, adv in zip(data, advantages, strict=True):
+        for mb in batches:
             ids, mask, R = sequence(mb)
-            response_mask = mb["response_mask"]
-            logprobs, logits = response_log_probs(self.model, ids, mask, R)  # (B, R)
+            response_mask, adv = mb["response_mask"], mb["advantages"]
+            with self._forward():  # log-probs in float32 from the logits (token_log_probs)
+                logprobs, logits = response_log_probs(self.model, ids, mask, R)  # (B, R)
             loss, clipfrac = ppo_policy_loss(
                 logprobs, mb["old_logprobs"], adv, response_mask, clip_eps=clip_eps, scale=scale
             )
@@ -355,7 +390,7 @@ class PolicyTrainer(_LMModule):
         self.optimizer.step()
 
 
-class ValueTrainer(_LMModule):
+class ValueTrainer(_Trainer):
     """PPO's critic: regresses ``returns`` with the clipped value loss.
 
     Settings: ``ValueTrainerConfig`` (the model keys the same as the value
@@ -366,9 +401,7 @@ class ValueTrainer(_LMModule):
     config: ValueTrainerConfig
 
     def setup(self) -> None:
-        self.model = build_value_model(self.config)
-        self.model.train()
-        self.optimizer = optimizer_for(self.model, self.config)
+        self._prepare(build_value_model(self.config))
 
     def train_step(self, data: list[dict[str, Any]], iteration: int = 0) -> None:
         assert self.model is not None and self.optimizer is not None
@@ -378,8 +411,9 @@ class ValueTrainer(_LMModule):
         scale = LossScale.of(self.config.loss_agg_mode, [mb["response_mask"] for mb in data])
         self.optimizer.zero_grad(set_to_none=True)
         step_loss = 0.0
-        for mb in data:
-            values = _response_values(self.model, mb)  # (B, R)
+        for mb in self._micro_batches(data):
+            with self._forward():
+                values = _response_values(self.model, mb)  # (B, R), the head in float32
             loss, clipfrac = value_loss(
                 values,
                 mb["values"],

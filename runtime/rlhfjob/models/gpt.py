@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from rlhfjob.models.generation import generate_tokens, token_log_probs
 
@@ -175,6 +176,8 @@ class GPT(nn.Module):
         self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Recompute each block in the backward pass instead of keeping its activations.
+        self.gradient_checkpointing = False
         # Weight tying: one matrix embeds tokens and scores them.
         self.wte.weight = self.lm_head.weight
         self.apply(self._init_weights)
@@ -244,8 +247,15 @@ class GPT(nn.Module):
             eye = causal.triu(past)  # (T, S): each query's own key
             attn_mask = ((causal & keep[:, None, :]) | eye)[:, None]  # (B, 1, T, S)
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        # Checkpointing only where a backward pass will replay it (never with a cache,
+        # which a replay would append to twice); the RNG is replayed too, so dropout
+        # masks match.
+        replay = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.h):
-            x = block(x, attn_mask, None if cache is None else cache.layers[i])  # (B, T, C)
+            if replay and cache is None:
+                x = checkpoint(block, x, attn_mask, None, use_reentrant=False)  # (B, T, C)
+            else:
+                x = block(x, attn_mask, None if cache is None else cache.layers[i])  # (B, T, C)
         return self.ln_f(x)  # (B, T, C)
 
     def forward(

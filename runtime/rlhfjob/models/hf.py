@@ -75,11 +75,39 @@ class HFCausalLM(nn.Module):
         accepts = inspect.signature(model.forward).parameters
         self._cache_key = "cache" if "cache" in accepts else "past_key_values"
         self._keep_last = {"logits_to_keep": 1} if "logits_to_keep" in accepts else {}
+        self._checkpointed: list[nn.Module] = []  # enable_gradient_checkpointing's layers
 
     def train(self, mode: bool = True) -> HFCausalLM:
         super().train(mode)
         self.model.eval()
+        if mode:
+            # transformers checkpoints a layer only in training mode: those layers alone
+            # train, their children (attention and MLP, with the dropouts) stay in eval.
+            for layer in self._checkpointed:
+                layer.training = True
         return self
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute each decoder layer in the backward pass (``use_reentrant=False``).
+
+        Raises ValueError when the model's class does not support it.
+        """
+        if not getattr(self.model, "supports_gradient_checkpointing", False):
+            raise ValueError(f"{type(self.model).__name__} does not support gradient checkpointing")
+        model: Any = self.model
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # the 5.x name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        flagged = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False)]
+        try:  # the layers decide (transformers >= 4.52); before, the decoder stack did
+            from transformers.modeling_layers import GradientCheckpointingLayer
+        except ImportError:  # pragma: no cover - depends on the install
+            self._checkpointed = flagged
+        else:
+            self._checkpointed = [m for m in flagged if isinstance(m, GradientCheckpointingLayer)]
+        self.train(self.training)
 
     @property
     def hidden_size(self) -> int:

@@ -38,4 +38,6 @@ class ValueModel(nn.Module):
         self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         hidden = self.backbone.hidden_states(idx, attention_mask)  # type: ignore[operator]
-        return self.value_head(hidden.float()).squeeze(-1)  # (B, T)
+        # The head in float32 even under autocast: bf16 would round values to 3 digits.
+        with torch.autocast(hidden.device.type, enabled=False):
+            return self.value_head(hidden.float()).squeeze(-1)  # (B, T)
