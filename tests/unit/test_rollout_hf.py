@@ -89,3 +89,51 @@ def test_left_padding_and_hf_generate_agree_with_one_prompt_alone(kind: str) -> 
             pad_token_id=0,
         )[:, ids.shape[1] :]
     assert torch.equal(theirs, batch.response_ids)
+
+
+class Spelling(torch.nn.Module):
+    """Answers row r with ``script[r]``, one token a step, whatever the prompt."""
+
+    def __init__(self, script: list[list[int]], vocab: int, prompt_len: int) -> None:
+        super().__init__()
+        self.script, self.vocab, self.prompt_len = script, vocab, prompt_len
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        t = ids.shape[1] - self.prompt_len
+        logits = torch.zeros(ids.shape[0], ids.shape[1], self.vocab)
+        for r, row in enumerate(self.script):
+            logits[r, -1, row[min(t, len(row) - 1)]] = 100.0
+        return logits
+
+
+def test_a_stop_string_ends_a_response_however_the_tokenizer_spelled_it() -> None:
+    """A response ends at the token that completes a stop string, whether that is one
+    token, letter by letter, or a token overhanging it; "answer" in the prompt alone
+    ends nothing, and without the tokenizer the engine says what it needs."""
+    from textmodels import make_tokenizer
+
+    from rlhfjob.rollout import RecomputeEngine
+
+    tok = make_tokenizer()
+    whole = tok.encode(" The answer is 5", add_special_tokens=False)
+    letters = [tok.convert_tokens_to_ids(c) for c in "Theanswerxyz"]
+    overhang = [tok.convert_tokens_to_ids(t) for t in ("a", "ssistant", "s")]
+    filler = tok.encode(" 1 2 3 4 5 6 7 8 9 0 1 2", add_special_tokens=False)
+    script = [whole + filler, letters + filler, overhang + filler, filler]
+    prompt = torch.tensor([tok.encode("answer", add_special_tokens=False)[-1:]] * 4)
+    model = Spelling(script, len(tok), prompt_len=1)
+    settings = GenerationSettings(
+        max_new_tokens=12, temperature=0, stop_strings=("answer", "assist"), pad_token_id=0
+    )
+    out = RecomputeEngine(model, tok).generate(prompt, None, settings)
+    pairs = zip(out.response_ids, out.response_mask, strict=True)
+    texts = [tok.decode(ids[mask.bool()]) for ids, mask in pairs]
+    assert texts[0].endswith("answer") and "is" not in texts[0], texts[0]
+    assert texts[1] == "Theanswer"
+    assert texts[2] == "assistant"  # its last token overhangs the stop string
+    assert int(out.lengths[3]) == 12  # never said it: runs to max_new_tokens
+    assert (out.response_ids[out.response_mask == 0] == 0).all()
+    with pytest.raises(ValueError, match="need the tokenizer"):
+        RecomputeEngine(model).generate(prompt, None, settings)
+    with pytest.raises(ValueError, match="stop_strings must be non-empty strings"):
+        GenerationSettings(max_new_tokens=1, stop_strings=("",))

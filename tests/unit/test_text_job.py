@@ -24,7 +24,10 @@ from textmodels import save_reward_model, save_text_model  # noqa: E402
 from rlhfjob import Engine, Environment, Evaluator, Trainer  # noqa: E402
 from rlhfjob.algorithms.grpo import GroupPolicyInference, GRPOTrainer, group_advantages  # noqa: E402
 from rlhfjob.algorithms.ppo import PolicyReference, RewardInference  # noqa: E402
+from rlhfjob.data import collate  # noqa: E402
+from rlhfjob.rollout import CachedEngine  # noqa: E402
 from rlhfjob.text import load_tokenizer  # noqa: E402
+from rlhfjob_operator.spec import JobConfig  # noqa: E402
 
 ROWS = [
     {"prompt": [{"role": "user", "content": "What is two plus three?"}], "answer": "5"},
@@ -158,3 +161,37 @@ def test_grpo_with_trl_reward_functions_and_a_reward_model_over_text(tmp_path: P
     assert eval_call["prompts"] == ["Sort 2 1."] and eval_call["answer"] == ["1"]
     assert "eval/reward" in summaries[1]
     assert _trained(trainer, reference), "the policy trained"
+
+
+def test_the_policy_ends_responses_at_its_stop_strings(tmp_path: Path) -> None:
+    """``stop_strings`` reach the rollout engine: each response ends at the first token
+    that completes one of them (kept), is padded after it, and counts in the length
+    metrics; without a model_path there is no tokenizer to read them, which says so."""
+
+    model_path = save_text_model(tmp_path / "tiny-llama")
+    tokenizer = load_tokenizer(model_path)
+    stops = list("aeiou0123456789")  # most tokens hold one: responses end early
+    args = {"model_path": str(model_path), "max_new_tokens": 12, "stop_strings": stops}
+    policy = GroupPolicyInference("policy")
+    policy.bind(JobConfig.model_validate({"models": {"policy": {"args": args}}}))
+    policy.setup()
+    assert isinstance(policy.engine, CachedEngine)
+    torch.manual_seed(0)
+    batch = policy.build_dataset([{"prompt": "What is two plus three?"}] * 2)
+    out = policy.forward_step(collate(batch))
+    lengths = out["response_mask"].sum(1)
+    assert int(lengths.min()) < 12, "some response met a stop string"
+    for ids, n in zip(out["response_ids"], lengths.tolist(), strict=True):
+        said = tokenizer.decode(ids[:n])
+        before = tokenizer.decode(ids[: n - 1])
+        assert n == 12 or any(s in said for s in stops), said
+        assert not any(s in before for s in stops), before  # the first completion ends it
+        assert (ids[n:] == policy.pad_token_id).all()
+    assert policy.get_and_clear_metrics()["response_length"] == float(lengths.float().mean())
+
+    del args["model_path"]
+    args["gpt"] = {"n_layer": 1, "n_head": 1, "n_embd": 8, "vocab_size": 12}
+    with pytest.raises(ValueError, match="models.policy.args.stop_strings needs a tokenizer"):
+        GroupPolicyInference("policy").bind(
+            JobConfig.model_validate({"models": {"policy": {"args": args}}})
+        )

@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 _BETA = Range(low=0, high=1, high_open=True)
+_TOP_P = Range(low=0, high=1, low_open=True)
 _KL = "KL(policy, reference)"
 
 
@@ -59,6 +60,16 @@ _TASK = about(
     parse=_task,
     kind="mapping or null",
 )
+
+
+def _stop_strings(value: Any) -> tuple[str, ...]:
+    strings = [value] if isinstance(value, str) else value
+    if not isinstance(strings, (list, tuple)):
+        raise SettingError("", f"must be a string or a list of strings, got {value!r}")
+    for i, string in enumerate(strings):
+        if not isinstance(string, str) or not string:
+            raise SettingError(f"[{i}]", f"must be a non-empty string, got {string!r}")
+    return tuple(strings)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -153,6 +164,22 @@ class PolicyInferenceConfig(ModelConfig):
         default=None,
         metadata=about("sample among the k likeliest tokens; null: all", check=AT_LEAST_1),
     )
+    top_p: float = field(
+        default=1.0,
+        metadata=about(
+            "sample among the likeliest tokens whose probability reaches top_p (nucleus); 1: all",
+            check=_TOP_P,
+        ),
+    )
+    stop_strings: tuple[str, ...] = field(
+        default=(),
+        metadata=about(
+            "a response also ends at the token that completes one of these in its decoded "
+            "text (kept; needs `model_path`'s tokenizer)",
+            parse=_stop_strings,
+            kind="str or list of str",
+        ),
+    )
     eos_token_id: int | None = field(
         default=None,
         metadata=about(
@@ -188,6 +215,12 @@ class PolicyInferenceConfig(ModelConfig):
         super().validate()
         if self.max_new_tokens is None and self.task is None:
             raise SettingError("max_new_tokens", "must be set (>= 1) when there is no task")
+        if self.stop_strings and self.model_path is None:
+            raise SettingError(
+                "stop_strings",
+                "needs a tokenizer to read the responses with: set model_path to a saved "
+                "Hugging Face model and its tokenizer, or end responses by eos_token_id",
+            )
 
     def response_tokens(self) -> int:
         """``max_new_tokens``, else the task's response length (validate() needs one)."""

@@ -53,9 +53,10 @@ from rlhfjob.algorithms.losses import (
     value_loss,
 )
 from rlhfjob.algorithms.micro_batches import token_cut
-from rlhfjob.models import generate_tokens, response_log_probs
+from rlhfjob.models import response_log_probs
 from rlhfjob.module import BaseModule
 from rlhfjob.rewards import build_scorer
+from rlhfjob.rollout import GenerationSettings, engine_for
 from rlhfjob.text import encode_prompts, is_text_dataset, load_tokenizer
 
 __all__ = [
@@ -105,6 +106,12 @@ class PolicyInference(_LMModule):
         self.model.eval()
         self.max_new_tokens = self.config.response_tokens()
         self.pad_token_id = self.config.pad_id()
+        if self.config.stop_strings and self.tokenizer is None:
+            assert self.config.model_path is not None  # PolicyInferenceConfig.validate
+            self.tokenizer = load_tokenizer(self.config.model_path)
+        # Generation goes through this one interface (KV-cached for both model kinds),
+        # so a serving engine can take its place.
+        self.engine = engine_for(self.model, self.tokenizer)
 
     def build_dataset(self, prompts: list[Any], is_eval: bool = False) -> list[Any]:
         """Token prompts as they are; text prompts (a ``prompt``, no ``prompt_ids``)
@@ -130,27 +137,30 @@ class PolicyInference(_LMModule):
             truncation=self.config.prompt_truncation,
         )
 
+    def _settings(self, temperature: float) -> GenerationSettings:
+        eos = self.config.eos_token_id
+        return GenerationSettings(
+            max_new_tokens=self.max_new_tokens,
+            temperature=temperature,
+            top_k=self.config.top_k,
+            top_p=self.config.top_p,
+            eos_token_ids=() if eos is None else (eos,),
+            stop_strings=self.config.stop_strings,
+            pad_token_id=self.pad_token_id,
+        )
+
     def _generate(self, data: dict[str, Any], temperature: float) -> dict[str, Any]:
         assert self.model is not None
         prompt = data["prompt_ids"]
         prompt_mask = data.get("prompt_mask")
         if prompt_mask is None:
             prompt_mask = torch.ones_like(prompt)
-        response, response_mask = generate_tokens(
-            self.model,
-            prompt,
-            self.max_new_tokens,
-            prompt_mask=prompt_mask,
-            temperature=temperature,
-            top_k=self.config.top_k,
-            eos_token_id=self.config.eos_token_id,
-            pad_token_id=self.pad_token_id,
-        )
+        rollout = self.engine.generate(prompt, prompt_mask, self._settings(temperature))
         out = {
             **data,
             "prompt_mask": prompt_mask,
-            "response_ids": response,
-            "response_mask": response_mask,
+            "response_ids": rollout.response_ids,
+            "response_mask": rollout.response_mask,
         }
         # Recomputed in one pass, exactly as the trainer will compute them, so the
         # PPO ratio is 1 until the weights move.
@@ -161,7 +171,8 @@ class PolicyInference(_LMModule):
 
     def forward_step(self, data: dict[str, Any], iteration: int = 0) -> dict[str, Any]:
         out = self._generate(data, self.config.temperature)
-        if self.config.eos_token_id is not None:  # otherwise always max_new_tokens
+        ends = self.config.eos_token_id is not None or bool(self.config.stop_strings)
+        if ends:  # otherwise always max_new_tokens
             lengths = out["response_mask"].sum(1).float()  # (B,)
             self.metrics.add("response_length", lengths.mean())
             self.metrics.add("response_length_max", lengths.max(), reduce="max")

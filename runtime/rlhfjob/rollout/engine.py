@@ -13,8 +13,8 @@ and differ only in how they get the next token's logits:
 
 A serving engine (vLLM or SGLang, on GPUs) takes their place by implementing
 ``generate`` over its own server: ``GenerationSettings`` maps onto its sampling
-parameters (``n``, ``temperature``, ``top_p``, ``top_k``, stop token ids) and
-its outputs onto ``Rollout``. None is built here: this machine has no GPU to
+parameters (``n``, ``temperature``, ``top_p``, ``top_k``, stop token ids, ``stop``
+strings) and its outputs onto ``Rollout``. None is built here: this machine has no GPU to
 run and test one on.
 """
 
@@ -29,11 +29,20 @@ import torch
 from rlhfjob.models.generation import CausalLM, sample_next, token_log_probs
 from rlhfjob.rollout.settings import GenerationSettings, Rollout
 
-__all__ = ["CachedEngine", "CachedLM", "RecomputeEngine", "RolloutEngine", "engine_for"]
+__all__ = [
+    "CachedEngine",
+    "CachedLM",
+    "RecomputeEngine",
+    "RolloutEngine",
+    "engine_for",
+    "string_stops",
+]
 
 # step(new_ids (N, t), mask (N, T)) -> logits (N, V) of the token after the last one;
 # ``mask`` covers every token so far, the new ones included.
 Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# stops(response_ids (N, t)) -> (N,) bool: the response ends with its last token.
+Stops = Callable[[torch.Tensor], torch.Tensor]
 
 
 class RolloutEngine(Protocol):
@@ -60,8 +69,44 @@ class CachedLM(Protocol):
         ...
 
 
+def string_stops(tokenizer: Any, stop_strings: tuple[str, ...]) -> Stops:
+    """``stops(response_ids (N, t)) -> (N,)``: True where the last token completes one
+    of ``stop_strings`` in the decoded text, whichever tokens spell it (an ending may
+    also overhang it: ``transformers``' ``StopStringCriteria``, which
+    ``generate(stop_strings=...)`` uses). Only the response is read, so a stop string
+    the prompt ends with does not end the response at once.
+
+    ValueError when there are stop strings but no tokenizer to read them with.
+    """
+    if tokenizer is None:
+        raise ValueError(
+            f"stop_strings {list(stop_strings)} need the tokenizer: give the engine one "
+            "(a policy with model_path loads the one saved there)"
+        )
+    from transformers import StopStringCriteria
+
+    criteria = StopStringCriteria(tokenizer=tokenizer, stop_strings=list(stop_strings))
+
+    def stops(response_ids: torch.Tensor) -> torch.Tensor:
+        return criteria(response_ids, None)
+
+    return stops
+
+
 class _LocalEngine(abc.ABC):
-    """The sampling loop of the in-process engines."""
+    """The sampling loop of the in-process engines. ``tokenizer`` is needed only for
+    ``settings.stop_strings``."""
+
+    def __init__(self, tokenizer: Any = None) -> None:
+        self.tokenizer = tokenizer
+        self._stops: dict[tuple[str, ...], Stops] = {}
+
+    def _string_stops(self, stop_strings: tuple[str, ...]) -> Stops | None:
+        if not stop_strings:
+            return None
+        if stop_strings not in self._stops:  # built once: it reads the whole vocabulary
+            self._stops[stop_strings] = string_stops(self.tokenizer, stop_strings)
+        return self._stops[stop_strings]
 
     @abc.abstractmethod
     def _start(self) -> Step:
@@ -95,6 +140,7 @@ class _LocalEngine(abc.ABC):
         logprobs = torch.zeros(N, R, device=dev)  # (N, R)
         eos = torch.tensor(settings.eos_token_ids, dtype=prompt.dtype, device=dev)  # (E,)
         stops = [torch.tensor(s, dtype=prompt.dtype, device=dev) for s in settings.stop_sequences]
+        string_stops = self._string_stops(settings.stop_strings)
         step = self._start()
         logits = step(prompt, prompt_mask)  # (N, V)
         mask = prompt_mask
@@ -117,6 +163,8 @@ class _LocalEngine(abc.ABC):
             for stop in stops:
                 if len(stop) <= t + 1:
                     done = done | (tokens[:, t + 1 - len(stop) : t + 1] == stop).all(dim=1)
+            if string_stops is not None:
+                done = done | (live & string_stops(tokens[:, : t + 1]))
             if t == R - 1 or bool(done.all()):
                 break
             mask = torch.cat([mask, live[:, None].to(mask.dtype)], dim=1)  # (N, P+t+1)
@@ -127,7 +175,8 @@ class _LocalEngine(abc.ABC):
 class CachedEngine(_LocalEngine):
     """Decodes with the model's KV cache: after the prompt, one token per step."""
 
-    def __init__(self, model: CachedLM) -> None:
+    def __init__(self, model: CachedLM, tokenizer: Any = None) -> None:
+        super().__init__(tokenizer)
         self.model = model
 
     def _start(self) -> Step:
@@ -144,7 +193,8 @@ class CachedEngine(_LocalEngine):
 class RecomputeEngine(_LocalEngine):
     """Runs the whole sequence for every new token (no cache): any ``CausalLM``."""
 
-    def __init__(self, model: CausalLM) -> None:
+    def __init__(self, model: CausalLM, tokenizer: Any = None) -> None:
+        super().__init__(tokenizer)
         self.model = model
 
     def _start(self) -> Step:
@@ -158,9 +208,10 @@ class RecomputeEngine(_LocalEngine):
         return step
 
 
-def engine_for(model: Any) -> RolloutEngine:
+def engine_for(model: Any, tokenizer: Any = None) -> RolloutEngine:
     """The cached engine when ``model`` has ``decode_logits`` (the small GPT, the
-    Hugging Face adapter), else the recompute one."""
+    Hugging Face adapter), else the recompute one; ``tokenizer`` reads
+    ``stop_strings``."""
     if callable(getattr(model, "decode_logits", None)):
-        return CachedEngine(model)
-    return RecomputeEngine(model)
+        return CachedEngine(model, tokenizer)
+    return RecomputeEngine(model, tokenizer)

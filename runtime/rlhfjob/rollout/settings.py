@@ -14,12 +14,15 @@ __all__ = ["GenerationSettings", "Rollout"]
 class GenerationSettings:
     """How responses are sampled.
 
-    A response ends at the first token of ``eos_token_ids`` or at the end of
-    the first of ``stop_sequences`` (token-id sequences) that it produces; the
-    ending tokens stay in the response (mask 1), everything after them is
-    ``pad_token_id`` (mask 0). Without either, every response runs to
-    ``max_new_tokens``. ``temperature`` 0 is greedy, and ``top_k``/``top_p``
-    then change nothing. ``n`` responses are drawn per prompt.
+    A response ends at the first token of ``eos_token_ids``, at the end of the
+    first of ``stop_sequences`` (token-id sequences) that it produces, or at the
+    token that completes one of ``stop_strings`` in the decoded text, however the
+    tokenizer split it (as ``transformers``' ``generate(stop_strings=...)``; the
+    engine needs the tokenizer for them). The ending tokens stay in the response
+    (mask 1), everything after them is ``pad_token_id`` (mask 0). Without any of
+    them, every response runs to ``max_new_tokens``. ``temperature`` 0 is greedy,
+    and ``top_k``/``top_p`` then change nothing. ``n`` responses are drawn per
+    prompt.
     """
 
     max_new_tokens: int
@@ -28,6 +31,7 @@ class GenerationSettings:
     top_k: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     stop_sequences: tuple[tuple[int, ...], ...] = ()
+    stop_strings: tuple[str, ...] = ()
     pad_token_id: int = 0
     n: int = 1
 
@@ -47,6 +51,8 @@ class GenerationSettings:
             raise ValueError(f"token ids must be >= 0, got {bad}")
         if any(len(s) == 0 for s in self.stop_sequences):
             raise ValueError(f"stop_sequences must not hold an empty one: {self.stop_sequences}")
+        if any(not isinstance(s, str) or not s for s in self.stop_strings):
+            raise ValueError(f"stop_strings must be non-empty strings, got {self.stop_strings}")
 
 
 @dataclasses.dataclass(frozen=True)
