@@ -10,6 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from rlhfjob.comm.broadcast import broadcast_tensors, layout, pack, plan_buckets
+from rlhfjob.executor.rpc import check_sync_specs
 
 F32, CPU = torch.float32, torch.device("cpu")
 
@@ -108,3 +109,49 @@ def test_every_replica_ends_on_the_sources_bytes(packed):
                 p.kill()
                 p.join()
     assert [p.exitcode for p in procs] == [0] * world
+
+
+def _cast_rank(rank: int, port: int) -> None:
+    """Rank 0 sends float32; rank 1 holds bfloat16 copies and casts what it receives."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    sent = [t for t in _params(0, 0) if t.dtype == F32]
+    wire = [t.dtype for t in sent]
+    params = sent if rank == 0 else [torch.zeros(t.shape, dtype=torch.bfloat16) for t in sent]
+    for _ in range(2):  # the second reuses the staging buffers
+        moved = broadcast_tensors(params, src=0, group=None, bucket_bytes=1 << 12, wire=wire)
+        assert moved == sum(t.numel() * 4 for t in sent)  # float32 on the wire
+        for p, want in zip(params, _params(0, 0), strict=False):
+            assert torch.equal(p, want.to(p.dtype)), rank
+    dist.destroy_process_group()
+
+
+def test_a_bfloat16_replica_receives_float32_weights_cast():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_cast_rank, args=(r, port)) for r in range(2)]
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join(timeout=120)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join()
+    assert [p.exitcode for p in procs] == [0, 0]
+
+
+def test_sync_pairs_may_differ_in_floating_dtype_only():
+    a = [("w", (2, 3), "torch.float32"), ("b", (3,), "torch.float32")]
+    check_sync_specs("trainer", "policy", a, [("w", (2, 3), "torch.bfloat16"), a[1]])
+    for b in (
+        [("w", (3, 2), "torch.float32"), a[1]],  # a shape
+        [("v", (2, 3), "torch.float32"), a[1]],  # a name
+        [a[0]],  # a parameter missing
+        [("w", (2, 3), "torch.int64"), a[1]],  # no cast to integers
+    ):
+        with pytest.raises(ValueError, match="trainer -> policy: the models differ"):
+            check_sync_specs("trainer", "policy", a, b)

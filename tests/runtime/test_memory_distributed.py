@@ -1,7 +1,8 @@
 """The trainers' memory settings under `rlhfjob run`: a GRPO text job whose trainer cuts
 micro-batches by a token budget, checkpoints its layers and runs in bf16 autocast, and
-whose reference infers in bfloat16 weights, ends with the weights of the same job run
-in process (the settings act inside the trainer's worker, whichever process it is)."""
+whose reference and policy infer in bfloat16 weights (the policy's synced from the
+float32 trainer, cast by the receiver), ends with the weights of the same job run in
+process (the settings act inside the trainer's worker, whichever process it is)."""
 
 from __future__ import annotations
 
@@ -51,7 +52,15 @@ def job(tmp_path: Path, where: str) -> tuple[dict, dict]:
         "mixed_precision": "bf16",
     }
     models = {
-        "policy": {"args": {**model, "max_new_tokens": 4, "eos_token_id": 1, "group_size": 2}},
+        "policy": {
+            "args": {
+                **model,
+                "dtype": "bfloat16",  # synced from the float32 trainer: the receiver casts
+                "max_new_tokens": 4,
+                "eos_token_id": 1,
+                "group_size": 2,
+            }
+        },
         "reference": {"args": {**model, "dtype": "bfloat16"}},
         "reward": {"args": {"kl_coef": 0.0}},
         "grpo_policy": {"trainable": True, "args": {**model, **memory, "lr": 1e-2}},
@@ -73,6 +82,9 @@ def test_memory_settings_run_distributed_as_in_process(tmp_path: Path, job_name:
     a, b = final_models(tmp_path / "inproc"), final_models(tmp_path / "dist")
     assert a.keys() == b.keys() and a
     assert b["reference.model.model.embed_tokens.weight"].dtype == torch.bfloat16
+    policy = b["policy.model.model.embed_tokens.weight"]
+    trained = b["grpo_policy.model.model.embed_tokens.weight"]
+    assert policy.dtype == torch.bfloat16 and torch.equal(policy, trained.bfloat16())
     assert b["grpo_policy.model.model.embed_tokens.weight"].dtype == torch.float32
     for key in a:
         assert torch.equal(a[key], b[key]), key

@@ -11,9 +11,11 @@ broadcast (a collective per tensor, the rest coalesced by copying) to the
 flat broadcast's rate. A bucket whose tensors do not lie so (never packed, or
 re-pointed since: ``load_state_dict(assign=True)``, ``.to()``) goes through a
 staging buffer of the same layout, kept for the next sync, so a packed and an
-unpacked rank still agree byte for byte. Every collective is issued at once
-(async) and waited for at the end. NCCL on GPUs, gloo on CPUs; the caller
-picks the group.
+unpacked rank still agree byte for byte. The wire carries the sender's dtypes
+(``wire``): a receiver whose tensors have another floating dtype (a bfloat16
+policy synced from its float32 trainer) receives into staging and casts.
+Every collective is issued at once (async) and waited for at the end. NCCL on
+GPUs, gloo on CPUs; the caller picks the group.
 
 The alignment keeps each packed tensor where a fresh allocation would start
 (64 bytes), so kernels whose results depend on alignment (MKL's, without its
@@ -75,9 +77,24 @@ def layout(numels: Sequence[int], element_size: int) -> tuple[list[int], int]:
     return offsets, end
 
 
-def _buckets(tensors: Sequence[torch.Tensor], bucket_bytes: int) -> list[list[torch.Tensor]]:
-    sizes = [(t.numel() * t.element_size(), t.dtype, t.device) for t in tensors]
-    return [[tensors[i] for i in b] for b in plan_buckets(sizes, bucket_bytes=bucket_bytes)]
+def _buckets(
+    tensors: Sequence[torch.Tensor], bucket_bytes: int, wire: Sequence[torch.dtype] | None = None
+) -> list[tuple[torch.dtype, list[torch.Tensor]]]:
+    """Buckets of ``tensors`` with their dtype on the wire: ``wire``'s (default: their own)."""
+    dtypes = [t.dtype for t in tensors] if wire is None else list(wire)
+    if len(dtypes) != len(tensors):
+        raise ValueError(f"{len(tensors)} tensors but {len(dtypes)} wire dtypes")
+    sizes = [
+        (t.numel() * _element_size(d), d, t.device) for t, d in zip(tensors, dtypes, strict=True)
+    ]
+    return [
+        (dtypes[b[0]], [tensors[i] for i in b])
+        for b in plan_buckets(sizes, bucket_bytes=bucket_bytes)
+    ]
+
+
+def _element_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
 
 
 def _bucket_layout(bucket: list[torch.Tensor]) -> tuple[list[int], int]:
@@ -118,7 +135,7 @@ def pack(tensors: Sequence[torch.Tensor], *, bucket_bytes: int) -> int:
     at most one bucket's bytes are held twice.
     """
     moved = 0
-    for bucket in _buckets(tensors, bucket_bytes):
+    for _, bucket in _buckets(tensors, bucket_bytes):
         offsets, length = _bucket_layout(bucket)
         if _span(bucket, offsets, length) is None:
             _pack_bucket(bucket, offsets, length)
@@ -141,10 +158,10 @@ def _pack_bucket(bucket: list[torch.Tensor], offsets: list[int], length: int) ->
 _staging: dict[tuple[torch.dtype, torch.device, int, int], torch.Tensor] = {}
 
 
-def _stage(position: int, bucket: list[torch.Tensor], length: int) -> torch.Tensor:
-    key = (bucket[0].dtype, bucket[0].device, length, position)
+def _stage(position: int, dtype: torch.dtype, device: torch.device, length: int) -> torch.Tensor:
+    key = (dtype, device, length, position)
     if key not in _staging:
-        _staging[key] = torch.zeros(length, dtype=bucket[0].dtype, device=bucket[0].device)
+        _staging[key] = torch.zeros(length, dtype=dtype, device=device)
     return _staging[key]
 
 
@@ -156,29 +173,35 @@ def broadcast_tensors(
     group: dist.ProcessGroup | None,
     bucket_bytes: int,
     packing: bool = False,
+    wire: Sequence[torch.dtype] | None = None,
 ) -> int:
     """Broadcast ``tensors`` from global rank ``src`` to the group, in place; returns bytes.
 
-    Every rank must pass tensors of the same sizes, dtypes and order; whether
-    a rank's tensors are packed changes only its copies, not what is sent.
-    With ``packing``, a bucket not yet packed is packed (see :func:`pack`, whose
-    caveat applies) and sent from its new buffer, in the same pass.
+    Every rank must pass tensors of the same sizes and order, and the same
+    ``wire``: the sender's dtypes (default: each rank's own, which must then
+    agree). A receiver's tensor of another dtype is cast from the wire's.
+    Whether a rank's tensors are packed changes only its copies, not what is
+    sent. With ``packing``, a bucket not yet packed is packed (see
+    :func:`pack`, whose caveat applies) and sent from its new buffer, in the
+    same pass.
     """
     sending = dist.get_rank() == src
     works: list[tuple[Any, list[int] | None, torch.Tensor, list[torch.Tensor]]] = []
     moved = 0
-    for position, bucket in enumerate(_buckets(tensors, bucket_bytes)):
-        moved += sum(t.numel() * t.element_size() for t in bucket)
-        offsets, length = _bucket_layout(bucket)
-        span = _span(bucket, offsets, length)
-        if span is None and packing:
+    for position, (dtype, bucket) in enumerate(_buckets(tensors, bucket_bytes, wire)):
+        size = _element_size(dtype)
+        moved += sum(t.numel() * size for t in bucket)
+        offsets, length = layout([t.numel() for t in bucket], size)
+        same = all(t.dtype == dtype for t in bucket)  # else received into staging, cast
+        span = _span(bucket, offsets, length) if same else None
+        if span is None and packing and same:
             span = _pack_bucket(bucket, offsets, length)
         if span is not None:
             works.append(
                 (dist.broadcast(span, src=src, group=group, async_op=True), None, span, bucket)
             )
             continue
-        staged = _stage(position, bucket, length)
+        staged = _stage(position, dtype, bucket[0].device, length)
         if sending:
             for t, offset in zip(bucket, offsets, strict=True):
                 staged[offset : offset + t.numel()].view(t.shape).copy_(t.data)
@@ -198,7 +221,7 @@ def all_reduce_mean(
 ) -> None:
     """Average ``tensors`` (gradients) across the group in place, bucket by bucket."""
     size = dist.get_world_size(group)
-    for bucket in _buckets(tensors, bucket_bytes):
+    for _, bucket in _buckets(tensors, bucket_bytes):
         flat = _flatten_dense_tensors(bucket)
         dist.all_reduce(flat, group=group)
         flat.div_(size)

@@ -134,6 +134,7 @@ def run_broadcast(rt: WorkerRuntime, msg: BroadcastParams) -> int:
         src=msg.src,
         group=rt.groups[msg.group],
         bucket_bytes=rt.bucket_bytes,
+        wire=[getattr(torch, name.removeprefix("torch.")) for name in msg.wire],
         # The model's own parameters: the first sync packs them, later ones send in place.
         packing=type(module).named_parameters_to_sync is BaseModule.named_parameters_to_sync,
     )

@@ -184,13 +184,15 @@ class CopyParams:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class BroadcastParams:
     """Broadcast ``module``'s parameters over ``group`` from global rank ``src`` (sending
-    or receiving); replies the bytes one rank received."""
+    or receiving); replies the bytes one rank received. ``wire``: the sender's dtypes
+    (``str(torch.dtype)``), by sorted parameter name, which a receiver casts from."""
 
     op: ClassVar[str] = "broadcast"
     via_rpc: ClassVar[bool] = False
     module: str
     group: str
     src: int
+    wire: tuple[str, ...]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -88,6 +88,26 @@ class WorkerFailed(RuntimeError):
         self.retryable = retryable
 
 
+# Where a sync may cast: a float32 trainer's weights into a bfloat16 or float16 policy.
+_FLOATS = {"torch.float32", "torch.bfloat16", "torch.float16", "torch.float64"}
+
+
+def check_sync_specs(
+    src: str, dst: str, a: list[tuple[str, tuple[int, ...], str]], b: list[tuple[str, Any, str]]
+) -> None:
+    """ValueError unless ``dst``'s parameters (name, shape, dtype), ``b``, match ``src``'s,
+    ``a``, but for floating dtypes, which the receiver casts (as ``copy_`` does in-process)."""
+    alike = [(n, tuple(s)) for n, s, _ in a] == [(n, tuple(s)) for n, s, _ in b]
+    dtypes = [(x, y) for (_, _, x), (_, _, y) in zip(a, b, strict=True)] if alike else []
+    if not alike or any(x != y and not {x, y} <= _FLOATS for x, y in dtypes):
+        diff = sorted(set(a) ^ set(b))[:5]
+        raise ValueError(
+            f"parameter sync {src} -> {dst}: the models differ in parameter names, shapes or "
+            f"dtypes (first differences: {diff}); sync pairs must be the same architecture "
+            "(floating dtypes may differ: the receiver casts)"
+        )
+
+
 class RpcExecutor:
     """Runs model calls on the workers named by the peers' published models."""
 
@@ -105,6 +125,7 @@ class RpcExecutor:
         self.stored: dict[str, list[int]] = defaultdict(list)
         self.groups: dict[str, Any] = {}
         self.sync_plan: dict[tuple[str, str], SyncRoute | None] = {}
+        self.wire: dict[tuple[str, str], tuple[str, ...]] = {}  # the source's dtypes
         self.clients: dict[str, Client] = {}
         self.directory: Directory = {}
 
@@ -195,13 +216,8 @@ class RpcExecutor:
             a = self._wait(first, self._submit(first, ParamSpecs(module=src.name)), "param_specs")
             for peer in self.placement[dst.name]:
                 b = self._wait(peer, self._submit(peer, ParamSpecs(module=dst.name)), "param_specs")
-                if a != b:
-                    diff = sorted(set(a) ^ set(b))[:5]
-                    raise ValueError(
-                        f"parameter sync {src.name} -> {dst.name}: the models differ in "
-                        f"parameter names, shapes or dtypes (first differences: {diff}); sync "
-                        "pairs must be the same architecture"
-                    )
+                check_sync_specs(src.name, dst.name, a, b)
+            self.wire[(src.name, dst.name)] = tuple(dtype for _, _, dtype in a)
 
     def build_dataset(self, module: BaseModule, prompts: list[Any], *, is_eval: bool) -> list[Any]:
         peer = replicas_of(self.placement, module.name)[0]
@@ -336,7 +352,12 @@ class RpcExecutor:
             ends = [(route.source, src.name), *((p, dst.name) for p in route.targets)]
             futures = []
             for p, m in ends:
-                send = BroadcastParams(module=m, group=route.group, src=route.source.rank)
+                send = BroadcastParams(
+                    module=m,
+                    group=route.group,
+                    src=route.source.rank,
+                    wire=self.wire[(src.name, dst.name)],
+                )
                 futures.append((p, self._submit(p, send)))
             results = [self._wait(p, f, "parameter sync") for p, f in futures]
             moved = results[0] * len(route.targets)
