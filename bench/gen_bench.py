@@ -6,7 +6,7 @@ responses of each length (no EOS, so every response runs to the length):
 
 - ``cached``: ``rlhfjob.rollout.CachedEngine`` (the small GPT's ``KVCache``,
   the Hugging Face model's own cache);
-- ``recompute``: ``rlhfjob.models.generate_tokens``, the whole sequence again
+- ``recompute``: ``rlhfjob.rollout.RecomputeEngine``, the whole sequence again
   for every new token (what generation did before the cache).
 
 Models: the sort examples' small GPT (2 layers, 4 heads, 64 wide) and a tiny
@@ -25,8 +25,8 @@ import time
 
 import torch
 
-from rlhfjob.models import GPT, GPTConfig, HFCausalLM, generate_tokens
-from rlhfjob.rollout import CachedEngine, GenerationSettings
+from rlhfjob.models import GPT, GPTConfig, HFCausalLM
+from rlhfjob.rollout import CachedEngine, GenerationSettings, RecomputeEngine
 
 BATCH = 8  # prompts per call; a GRPO rollout batch is larger still
 PROMPT = 16
@@ -63,14 +63,13 @@ def measure(model: torch.nn.Module, lengths: list[int]) -> dict[str, dict[str, f
     goes on a shared machine touches both alike.
     """
     prompt = torch.randint(0, VOCAB, (BATCH, PROMPT), generator=torch.Generator().manual_seed(0))
-    engine = CachedEngine(model)
+    engine, again = CachedEngine(model), RecomputeEngine(model)
 
     def cached(length: int) -> None:
         engine.generate(prompt, None, GenerationSettings(max_new_tokens=length))
 
     def recompute(length: int) -> None:
-        with torch.no_grad():
-            generate_tokens(model, prompt, length)
+        again.generate(prompt, None, GenerationSettings(max_new_tokens=length))
 
     cached(4), recompute(4)  # warm-up: first-call allocations and dispatch
     figures = {}

@@ -8,7 +8,7 @@ import torch
 from rlhfjob.algorithms.common import build_lm
 from rlhfjob.algorithms.configs import ModelConfig
 from rlhfjob.algorithms.tasks import SortTask, get_task
-from rlhfjob.models import GPT, GPTConfig, ValueModel, generate_tokens, response_log_probs
+from rlhfjob.models import GPT, GPTConfig, ValueModel, response_log_probs
 
 
 def tiny(**kw: int) -> GPT:
@@ -60,44 +60,6 @@ def test_left_padding_changes_nothing_for_real_tokens() -> None:
     padded = torch.cat([torch.full((1, 3), 11), idx], dim=1)
     mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1]])
     assert torch.allclose(model(padded, mask)[:, 3:], model(idx), atol=1e-5)
-
-
-def test_generate_appends_tokens_and_repeats_under_a_seed() -> None:
-    model = tiny()
-    prompt = torch.randint(0, 10, (4, 3))
-    torch.manual_seed(1)
-    a = model.generate(prompt, 5)
-    torch.manual_seed(1)
-    b = model.generate(prompt, 5)
-    assert a.shape == (4, 8) and torch.equal(a[:, :3], prompt) and torch.equal(a, b)
-    greedy = model.generate(prompt, 5, temperature=0)
-    assert torch.equal(greedy[:, 3:4], model(prompt)[:, -1].argmax(-1, keepdim=True))
-
-
-def test_generate_pads_after_eos() -> None:
-    def always_three_then_five(ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        # Sequence 0 says EOS (3) at once; sequence 1 says 5 first, then EOS.
-        logits = torch.zeros(ids.shape[0], ids.shape[1], 12)
-        logits[..., 3] = 100.0
-        if ids.shape[1] == 3:
-            logits[1, :, 5] = 1000.0
-        return logits
-
-    response, mask = generate_tokens(
-        always_three_then_five,
-        torch.zeros(2, 3, dtype=torch.long),
-        4,
-        eos_token_id=3,
-        pad_token_id=11,
-    )
-    assert response.tolist() == [[3, 11, 11, 11], [5, 3, 11, 11]]
-    assert mask.tolist() == [[1, 0, 0, 0], [1, 1, 0, 0]]
-
-
-def test_top_k_one_is_greedy() -> None:
-    model = tiny()
-    prompt = torch.randint(0, 10, (3, 4))
-    assert torch.equal(model.generate(prompt, 3, top_k=1), model.generate(prompt, 3, temperature=0))
 
 
 def test_sort_task_reward_and_vocab() -> None:

@@ -25,6 +25,7 @@ from rlhfjob.algorithms.ppo import (  # noqa: E402
 from rlhfjob.algorithms.tasks import SortTask  # noqa: E402
 from rlhfjob.data import collate, split_samples  # noqa: E402
 from rlhfjob.models import HFCausalLM, load_hf_causal_lm  # noqa: E402
+from rlhfjob.rollout import GenerationSettings, engine_for  # noqa: E402
 from rlhfjob_operator.spec import JobConfig  # noqa: E402
 
 TASK = SortTask(num_digits=4)
@@ -79,7 +80,8 @@ def test_adapter_gives_logits_and_respects_left_padding(model_path: Path) -> Non
     assert torch.allclose(model(padded, mask)[:, 2:], model(ids), atol=1e-5)
     model.train()
     assert not model.model.training  # dropout stays off: PPO's ratio is 1 at the start
-    assert model.generate(ids, 3).shape == (2, 8)
+    rollout = engine_for(model).generate(ids, None, GenerationSettings(max_new_tokens=3))
+    assert rollout.response_ids.shape == (2, 3)
 
 
 def _modules(model_path: Path) -> tuple[list[Any], JobConfig]:

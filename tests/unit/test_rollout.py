@@ -3,11 +3,13 @@ log-probs, responses end at EOS or a stop sequence, and ``n`` responses per prom
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from rollouts import assert_cache_matches_recompute
 
-from rlhfjob.models import GPT, GPTConfig, generate_tokens, sample_next
+from rlhfjob.models import GPT, GPTConfig, sample_next
 from rlhfjob.rollout import (
     CachedEngine,
     GenerationSettings,
@@ -58,17 +60,6 @@ def test_cache_gives_the_recompute_tokens_and_logprobs(settings: GenerationSetti
     model = tiny()
     ids, mask = left_padded()
     assert_cache_matches_recompute(model, ids, mask, settings, seed=7)
-
-
-def test_recompute_engine_draws_as_generate_tokens_did() -> None:
-    """With the global RNG and no early end, the engine and the old loop agree bit for bit."""
-    model = tiny()
-    ids, mask = left_padded()
-    torch.manual_seed(5)
-    old, old_mask = generate_tokens(model, ids, 10, prompt_mask=mask, top_k=5)
-    torch.manual_seed(5)
-    new = RecomputeEngine(model).generate(ids, mask, GenerationSettings(max_new_tokens=10, top_k=5))
-    assert torch.equal(old, new.response_ids) and torch.equal(old_mask, new.response_mask)
 
 
 class Scripted(torch.nn.Module):
@@ -159,3 +150,21 @@ def test_cache_and_settings_errors_say_what_to_fix() -> None:
     ]:
         with pytest.raises(ValueError, match=match):
             GenerationSettings(**{"max_new_tokens": 4, **bad})
+
+
+def test_a_seed_repeats_the_draws_and_top_k_one_is_greedy() -> None:
+    model = tiny()
+    ids, mask = left_padded()
+    engine = engine_for(model)
+
+    def draw(**kw: Any) -> torch.Tensor:
+        settings = GenerationSettings(max_new_tokens=6, **kw)
+        return engine.generate(ids, mask, settings).response_ids
+
+    torch.manual_seed(1)
+    a = draw()
+    torch.manual_seed(1)
+    assert torch.equal(a, draw())
+    greedy = draw(temperature=0)
+    assert torch.equal(greedy, draw(top_k=1))
+    assert torch.equal(greedy[:, 0], model(ids, mask)[:, -1].argmax(-1))

@@ -6,7 +6,6 @@ and expose ``hidden_states(...) -> (B, T, C)`` for a value head, and
 """
 
 from rlhfjob.models.generation import (
-    generate_tokens,
     response_log_probs,
     sample_next,
     token_log_probs,
@@ -21,7 +20,6 @@ __all__ = [
     "HFCausalLM",
     "KVCache",
     "ValueModel",
-    "generate_tokens",
     "load_hf_causal_lm",
     "response_log_probs",
     "sample_next",

@@ -18,7 +18,6 @@ import torch.nn.functional as F
 
 __all__ = [
     "CausalLM",
-    "generate_tokens",
     "response_log_probs",
     "sample_next",
     "token_log_probs",
@@ -68,8 +67,8 @@ def sample_next(
     nothing). ``top_k`` keeps the k most likely tokens (ties at the k-th are all
     kept); ``top_p`` < 1 keeps the smallest set of most likely tokens whose
     probability reaches ``top_p`` (nucleus sampling; the most likely token is
-    always kept). Draws from ``generator``, else torch's global RNG; with
-    ``top_p`` 1 the draws are the same as ``generate_tokens`` has always made.
+    always kept). Draws from ``generator``, else torch's global RNG. Generation
+    loops over it in ``rlhfjob.rollout``.
     """
     logits = logits.float()  # (B, V)
     if temperature == 0:
@@ -87,48 +86,3 @@ def sample_next(
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
     probs = F.softmax(logits, dim=-1)  # (B, V)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # (B,)
-
-
-@torch.no_grad()
-def generate_tokens(
-    model: CausalLM,
-    prompt_ids: torch.Tensor,
-    max_new_tokens: int,
-    *,
-    prompt_mask: torch.Tensor | None = None,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    eos_token_id: int | None = None,
-    pad_token_id: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample ``max_new_tokens`` tokens after each prompt.
-
-    Always returns exactly ``max_new_tokens`` columns, so responses of one run
-    stack into one tensor: (response_ids (B, R), response_mask (B, R)). After a
-    sequence emits ``eos_token_id`` (which stays in the response, mask 1) its
-    later tokens are ``pad_token_id`` with mask 0. ``temperature`` 0 means
-    greedy. Sampling draws from torch's global RNG, so a seeded run repeats.
-    The whole sequence is recomputed each step (no KV cache): quadratic in the
-    response length, and kept as it is because the sort examples' results are
-    pinned to it bit for bit. ``rlhfjob.rollout`` has the cached engines for
-    long responses.
-    """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    batch = prompt_ids.shape[0]
-    if prompt_mask is None:
-        prompt_mask = torch.ones_like(prompt_ids)
-    ids, mask = prompt_ids, prompt_mask
-    done = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)
-    new_tokens, new_mask = [], []
-    for _ in range(max_new_tokens):
-        logits = model(ids, mask)[:, -1, :]  # (B, V)
-        token = sample_next(logits, temperature=temperature, top_k=top_k)  # (B,)
-        token = torch.where(done, torch.full_like(token, pad_token_id), token)
-        new_tokens.append(token)
-        new_mask.append((~done).to(prompt_mask.dtype))
-        if eos_token_id is not None:
-            done = done | (token == eos_token_id)
-        ids = torch.cat([ids, token[:, None]], dim=1)  # (B, T+1)
-        mask = torch.cat([mask, new_mask[-1][:, None]], dim=1)  # (B, T+1)
-    return torch.stack(new_tokens, dim=1), torch.stack(new_mask, dim=1)

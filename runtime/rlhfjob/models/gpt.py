@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from rlhfjob.models.generation import generate_tokens, token_log_probs
+from rlhfjob.models.generation import token_log_probs
 
 __all__ = ["GPT", "GPTConfig", "KVCache"]
 
@@ -290,31 +290,3 @@ class GPT(nn.Module):
         """log p(idx[:, t+1] | idx[:, :t+1]) for every t: (B, T) -> (B, T-1)."""
         logits = self(idx, attention_mask)[:, :-1]  # (B, T-1, V)
         return token_log_probs(logits, idx[:, 1:])  # (B, T-1)
-
-    def generate(
-        self,
-        idx: torch.Tensor,
-        max_new_tokens: int,
-        *,
-        attention_mask: torch.Tensor | None = None,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        eos_token_id: int | None = None,
-        pad_token_id: int = 0,
-    ) -> torch.Tensor:
-        """Append ``max_new_tokens`` sampled tokens: (B, T) -> (B, T + max_new_tokens).
-
-        ``temperature`` 0 is greedy. See ``generate_tokens`` for the padding
-        after ``eos_token_id``; use it directly to get the response mask too.
-        """
-        response, _ = generate_tokens(
-            self,
-            idx,
-            max_new_tokens,
-            prompt_mask=attention_mask,
-            temperature=temperature,
-            top_k=top_k,
-            eos_token_id=eos_token_id,
-            pad_token_id=pad_token_id,
-        )
-        return torch.cat([idx, response], dim=1)  # (B, T + R)

@@ -15,8 +15,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from rlhfjob.models.generation import generate_tokens
-
 __all__ = ["HFCausalLM", "load_hf_causal_lm"]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -163,27 +161,3 @@ class HFCausalLM(nn.Module):
             **self._keep_last,
         )
         return out.logits[:, -1], getattr(out, self._cache_key)  # (B, V)
-
-    def generate(
-        self,
-        idx: torch.Tensor,
-        max_new_tokens: int,
-        *,
-        attention_mask: torch.Tensor | None = None,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        eos_token_id: int | None = None,
-        pad_token_id: int = 0,
-    ) -> torch.Tensor:
-        """Same contract as ``GPT.generate``: (B, T) -> (B, T + max_new_tokens)."""
-        response, _ = generate_tokens(
-            self,
-            idx,
-            max_new_tokens,
-            prompt_mask=attention_mask,
-            temperature=temperature,
-            top_k=top_k,
-            eos_token_id=eos_token_id,
-            pad_token_id=pad_token_id,
-        )
-        return torch.cat([idx, response], dim=1)  # (B, T + R)
