@@ -6,13 +6,15 @@ to 32) and responses (4-64 tokens, right-padded to 64) vary in length, as a text
 do. For each setting: the most bytes of activations saved for backward by one
 micro-batch's forward (counted with ``torch.autograd.graph.saved_tensors_hooks``, each
 storage once, parameters excluded: a deterministic figure, unlike the process's RSS),
-and the step's median wall time of 3 on this CPU. Baseline first::
+and the step's median wall time of 3 on this CPU. Baseline first; prints one
+``RESULT`` JSON line (``make bench`` makes it a table)::
 
     .venv/bin/python bench/memory_bench.py
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 import tempfile
@@ -133,12 +135,9 @@ def main() -> int:
         model_path = Path(tmp) / "llama"
         _save_model(model_path)
         rows = [(name, *_measure(model_path, extra)) for name, extra in settings]
-    base_mb, base_s = rows[0][1], rows[0][2]
-    print(f"Llama 4x128, {N} samples ({real} real tokens of {N * (P + R)} padded), CPU, 1 thread")
-    print("| setting | activations kept / micro-batch (MiB) | vs baseline | step (s) | vs |")
-    print("|---|---:|---:|---:|---:|")
-    for name, mb, s in rows:
-        print(f"| {name} | {mb:.2f} | {mb / base_mb:.2f}x | {s:.3f} | {s / base_s:.2f}x |")
+    what = f"Llama 4x128, {N} samples ({real} real tokens of {N * (P + R)} padded)"
+    settings_out = [{"setting": name, "mib": mb, "step_s": s} for name, mb, s in rows]
+    print("RESULT " + json.dumps({"what": what, "settings": settings_out}))
     return 0
 
 

@@ -357,6 +357,20 @@ def generation(lengths: list[int]) -> list[Row]:
     return rows
 
 
+def trainer_memory() -> list[Row]:
+    result = run_script([str(HERE / "memory_bench.py")])
+    base, *others = result["settings"]
+    return [
+        Row(
+            f"one PolicyTrainer step, {result['what']}, 1 thread: {row['setting']}",
+            f"{row['mib']:.2f} MiB of activations a micro-batch, {row['step_s']:.3f} s",
+            f"{base['setting']}: {base['mib']:.2f} MiB, {base['step_s']:.3f} s",
+            base["mib"] / row["mib"],
+        )
+        for row in others
+    ]
+
+
 def grpo_step(lengths: list[int], steps: int) -> list[Row]:
     result = run_script(
         [str(HERE / "trl_bench.py"), ",".join(map(str, lengths)), str(steps)], timeout=3600
@@ -423,6 +437,7 @@ def main(argv: list[str]) -> int:
                 "generation (KV cache)",
                 lambda: generation([int(n) for n in args.gen_lengths.split(",")]),
             ),
+            "trainer-memory": ("trainer memory settings", trainer_memory),
             "grpo": (
                 "one GRPO step against TRL",
                 lambda: grpo_step([int(n) for n in args.grpo_lengths.split(",")], args.grpo_steps),
