@@ -7,7 +7,7 @@ copying it.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Protocol
 
 from pydantic import Field
 
@@ -237,6 +237,20 @@ def _runtime_rules() -> tuple[Rule[RuntimeSpec], ...]:
 RuntimeSpec.rules = _runtime_rules()
 
 
+class _Attributes(dict[str, Any]):
+    """A mapping of settings whose keys also read as attributes, as HEAD's dataclasses."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return _attributes(self[name])
+        except KeyError:
+            raise AttributeError(f"no setting {name!r} among {sorted(self)}") from None
+
+
+def _attributes(value: Any) -> Any:
+    return _Attributes(value) if isinstance(value, dict) else value
+
+
 class ModelSpec(ConfigModel):
     """ChatLearn's ``models.<name>`` section: one model's placement and schedule."""
 
@@ -259,6 +273,24 @@ class ModelSpec(ConfigModel):
         description="Kubernetes placement of this model's pods (camelCase keys); "
         "ignored by the local launcher.",
     )
+
+    if not TYPE_CHECKING:  # (mypy would then accept any attribute of every ModelSpec)
+
+        def __getattr__(self, name: str) -> Any:
+            """``args[name]``: ChatLearn HEAD's modules read their settings as
+            ``self.module_args.<key>`` (HEAD's per-model config dataclass), where
+            rlhfjob keeps them in ``args``; a mapping among them reads the same way
+            (``module_args.optimizer.lr``). A key in neither is an AttributeError."""
+            args = self.__dict__.get("args")
+            if args is not None and name in args:
+                return _attributes(args[name])
+            try:
+                return super().__getattr__(name)  # pydantic's: private attributes
+            except AttributeError:
+                raise AttributeError(
+                    f"the model's settings have no {name!r}: neither a models.<name> key nor "
+                    f"in its args ({sorted(args or ())})"
+                ) from None
 
 
 # --- Rules across runtime and models (JobConfig and RLHFJobSpec) ----------------

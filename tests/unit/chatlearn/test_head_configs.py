@@ -416,3 +416,18 @@ def test_the_switched_modules_stay_when_their_switch_is_on_and_are_refused():
     }
     with pytest.raises(SpecError, match=r"runtime.use_rollout_manager: True"):
         load_job_config(doc)
+
+
+def test_a_head_module_reads_its_settings_as_module_args_attributes(tmp_path):
+    """HEAD's modules read ``self.module_args.load`` (chatlearn/models/*: the model's
+    config dataclass); here those settings are the model's args, read the same way."""
+    engine = _engine(_write(tmp_path, GRPO_FSDP_YAML))
+    policy = Policy("policy")
+    policy.bind(engine.config)
+    assert policy.module_args.load == "your_hf_model_path"
+    assert policy.module_args.temperature == 1.0
+    trainer = PolicyTrainer("policy_trainer")
+    trainer.bind(engine.config)
+    assert trainer.module_args.optimizer.lr == 2e-6  # HEAD: module_args.optimizer.lr
+    with pytest.raises(AttributeError, match="no 'lod'"):
+        _ = policy.module_args.lod
