@@ -4,15 +4,17 @@
 
 Both run the same job on the same files, made here once:
 
-- the model: a tiny Llama (2 layers, 64 wide, 256 positions) built from a config and
-  saved with the arith example's byte-level BPE tokenizer (``examples/grpo_arith.py``);
+- the model: the arith example's tiny Llama (2 layers, 64 wide; ``examples/grpo_arith.py``'s
+  ``prepare``, without its warm-up and with 256 positions), saved with its byte-level
+  BPE tokenizer;
 - the prompts: that example's ``"a+b="`` rows with their ``answer`` column, as JSONL;
 - the reward: ``rlhfjob.rewards.arith:exact_answer``, which TRL calls unchanged;
 - 4 prompts a step answered 8 times (32 completions, one optimizer step, one
   micro-batch), learning rate 1e-5, temperature 1, a KL term of weight 0.04 to the
   reference (so both compute the reference's log-probs), token-mean loss;
 - responses of exactly LENGTH tokens: rlhfjob with no EOS to stop at, TRL with
-  ``min_new_tokens`` (so both sample and train the same number of tokens).
+  ``min_new_tokens`` (so both sample and train the same number of tokens);
+- no gradient checkpointing (TRL's ``GRPOConfig`` turns it on by default).
 
 Each figure runs in its own process with one torch thread (``rlhfjob run`` starts a
 process per model, one thread each): TRL (``use_cpu``), rlhfjob in-process
@@ -58,30 +60,10 @@ def _arith() -> Any:
 
 
 def prepare(workdir: Path) -> dict[str, str]:
-    """The saved model and tokenizer, and the prompt file: what both frameworks read."""
-    import transformers
-
-    arith = _arith()
-    tokenizer = arith.make_tokenizer()
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=256,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model = transformers.LlamaForCausalLM(config)
-    paths = {"model": str(workdir / "model"), "train": str(workdir / "train.jsonl")}
-    model.save_pretrained(paths["model"])
-    tokenizer.save_pretrained(paths["model"])
-    rows = arith.rows(PROMPTS * 64, seed=1)
-    Path(paths["train"]).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return paths
+    """The arith example's saved model and tokenizer, untrained and with room for 128-token
+    responses, and its prompt file: what both frameworks read."""
+    paths = _arith().prepare(workdir, warmup_steps=0, max_positions=256)
+    return {"model": str(paths["model"]), "train": str(paths["train"])}
 
 
 def job_config(paths: dict[str, str], length: int, steps: int) -> dict[str, Any]:
@@ -146,6 +128,7 @@ def run_trl(paths: dict[str, str], length: int, steps: int, out: Path) -> list[f
         beta=KL,
         temperature=1.0,
         loss_type="dapo",  # the token mean over the batch, as rlhfjob's token-mean
+        gradient_checkpointing=False,  # TRL's default is on; rlhfjob's (and the job's) off
         max_steps=steps,
         save_strategy="no",
         report_to="none",

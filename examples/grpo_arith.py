@@ -107,8 +107,11 @@ def warm_up(model: Any, tokenizer: Any, *, steps: int, seed: int) -> list[float]
     return losses
 
 
-def prepare(workdir: Path, *, warmup_steps: int, seed: int = 0) -> dict[str, Path]:
-    """The saved model and tokenizer (``model``) and the prompt files, in ``workdir``."""
+def prepare(
+    workdir: Path, *, warmup_steps: int, seed: int = 0, max_positions: int = 32
+) -> dict[str, Path]:
+    """The saved model and tokenizer (``model``) and the prompt files, in ``workdir``;
+    ``max_positions`` bounds prompt + response (``bench/trl_bench.py`` asks for more)."""
     import transformers
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -121,7 +124,7 @@ def prepare(workdir: Path, *, warmup_steps: int, seed: int = 0) -> dict[str, Pat
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=4,
-        max_position_embeddings=32,
+        max_position_embeddings=max_positions,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )

@@ -11,6 +11,7 @@ from pathlib import Path
 import jobfiles
 import pytest
 import torch
+import yaml
 
 from rlhfjob import checkpoint as ckpt
 
@@ -49,6 +50,21 @@ def write_job(
 ) -> Path:
     """A job of ``entry`` (a file of tests/runtime), no restarts."""
     return jobfiles.write_job(tmp_path, name, runtime, models, HERE / entry)
+
+
+def shortened(
+    source: Path, tmp_path: Path, job: str, where: str, runtime: dict, **spec: object
+) -> Path:
+    """The example manifest ``source`` as job ``job``: its runtime updated with
+    ``runtime``, checkpoints under ``tmp_path/where``, the ``spec`` keys set, no
+    restarts; written to ``tmp_path/<where>.yaml``."""
+    manifest = yaml.safe_load(source.read_text())
+    manifest["metadata"]["name"] = job
+    manifest["spec"]["runtime"].update(runtime, data_checkpoint_path=str(tmp_path / where))
+    manifest["spec"].update(spec, runPolicy={"backoffLimit": 0})
+    path = tmp_path / f"{where}.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    return path
 
 
 def rlhfjob_run(path: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:

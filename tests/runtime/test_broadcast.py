@@ -92,12 +92,18 @@ def _rank(rank: int, world: int, port: int, packed: list[bool]) -> None:
 )
 def test_every_replica_ends_on_the_sources_bytes(packed):
     world = len(packed)
+    assert _exit_codes(_rank, world, packed) == [0] * world
+
+
+def _exit_codes(target, world, *args):
+    """Run ``target(rank, world, port, *args)`` in ``world`` spawned processes on a free
+    port; their exit codes (a wrong byte fails one). No multiprocessing queue: its
+    semaphore would live in /dev/shm."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    # No multiprocessing queue: its semaphore would live in /dev/shm.
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_rank, args=(r, world, port, packed)) for r in range(world)]
+    procs = [ctx.Process(target=target, args=(r, world, port, *args)) for r in range(world)]
     for p in procs:
         p.start()
     try:
@@ -108,12 +114,14 @@ def test_every_replica_ends_on_the_sources_bytes(packed):
             if p.is_alive():
                 p.kill()
                 p.join()
-    assert [p.exitcode for p in procs] == [0] * world
+    return [p.exitcode for p in procs]
 
 
-def _cast_rank(rank: int, port: int) -> None:
+def _cast_rank(rank: int, world: int, port: int) -> None:
     """Rank 0 sends float32; rank 1 holds bfloat16 copies and casts what it receives."""
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
     sent = [t for t in _params(0, 0) if t.dtype == F32]
     wire = [t.dtype for t in sent]
     params = sent if rank == 0 else [torch.zeros(t.shape, dtype=torch.bfloat16) for t in sent]
@@ -126,22 +134,7 @@ def _cast_rank(rank: int, port: int) -> None:
 
 
 def test_a_bfloat16_replica_receives_float32_weights_cast():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_cast_rank, args=(r, port)) for r in range(2)]
-    for p in procs:
-        p.start()
-    try:
-        for p in procs:
-            p.join(timeout=120)
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-                p.join()
-    assert [p.exitcode for p in procs] == [0, 0]
+    assert _exit_codes(_cast_rank, 2) == [0, 0]
 
 
 def test_sync_pairs_may_differ_in_floating_dtype_only():

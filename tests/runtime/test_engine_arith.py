@@ -22,6 +22,7 @@ import torch
 import yaml
 
 from conftest import final_models
+from conftest import shortened as runtime_shortened
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 MANIFEST = EXAMPLES / "grpo_arith_engine.yaml"
@@ -36,31 +37,23 @@ def load_example(name: str) -> ModuleType:
 
 
 def shortened(tmp_path: Path, job: str, where: str) -> Path:
-    manifest = yaml.safe_load(MANIFEST.read_text())
-    assert manifest["spec"]["entrypoint"] == {"engine": "grpo"}
-    manifest["metadata"]["name"] = job
-    manifest["spec"]["runtime"].update(
-        num_episode=2,
-        sample_per_episode=8,  # prompts, 8 answers each
-        generation_batch_size=8,
-        train_micro_batch_size=8,
-        train_global_batch_size=8,
-        save_episode_interval=2,
-        data_checkpoint_path=str(tmp_path / where),
-        eval_episode_interval=2,
-        enable_eval_before_training=False,
-    )
+    assert yaml.safe_load(MANIFEST.read_text())["spec"]["entrypoint"] == {"engine": "grpo"}
+    runtime: dict = {
+        "num_episode": 2,
+        "sample_per_episode": 8,  # prompts, 8 answers each
+        "generation_batch_size": 8,
+        "train_micro_batch_size": 8,
+        "train_global_batch_size": 8,
+        "save_episode_interval": 2,
+        "eval_episode_interval": 2,
+        "enable_eval_before_training": False,
+    }
     if where == "dist":
         # One worker for the four models beside the driver: each process imports torch and
         # transformers, 10-15 s of CPU on CI's two cores. One process per model, with text
         # columns crossing between them, is tests/runtime/test_text_distributed.py's.
-        manifest["spec"]["runtime"]["colocation"] = [
-            ["policy", "reference", "reward", "grpo_policy"]
-        ]
-    manifest["spec"]["runPolicy"] = {"backoffLimit": 0}
-    path = tmp_path / f"{where}.yaml"
-    path.write_text(yaml.safe_dump(manifest))
-    return path
+        runtime["colocation"] = [["policy", "reference", "reward", "grpo_policy"]]
+    return runtime_shortened(MANIFEST, tmp_path, job, where, runtime)
 
 
 def test_yaml_only_arith_equals_the_examples_run(

@@ -17,29 +17,25 @@ import torch
 import yaml
 
 from conftest import final_models, rlhfjob_run
+from conftest import shortened as runtime_shortened
 from rlhfjob_operator.contract import EXIT_PERMANENT
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def shortened(tmp_path: Path, job: str, where: str) -> Path:
-    manifest = yaml.safe_load((EXAMPLES / "grpo_sort_engine.yaml").read_text())
-    assert manifest["spec"]["entrypoint"] == {"engine": "grpo"}
-    manifest["metadata"]["name"] = job
-    manifest["spec"]["runtime"].update(
-        num_episode=2,
-        sample_per_episode=16,  # prompts, 8 answers each
-        generation_batch_size=8,
-        train_micro_batch_size=16,
-        train_global_batch_size=16,
-        save_episode_interval=2,
-        data_checkpoint_path=str(tmp_path / where),
-        eval_episode_interval=2,
-    )
-    manifest["spec"]["runPolicy"] = {"backoffLimit": 0}
-    path = tmp_path / f"{where}.yaml"
-    path.write_text(yaml.safe_dump(manifest))
-    return path
+    manifest = EXAMPLES / "grpo_sort_engine.yaml"
+    assert yaml.safe_load(manifest.read_text())["spec"]["entrypoint"] == {"engine": "grpo"}
+    runtime = {
+        "num_episode": 2,
+        "sample_per_episode": 16,  # prompts, 8 answers each
+        "generation_batch_size": 8,
+        "train_micro_batch_size": 16,
+        "train_global_batch_size": 16,
+        "save_episode_interval": 2,
+        "eval_episode_interval": 2,
+    }
+    return runtime_shortened(manifest, tmp_path, job, where, runtime)
 
 
 def test_yaml_only_grpo_equals_the_examples_flows(tmp_path: Path, job_name: str) -> None:

@@ -13,35 +13,29 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from conftest import final_models, rlhfjob_run
+from conftest import shortened as runtime_shortened
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def shortened(name: str, tmp_path: Path, job: str, where: str) -> Path:
-    manifest = yaml.safe_load((EXAMPLES / f"{name}.yaml").read_text())
-    spec = manifest["spec"]
-    manifest["metadata"]["name"] = job
-    spec["entrypoint"] = {
+    entrypoint = {
         "file": str(EXAMPLES / f"{name}.py"),
         "args": ["--quiet", "--prompts", "256", "--eval-prompts", "32"],
     }
-    spec["runtime"].update(
-        num_episode=3,
-        sample_per_episode=32 if name == "ppo_sort" else 16,  # GRPO: prompts, 8 answers each
-        generation_batch_size=16 if name == "ppo_sort" else 8,
-        train_micro_batch_size=16,
-        train_global_batch_size=32 if name == "ppo_sort" else 16,
-        save_episode_interval=3,
-        data_checkpoint_path=str(tmp_path / where),
-        eval_episode_interval=3,
-    )
-    spec["runPolicy"] = {"backoffLimit": 0}
-    path = tmp_path / f"{where}.yaml"
-    path.write_text(yaml.safe_dump(manifest))
-    return path
+    runtime = {
+        "num_episode": 3,
+        "sample_per_episode": 32 if name == "ppo_sort" else 16,  # GRPO: prompts, 8 answers each
+        "generation_batch_size": 16 if name == "ppo_sort" else 8,
+        "train_micro_batch_size": 16,
+        "train_global_batch_size": 32 if name == "ppo_sort" else 16,
+        "save_episode_interval": 3,
+        "eval_episode_interval": 3,
+    }
+    source = EXAMPLES / f"{name}.yaml"
+    return runtime_shortened(source, tmp_path, job, where, runtime, entrypoint=entrypoint)
 
 
 @pytest.mark.parametrize("name", ["ppo_sort", "grpo_sort"])
