@@ -23,7 +23,7 @@ from torch import nn
 
 from rlhfjob.algorithms.configs import ModelConfig, TrainerConfig
 from rlhfjob.algorithms.tasks import supervised_warmup
-from rlhfjob.models import GPT, HFCausalLM, ValueModel, load_hf_causal_lm
+from rlhfjob.models import DTYPES, GPT, HFCausalLM, ValueModel, load_hf_causal_lm
 
 __all__ = [
     "Metrics",
@@ -34,8 +34,6 @@ __all__ = [
     "optimizer_for",
     "sequence",
 ]
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # Warmed-up weights per model config, computed once per process: the warm-up is
 # a pure function of the config, and policy, reference, trainer and value all
@@ -68,7 +66,7 @@ def build_lm(config: ModelConfig) -> nn.Module:
     if config.model_path is None:
         # The small GPT is made, loaded and warmed up in float32, then cast: the same
         # weights as a float32 twin's, rounded once.
-        model.to(_DTYPES[config.dtype])
+        model.to(DTYPES[config.dtype])
     return model
 
 

@@ -11,10 +11,11 @@ from rlhfjob.models.generation import (
     token_log_probs,
 )
 from rlhfjob.models.gpt import GPT, GPTConfig, KVCache
-from rlhfjob.models.hf import HFCausalLM, load_hf_causal_lm
+from rlhfjob.models.hf import DTYPES, HFCausalLM, load_hf_causal_lm
 from rlhfjob.models.value import ValueModel
 
 __all__ = [
+    "DTYPES",
     "GPT",
     "GPTConfig",
     "HFCausalLM",

@@ -15,9 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["HFCausalLM", "load_hf_causal_lm"]
+__all__ = ["DTYPES", "HFCausalLM", "load_hf_causal_lm"]
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# The dtypes a model may be loaded in (models.<name>.args.dtype), by name.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def load_hf_causal_lm(path: str | Path, *, dtype: str = "float32") -> HFCausalLM:
@@ -40,8 +41,8 @@ def load_hf_causal_lm(path: str | Path, *, dtype: str = "float32") -> HFCausalLM
             f"model_path {str(path)!r} has no config.json, so it is not a saved Hugging Face "
             "model; save one there with model.save_pretrained(path)"
         )
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not one of {sorted(_DTYPES)}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
     try:
         from transformers import AutoModelForCausalLM
     except ImportError as exc:  # pragma: no cover - depends on the install
@@ -49,7 +50,7 @@ def load_hf_causal_lm(path: str | Path, *, dtype: str = "float32") -> HFCausalLM
             "Hugging Face models need transformers: pip install 'rlhfjob[hf]'"
         ) from exc
     model = AutoModelForCausalLM.from_pretrained(
-        str(local), dtype=_DTYPES[dtype], local_files_only=True
+        str(local), dtype=DTYPES[dtype], local_files_only=True
     )
     return HFCausalLM(model)
 
