@@ -51,32 +51,38 @@ def make_tokenizer(*, chat_template: str | None = CHAT_TEMPLATE) -> Any:
     return tokenizer
 
 
-def save_text_model(
-    path: Path, *, kind: str = "llama", chat_template: str | None = CHAT_TEMPLATE
-) -> Path:
-    """The tokenizer and a tiny ``kind`` (``llama`` or ``gpt2``) model saved in ``path``."""
+def tiny_lm(kind: str, *, vocab: int, positions: int) -> Any:
+    """A tiny random ``kind`` (``llama`` or ``gpt2``) causal LM built from a config after
+    ``torch.manual_seed(0)``: 2 layers, 16 wide, ``positions`` long."""
     import transformers
 
-    tokenizer = make_tokenizer(chat_template=chat_template)
-    vocab = len(tokenizer)
     torch.manual_seed(0)
     if kind == "gpt2":
-        config: Any = transformers.GPT2Config(
-            vocab_size=vocab, n_positions=128, n_embd=16, n_layer=2, n_head=2
+        return transformers.GPT2LMHeadModel(
+            transformers.GPT2Config(
+                vocab_size=vocab, n_positions=positions, n_embd=16, n_layer=2, n_head=2
+            )
         )
-        model: Any = transformers.GPT2LMHeadModel(config)
-    else:
-        config = transformers.LlamaConfig(
+    return transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
             vocab_size=vocab,
             hidden_size=16,
             intermediate_size=32,
             num_hidden_layers=2,
             num_attention_heads=2,
             num_key_value_heads=2,
-            max_position_embeddings=128,
+            max_position_embeddings=positions,
         )
-        model = transformers.LlamaForCausalLM(config)
-    model.save_pretrained(path)
+    )
+
+
+def save_text_model(
+    path: Path, *, kind: str = "llama", chat_template: str | None = CHAT_TEMPLATE
+) -> Path:
+    """The tokenizer and a tiny ``kind`` (``llama`` or ``gpt2``) model saved in ``path``."""
+
+    tokenizer = make_tokenizer(chat_template=chat_template)
+    tiny_lm(kind, vocab=len(tokenizer), positions=128).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 

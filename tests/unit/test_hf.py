@@ -14,6 +14,8 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from textmodels import tiny_lm  # noqa: E402
+
 from rlhfjob.algorithms.ppo import (  # noqa: E402
     PolicyInference,
     PolicyReference,
@@ -32,24 +34,7 @@ TASK = SortTask(num_digits=4)
 
 
 def save_tiny(kind: str, path: Path) -> Path:
-    torch.manual_seed(0)
-    if kind == "gpt2":
-        config = transformers.GPT2Config(
-            vocab_size=TASK.vocab_size, n_positions=16, n_embd=16, n_layer=2, n_head=2
-        )
-        model = transformers.GPT2LMHeadModel(config)
-    else:
-        config = transformers.LlamaConfig(
-            vocab_size=TASK.vocab_size,
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            max_position_embeddings=16,
-        )
-        model = transformers.LlamaForCausalLM(config)
-    model.save_pretrained(path)
+    tiny_lm(kind, vocab=TASK.vocab_size, positions=16).save_pretrained(path)
     return path
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import torch
+from textmodels import tiny_lm
 from torch import nn
 
 from rlhfjob.algorithms.common import enable_gradient_checkpointing, sequence
@@ -31,26 +32,8 @@ MODES = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 
 def _hf(kind: str, path: Path) -> dict[str, Any]:
     """A tiny ``kind`` model saved at ``path``, as model args."""
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    if kind == "gpt2":
-        model: Any = transformers.GPT2LMHeadModel(
-            transformers.GPT2Config(
-                vocab_size=VOCAB, n_positions=16, n_embd=16, n_layer=2, n_head=2
-            )
-        )
-    else:
-        config = transformers.LlamaConfig(
-            vocab_size=VOCAB,
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            max_position_embeddings=16,
-        )
-        model = transformers.LlamaForCausalLM(config)
-    model.save_pretrained(path)
+    pytest.importorskip("transformers")
+    tiny_lm(kind, vocab=VOCAB, positions=16).save_pretrained(path)
     return {"model_path": str(path)}
 
 
