@@ -31,10 +31,15 @@ _PAUSE_S = 120.0
 
 class PacedActor(Actor):
     """The toy actor, taking at least ``models.actor.args.pause`` seconds a batch: an
-    episode lasts long enough on a fast machine for a kill to land inside the run."""
+    episode lasts long enough on a fast machine for a kill to land inside the run.
+    ``pause_restarted``, when given, is the pause once the gang has restarted
+    (``RLHFJOB_RESTART_GENERATION`` above 0)."""
 
     def forward_step(self, data: Any, iteration: int) -> Any:
-        time.sleep(float(self.model_args.get("pause", 0)))
+        pause = self.model_args.get("pause", 0)
+        if os.environ.get("RLHFJOB_RESTART_GENERATION", "0") != "0":
+            pause = self.model_args.get("pause_restarted", pause)
+        time.sleep(float(pause))
         return super().forward_step(data, iteration)
 
 

@@ -184,16 +184,27 @@ def checkpoint_claim(cluster: Cluster, namespace: str) -> Iterator[Checkpoints]:
 
 
 def local_manifest(
-    path: Path, name: str, ckpt_dir: Path, args: list[str], *, pause: float = 0.0, **runtime: Any
+    path: Path,
+    name: str,
+    ckpt_dir: Path,
+    args: list[str],
+    *,
+    pause: float = 0.0,
+    pause_restarted: float | None = None,
+    **runtime: Any,
 ) -> Path:
-    """The small job under ``rlhfjob run``; ``pause`` (seconds a batch) paces its episodes
-    (the weights do not depend on it), ``runtime`` overrides runtime keys."""
+    """The small job under ``rlhfjob run``; ``pause`` (seconds a batch) paces its episodes,
+    ``pause_restarted`` those after a gang restart (the weights depend on neither),
+    ``runtime`` overrides runtime keys."""
     manifest = gang_manifest(name, claim=None, args=args, backoff_limit=1)
     manifest["spec"]["entrypoint"]["file"] = str(REPO / "tests" / "e2e" / "gangjob.py")
     manifest["spec"]["runtime"]["data_checkpoint_path"] = str(ckpt_dir)
     manifest["spec"]["runtime"].update(runtime)
     if pause:
-        manifest["spec"]["models"]["actor"] = {"args": {"pause": pause}}
+        paced = {"pause": pause} | (
+            {} if pause_restarted is None else {"pause_restarted": pause_restarted}
+        )
+        manifest["spec"]["models"]["actor"] = {"args": paced}
     out = path / f"{name}.yaml"
     out.write_text(yaml.safe_dump(manifest))
     return out

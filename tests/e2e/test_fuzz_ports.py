@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -44,6 +45,8 @@ from strangers import (
     sweep,
 )
 
+from cluster import wait_until
+
 
 def _restarted(job: str, before: int) -> bool:
     """Whether a new driver of ``job`` (not pid ``before``) serves its metrics."""
@@ -53,6 +56,19 @@ def _restarted(job: str, before: int) -> bool:
                 metrics = next(p for p, what in _driver_ports(pid).items() if what == "metrics")
                 return metrics in {port for _, _, port in listening_inodes(pid).values()}
     return False
+
+
+def _ended_unaborted(
+    proc: subprocess.Popen[str], inside: dict[Any, Any], ports: dict[Any, Any]
+) -> bool:
+    """False while the job runs; an AssertionError once it ended with no restart (no
+    probe aborted a process before its last episode): the test cannot go on."""
+    if proc.poll() is None:
+        return False
+    raise AssertionError(
+        f"rlhfjob run ended (exit {proc.returncode}) before the gang restarted: the loopback "
+        f"sweep probed {len(inside)} of {len(ports)} ports and none aborted a process"
+    )
 
 
 def _driver_ports(pid: int) -> dict[int, str]:
@@ -68,8 +84,10 @@ def test_a_strangers_bytes_on_every_port_leave_the_weights_of_an_undisturbed_run
     seed = random.randrange(2**32)
     payloads = payloads_of(random.Random(seed))
     name, ckpt_dir = f"e2e-fuzz-{os.getpid()}", tmp_path / "ckpt"
-    # 4 s episodes (2 batches of 2 s): both sweeps land while it trains.
-    path = local_manifest(tmp_path, name, ckpt_dir, [], pause=2.0)
+    # 8 s episodes (2 batches of 4 s): both sweeps land while it trains. The loopback sweep
+    # takes up to 2.5 s a port (12 ports), and the first port that aborts can be the last.
+    # After the restart, 4 s episodes: the last probes take about 2 s, all at once.
+    path = local_manifest(tmp_path, name, ckpt_dir, [], pause=4.0, pause_restarted=2.0)
     with local_run(path) as (proc, out):
         wait_for(
             lambda: any(line.startswith("episode 1/") for line in out),
@@ -101,7 +119,12 @@ def test_a_strangers_bytes_on_every_port_leave_the_weights_of_an_undisturbed_run
         # 3. The restarted gang, once its driver serves metrics (the episode loop began):
         # another job's control-channel handshake and the cut-short header, every port at
         # once. Neither aborts a process.
-        wait_for(lambda: _restarted(name, driver), what="the restarted gang", timeout=300)
+        wait_until(
+            lambda: _restarted(name, driver) or _ended_unaborted(proc, inside, ports),
+            what="the restarted gang",
+            timeout=300,
+            fatal=(AssertionError,),
+        )
         again = job_ports(name)
         named.update(_driver_ports(*{pid for role, pid in again.values() if role == "driver"}))
         with ThreadPoolExecutor(8) as pool:
