@@ -12,7 +12,12 @@ is called without it.
 
 A module that sets ``self.model`` (a ``torch.nn.Module``) and optionally
 ``self.optimizer`` is checkpointed and parameter-synced with no extra code;
-override ``state_dict``/``load_state_dict`` to save more.
+override ``state_dict``/``load_state_dict`` to save more. A trainer with
+several replicas (``num_replica``) is data parallel: its gradients are
+averaged over ``self.replica_group`` before ``optimizer.step()``, or, when it
+calls ``average_gradients()`` after its last backward, right there (so that
+clipping sees the average, as under DDP); a model sharded with FSDP2
+(``rlhfjob.sharding``) averages them in backward itself.
 
 A module with a ``config_class`` (the ready-made ones: a settings dataclass)
 gets ``models.<name>.args`` parsed into ``self.config``, and the Engine
@@ -24,7 +29,7 @@ from __future__ import annotations
 
 import inspect
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from rlhfjob import batching, tracing
@@ -49,6 +54,7 @@ _NOT_MODEL_CALLS = frozenset(
         "state_dict",
         "load_state_dict",
         "named_parameters_to_sync",
+        "average_gradients",
         "bind",
         "parse_config",
         "call_hook",
@@ -78,18 +84,25 @@ class BaseModule:
         self.optimizer: torch.optim.Optimizer | None = None
         self._config: JobConfig | None = None
         self.replica_id = 0
+        # The process group of this model's data-parallel replicas; None with one replica.
+        self.replica_group: Any = None
+        # Set by a multi-process executor for a replicated, unsharded trainer.
+        self.gradient_averager: Callable[[], None] | None = None
         self.rng: RNGStream | None = None
 
     # --- configuration, bound by the Engine before setup() -----------------
 
-    def bind(self, config: JobConfig, *, replica_id: int = 0) -> None:
+    def bind(self, config: JobConfig, *, replica_id: int = 0, replica_group: Any = None) -> None:
         """Attach the job config and seed this module's RNG stream; called before ``setup()``.
 
         Executors run every hook of the module inside ``self.rng`` so its random
-        draws are its own, whichever process it lives in.
+        draws are its own, whichever process it lives in. ``replica_group``: the
+        process group of this trainer's data-parallel replicas (None in process
+        and with one replica).
         """
         self._config = config
         self.replica_id = replica_id
+        self.replica_group = replica_group
         if self.config_class is not None:
             self.config = self.parse_config(config)
         key = f"{config.runtime.seed}/{self.name}/{replica_id}".encode()
@@ -166,8 +179,18 @@ class BaseModule:
     # --- state: checkpointing and parameter sync ---------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """What a checkpoint holds for this module: model and optimizer state."""
+        """What a checkpoint holds for this module: model and optimizer state.
+
+        A sharded model's are gathered whole, so this is then collective: every
+        replica calls it, in the same order.
+        """
+        from rlhfjob import sharding
+
         state: dict[str, Any] = {}
+        if sharding.is_sharded(self.model):
+            assert self.model is not None
+            model, optimizer = sharding.full_state(self.model, self.optimizer)
+            return {"model": model} | ({} if optimizer is None else {"optimizer": optimizer})
         if self.model is not None:
             state["model"] = self.model.state_dict()
         if self.optimizer is not None:
@@ -175,6 +198,17 @@ class BaseModule:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        from rlhfjob import sharding
+
+        if sharding.is_sharded(self.model):
+            assert self.model is not None
+            sharding.load_full_state(
+                self.model,
+                self.optimizer,
+                model_state=state.get("model"),
+                optimizer_state=state.get("optimizer"),
+            )
+            return
         if self.model is not None and "model" in state:
             self.model.load_state_dict(state["model"])
         if self.optimizer is not None and "optimizer" in state:
@@ -188,6 +222,17 @@ class BaseModule:
                 "set self.model in setup() or override named_parameters_to_sync()"
             )
         return dict(self.model.named_parameters())
+
+    def average_gradients(self) -> None:
+        """Average the gradients over the data-parallel replicas now, once per optimizer step.
+
+        A trainer calls it after its last ``backward()`` and before clipping, so the
+        clip sees the averaged gradient as under DDP; one that does not gets them
+        averaged just before ``optimizer.step()`` (after its clip). A no-op in
+        process, with one replica, and for a sharded model.
+        """
+        if self.gradient_averager is not None:
+            self.gradient_averager()
 
     def call_hook(self, method: str, data: Any, iteration: int | None) -> Any:
         """Call ``method`` in this module's RNG stream, with ``iteration`` only if it takes one.

@@ -7,6 +7,7 @@ process (the settings act inside the trainer's worker, whichever process it is).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,49 @@ def test_memory_settings_run_distributed_as_in_process(tmp_path: Path, job_name:
     assert b["grpo_policy.model.model.embed_tokens.weight"].dtype == torch.float32
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("fsdp", [True, False], ids=["fsdp", "ddp"])
+def test_two_trainer_replicas_sharded_or_not_train_as_one_trainer(
+    tmp_path: Path, job_name: str, fsdp: bool
+) -> None:
+    """Two replicas of the trainer (gloo), sharded by FSDP2 (each holding half of every
+    parameter) or data parallel, train as the one trainer in process: the same samples,
+    gradients averaged before the clip, and, sharded, whole tensors in the checkpoint and
+    in the policy's sync. The per-sequence loss mean makes two shares of two samples
+    average to the batch's loss."""
+    import textjob
+
+    def two_replica_job(where: str, replicas: int) -> tuple[dict, dict]:
+        runtime, models = job(tmp_path, where)
+        runtime["colocation"] = [["policy", "reference", "reward"]]
+        trainer = models["grpo_policy"]
+        trainer.update(num_replica=replicas, generation_batch_size=2)
+        trainer["args"] = {
+            "model_path": trainer["args"]["model_path"],
+            "lr": 1e-2,
+            "max_grad_norm": 0.05,  # clipped every step: the clip must see the average
+            "loss_agg_mode": "seq-mean-token-mean",
+            "fsdp": fsdp,
+        }
+        for name in ("policy", "reference"):
+            models[name]["args"].pop("dtype")
+        return runtime, models
+
+    runtime, models = two_replica_job("dist", 2)
+    proc = rlhfjob_run(write_job(tmp_path, job_name, runtime, models, entry="textjob.py"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shards = r"grpo_policy: FSDP2 over 2 replicas; replica (\d) holds ([\d,]+) of"
+    held = re.findall(shards, proc.stdout + proc.stderr)  # the workers' lines, relayed
+    assert sorted(r for r, _ in held) == (["0", "1"] if fsdp else []), proc.stdout[-3000:]
+    runtime, models = two_replica_job("inproc", 1)
+    textjob.build(JobConfig.model_validate({"runtime": runtime, "models": models})).learn(
+        progress=False
+    )
+    a, b = final_models(tmp_path / "inproc"), final_models(tmp_path / "dist")
+    assert a.keys() == b.keys() and a
+    for key in a:
+        assert a[key].shape == b[key].shape, key
+        assert torch.allclose(a[key], b[key], atol=1e-5), (key, (a[key] - b[key]).abs().max())
+    trained = b["grpo_policy.model.model.embed_tokens.weight"]
+    assert torch.equal(b["policy.model.model.embed_tokens.weight"], trained)

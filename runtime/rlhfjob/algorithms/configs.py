@@ -389,6 +389,15 @@ class TrainerConfig(ModelConfig):
             check=AT_LEAST_1,
         ),
     )
+    fsdp: bool = field(
+        default=False,
+        metadata=about(
+            "shard the replicas (`num_replica` ≥ 2, under `rlhfjob run` or on a cluster) with "
+            "FSDP2 (`fully_shard`, one unit per transformer block): each keeps 1/N of the "
+            "weights, gradients and AdamW state; checkpoints hold them whole; with one "
+            "replica, or in process, nothing to shard"
+        ),
+    )
 
     def validate(self) -> None:
         super().validate()

@@ -20,11 +20,13 @@ the engine seeds and checkpoints, so a resumed run repeats an uninterrupted one.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from rlhfjob import sharding
 from rlhfjob.algorithms.common import (
     Metrics,
     build_lm,
@@ -307,27 +309,61 @@ class RewardInference(_LMModule):
 
 class _Trainer(_LMModule):
     """What both trainers share: their memory and precision settings (``TrainerConfig``:
-    ``gradient_checkpointing``, ``mixed_precision``, ``train_max_tokens_per_micro_batch``)."""
+    ``gradient_checkpointing``, ``mixed_precision``, ``train_max_tokens_per_micro_batch``,
+    ``fsdp``)."""
 
     config: TrainerConfig
 
     def _prepare(self, model: torch.nn.Module) -> None:
-        """Install ``model`` in training mode, checkpointed if asked, with its optimizer."""
+        """Install ``model`` in training mode, checkpointed if asked, sharded over the
+        replicas if asked (and there are some), with its optimizer."""
         if self.config.gradient_checkpointing:
             enable_gradient_checkpointing(model, name=self.name)
+        if self.config.fsdp and self.replica_group is not None:
+            bucket = self.runtime_args.coalesced_buffer_mb * 2**20
+            sharding.shard(model, self.replica_group, bucket_bytes=bucket)
+            print(
+                sharding.describe(model, name=self.name, group=self.replica_group), file=sys.stderr
+            )
         self.model = model
         self.model.train()
         self.optimizer = optimizer_for(self.model, self.config)
 
-    def _micro_batches(self, data: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    @property
+    def _sharded(self) -> bool:
+        return self.replica_group is not None and sharding.is_sharded(self.model)
+
+    def _has_data(self, data: list[dict[str, Any]]) -> bool:
+        """Whether this step trains; a sharded replica with no data fails every replica
+        (``sharding.common_steps``) rather than leave the others waiting in a gather."""
+        if self._sharded:
+            sharding.common_steps(len(data), self.replica_group, name=self.name)
+        return bool(data)
+
+    def _micro_batches(self, data: list[dict[str, Any]]) -> list[tuple[dict[str, Any], bool]]:
         """The runtime's micro-batches, or with a token budget the same samples re-cut by
-        it (``micro_batches.token_cut``); the losses' ``LossScale`` is taken before."""
+        it (``micro_batches.token_cut``); the losses' ``LossScale`` is taken before.
+
+        Each comes with whether it counts: a sharded replica with fewer micro-batches
+        than another repeats its last one with its loss times 0, so every replica runs
+        as many forward and backward passes (FSDP gathers in each).
+        """
         budget = self.config.train_max_tokens_per_micro_batch
-        if budget is None:
-            return data
-        batches = token_cut(data, budget)
-        self.metrics.add("micro_batches", len(batches))
-        return batches
+        batches = data if budget is None else token_cut(data, budget)
+        if budget is not None:
+            self.metrics.add("micro_batches", len(batches))
+        most = len(batches)
+        if self._sharded:
+            most = sharding.common_steps(len(batches), self.replica_group, name=self.name)
+        return [(mb, True) for mb in batches] + [(batches[-1], False)] * (most - len(batches))
+
+    def _clip(self) -> torch.Tensor:
+        """Average the gradients over the replicas (a no-op when sharded or alone), then
+        clip them to ``max_grad_norm``; returns the norm before clipping."""
+        assert self.model is not None
+        self.average_gradients()
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+        return sharding.full_tensors([norm])[0]
 
     def _forward(self) -> Any:
         assert self.model is not None
@@ -350,7 +386,7 @@ class PolicyTrainer(_Trainer):
 
     def train_step(self, data: list[dict[str, Any]], iteration: int = 0) -> None:
         assert self.model is not None and self.optimizer is not None
-        if not data:
+        if not self._has_data(data):
             return
         self.model.train()
         advantages = [mb["advantages"].float() for mb in data]
@@ -369,7 +405,7 @@ class PolicyTrainer(_Trainer):
         )
         self.optimizer.zero_grad(set_to_none=True)
         step_loss = step_kl = 0.0
-        for mb in batches:
+        for mb, counts in batches:
             ids, mask, R = sequence(mb)
             response_mask, adv = mb["response_mask"], mb["advantages"]
             with self._forward():  # log-probs in float32 from the logits (token_log_probs)
@@ -377,6 +413,9 @@ class PolicyTrainer(_Trainer):
             loss, clipfrac = ppo_policy_loss(
                 logprobs, mb["old_logprobs"], adv, response_mask, clip_eps=clip_eps, scale=scale
             )
+            if not counts:  # a sharded replica's extra pass (see _micro_batches)
+                (loss * 0.0).backward()
+                continue
             step_loss += float(loss.detach())
             self.metrics.add("clipfrac", clipfrac)
             if kl_coef > 0 and "ref_logprobs" in mb:
@@ -394,10 +433,7 @@ class PolicyTrainer(_Trainer):
         self.metrics.add("policy_loss", step_loss)
         if kl_coef > 0 and "ref_logprobs" in data[0]:
             self.metrics.add("kl_loss", step_kl)
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            self.model.parameters(), self.config.max_grad_norm
-        )
-        self.metrics.add("grad_norm", grad_norm)
+        self.metrics.add("grad_norm", self._clip())
         self.optimizer.step()
 
 
@@ -416,13 +452,13 @@ class ValueTrainer(_Trainer):
 
     def train_step(self, data: list[dict[str, Any]], iteration: int = 0) -> None:
         assert self.model is not None and self.optimizer is not None
-        if not data:
+        if not self._has_data(data):
             return
         self.model.train()
         scale = LossScale.of(self.config.loss_agg_mode, [mb["response_mask"] for mb in data])
         self.optimizer.zero_grad(set_to_none=True)
         step_loss = 0.0
-        for mb in self._micro_batches(data):
+        for mb, counts in self._micro_batches(data):
             with self._forward():
                 values = _response_values(self.model, mb)  # (B, R), the head in float32
             loss, clipfrac = value_loss(
@@ -433,9 +469,12 @@ class ValueTrainer(_Trainer):
                 clip_range=self.config.value_clip,
                 scale=scale,
             )
+            if not counts:  # a sharded replica's extra pass (see _micro_batches)
+                (loss * 0.0).backward()
+                continue
             loss.backward()  # this micro-batch's share of the global batch's loss (scale)
             step_loss += float(loss.detach())
             self.metrics.add("value_clipfrac", clipfrac)
         self.metrics.add("value_loss", step_loss)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+        self._clip()
         self.optimizer.step()

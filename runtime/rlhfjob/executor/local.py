@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from rlhfjob import sharding
 from rlhfjob.data import TrainBatch, split_samples
 from rlhfjob.flow import Node
 from rlhfjob.module import BaseModule
@@ -43,9 +44,13 @@ def merge_inputs(label: str, inputs: Sequence[Any]) -> Any:
 def copy_parameters(src: BaseModule, dst: BaseModule) -> int:
     """Copy ``src``'s sync parameters into ``dst``'s in place; returns bytes copied.
 
-    Raises ValueError naming missing, unexpected or mis-shaped parameters.
+    Raises ValueError naming missing, unexpected or mis-shaped parameters. A
+    sharded ``src``'s parameters are gathered whole first (collective over its
+    replicas: see ``rlhfjob.sharding``).
     """
     source = src.named_parameters_to_sync()
+    names = sorted(source)  # the order GatherParams gathers in, on the replicas not copying
+    source = dict(zip(names, sharding.full_tensors([source[k] for k in names]), strict=True))
     target = dst.named_parameters_to_sync()
     missing = sorted(set(source) - set(target))
     extra = sorted(set(target) - set(source))

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
-from rlhfjob import context
+from rlhfjob import context, sharding
 from rlhfjob.comm import admission
 from rlhfjob.comm.broadcast import all_reduce_mean, broadcast_tensors
 from rlhfjob.comm.channel import Pickler
@@ -34,6 +34,7 @@ from rlhfjob.executor.protocol import (
     CallDone,
     CopyParams,
     Free,
+    GatherParams,
     Hook,
     LoadState,
     Metrics,
@@ -54,6 +55,29 @@ __all__ = ["HANDLERS", "INLINE_BYTES", "pickled_if_small"]
 INLINE_BYTES = 64 << 10
 
 
+class GradientAverager:
+    """Averages a replicated trainer's gradients over its group once per optimizer step:
+    when the trainer calls ``average_gradients()`` (before its clip), else in a hook just
+    before ``optimizer.step()``."""
+
+    def __init__(
+        self, model: torch.nn.Module, group: dist.ProcessGroup, *, bucket_bytes: int
+    ) -> None:
+        self.model, self.group, self.bucket_bytes = model, group, bucket_bytes
+        self.done = False
+
+    def __call__(self) -> None:
+        if self.done:
+            return
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        all_reduce_mean(grads, group=self.group, bucket_bytes=self.bucket_bytes)
+        self.done = True
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.register_step_pre_hook(lambda *_: self())
+        optimizer.register_step_post_hook(lambda *_: setattr(self, "done", False))
+
+
 def run_setup(rt: WorkerRuntime, msg: Setup) -> None:
     rt.exchange.directory = msg.directory
     rt.bucket_bytes = msg.config.runtime.coalesced_buffer_mb * 2**20
@@ -64,24 +88,24 @@ def run_setup(rt: WorkerRuntime, msg: Setup) -> None:
     # The groups' gloo listeners, and the control channel's, opened after the rendezvous.
     admission.guard_peers(context.peers)
     for module in msg.modules:
-        module.bind(msg.config, replica_id=rt.env.replica)
+        group_name = msg.replicated.get(module.name)
+        replica_group = rt.groups[group_name] if group_name is not None else None
+        module.bind(msg.config, replica_id=rt.env.replica, replica_group=replica_group)
         module.run_hook(module.setup)
         rt.modules[module.name] = module
     for name, group_name in msg.replicated.items():
         module = rt.modules[name]
+        if sharding.is_sharded(module.model):
+            continue  # started from replica 0's weights when sharded; FSDP averages
         group = rt.groups[group_name]
         ranks = dist.get_process_group_ranks(group)
         # Data-parallel replicas start from replica 0's weights, like DDP.
         params = list(module.named_parameters_to_sync().values())
         broadcast_tensors(params, src=min(ranks), group=group, bucket_bytes=rt.bucket_bytes)
         if module.optimizer is not None and module.model is not None:
-            model = module.model
-
-            def reduce(*_: Any, _model: torch.nn.Module = model, _group: Any = group) -> None:
-                grads = [p.grad for p in _model.parameters() if p.grad is not None]
-                all_reduce_mean(grads, group=_group, bucket_bytes=rt.bucket_bytes)
-
-            module.optimizer.register_step_pre_hook(reduce)
+            averager = GradientAverager(module.model, group, bucket_bytes=rt.bucket_bytes)
+            averager.attach(module.optimizer)
+            module.gradient_averager = averager
 
 
 def run_param_specs(rt: WorkerRuntime, msg: ParamSpecs) -> list[tuple[str, tuple[int, ...], str]]:
@@ -125,18 +149,27 @@ def run_copy(rt: WorkerRuntime, msg: CopyParams) -> int:
     return copy_parameters(rt.modules[msg.src], rt.modules[msg.dst])
 
 
+def run_gather(rt: WorkerRuntime, msg: GatherParams) -> None:
+    """Take part in gathering a sharded ``module``'s parameters whole, which another
+    replica of it sends (a no-op when it is not sharded)."""
+    params = rt.modules[msg.module].named_parameters_to_sync()
+    sharding.full_tensors([params[k] for k in sorted(params)])
+
+
 def run_broadcast(rt: WorkerRuntime, msg: BroadcastParams) -> int:
     module = rt.modules[msg.module]
     params = module.named_parameters_to_sync()
     tensors = [params[k] for k in sorted(params)]
+    sharded = sharding.is_sharded(module.model)
     return broadcast_tensors(
-        tensors,
+        sharding.full_tensors(tensors),  # the sender's shards gathered whole (collective)
         src=msg.src,
         group=rt.groups[msg.group],
         bucket_bytes=rt.bucket_bytes,
         wire=[getattr(torch, name.removeprefix("torch.")) for name in msg.wire],
         # The model's own parameters: the first sync packs them, later ones send in place.
-        packing=type(module).named_parameters_to_sync is BaseModule.named_parameters_to_sync,
+        packing=not sharded
+        and type(module).named_parameters_to_sync is BaseModule.named_parameters_to_sync,
     )
 
 
@@ -147,11 +180,18 @@ def run_save_hook(rt: WorkerRuntime, msg: SaveHook) -> None:
 
 
 def run_save_state(rt: WorkerRuntime, msg: SaveState) -> StateReply:
-    """States of the modules whose first replica this is, and every module's RNG."""
+    """States of the modules whose first replica this is, and every module's RNG.
+
+    A sharded module's state is gathered on all its replicas (collective), in
+    the order of the modules' names on every worker, and kept by the first.
+    """
     states = {}
-    for name, module in rt.modules.items():
-        if msg.firsts[name] == rt.env.name:
-            states[name] = module_checkpoint(module)
+    for name, module in sorted(rt.modules.items()):
+        first = msg.firsts[name] == rt.env.name
+        if first or sharding.is_sharded(module.model):
+            state = module_checkpoint(module)
+            if first:
+                states[name] = state
     rng = {n: m.rng.state for n, m in rt.modules.items() if m.rng is not None}
     return StateReply(states, rng)
 
@@ -176,6 +216,7 @@ HANDLERS: dict[type, Callable[[WorkerRuntime, Any], Any]] = {
     Hook: run_hook,
     Metrics: run_metrics,
     CopyParams: run_copy,
+    GatherParams: run_gather,
     BroadcastParams: run_broadcast,
     SaveHook: run_save_hook,
     SaveState: run_save_state,

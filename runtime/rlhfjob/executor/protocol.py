@@ -36,6 +36,7 @@ __all__ = [
     "Fetch",
     "Fill",
     "Free",
+    "GatherParams",
     "Hook",
     "Joined",
     "Layout",
@@ -110,7 +111,7 @@ class Setup:
     """Make the process groups, bind and set up ``modules``, start replicas from replica 0.
 
     ``replicated`` names, per module of this worker that trains data parallel,
-    the group its gradients are averaged over.
+    the group its gradients are averaged over (or, with ``args.fsdp``, sharded over).
     """
 
     op: ClassVar[str] = "setup"
@@ -182,6 +183,16 @@ class CopyParams:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class GatherParams:
+    """Take part in gathering ``module``'s sharded parameters whole while another replica
+    of it sends them (FSDP2's gathers are collective over its replicas)."""
+
+    op: ClassVar[str] = "gather"
+    via_rpc: ClassVar[bool] = False
+    module: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class BroadcastParams:
     """Broadcast ``module``'s parameters over ``group`` from global rank ``src`` (sending
     or receiving); replies the bytes one rank received. ``wire``: the sender's dtypes
@@ -243,6 +254,7 @@ Operation = (
     | Hook
     | Metrics
     | CopyParams
+    | GatherParams
     | BroadcastParams
     | SaveHook
     | SaveState

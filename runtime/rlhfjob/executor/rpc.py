@@ -51,6 +51,7 @@ from rlhfjob.executor.protocol import (
     Failure,
     Fetch,
     Free,
+    GatherParams,
     Hook,
     LoadState,
     Metrics,
@@ -341,6 +342,15 @@ class RpcExecutor:
     def sync(self, src: BaseModule, dst: BaseModule, *, bucket_mb: int) -> int:
         del bucket_mb  # the workers' buckets were sized from the config at setup
         route = self.sync_plan[(src.name, dst.name)]
+        # A sharded source's replicas all take part in gathering its parameters whole;
+        # those that neither copy nor send are asked to first, so that a worker with a
+        # replica of each gathers (src's group) before it receives (the sync's group).
+        ends = self.placement[dst.name] if route is None else [route.source]
+        gathers = [
+            (p, self._submit(p, GatherParams(module=src.name)))
+            for p in self.placement[src.name]
+            if p not in ends
+        ]
         if route is None:
             futures = [
                 (p, self._submit(p, CopyParams(src=src.name, dst=dst.name)))
@@ -349,9 +359,9 @@ class RpcExecutor:
             moved = sum(self._wait(p, f, "copy") for p, f in futures)
         else:
             # The source sends src's parameters; every target receives them into dst's.
-            ends = [(route.source, src.name), *((p, dst.name) for p in route.targets)]
+            pairs = [(route.source, src.name), *((p, dst.name) for p in route.targets)]
             futures = []
-            for p, m in ends:
+            for p, m in pairs:
                 send = BroadcastParams(
                     module=m,
                     group=route.group,
@@ -361,6 +371,8 @@ class RpcExecutor:
                 futures.append((p, self._submit(p, send)))
             results = [self._wait(p, f, "parameter sync") for p, f in futures]
             moved = results[0] * len(route.targets)
+        for p, f in gathers:
+            self._wait(p, f, "parameter sync")
         return moved
 
     def save_hooks(self, *, iteration: int) -> None:
