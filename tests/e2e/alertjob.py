@@ -20,10 +20,11 @@ from typing import Any
 from toys import EvalActor, Learner, Scorer, prompts
 
 from rlhfjob import Engine, Environment, Evaluator, Trainer
+from rlhfjob_operator.contract import ENV_RESTART_GENERATION
 
 
 def _generation() -> int:
-    return int(os.environ.get("RLHFJOB_RESTART_GENERATION", "0"))
+    return int(os.environ.get(ENV_RESTART_GENERATION, "0"))
 
 
 class ScriptedActor(EvalActor):

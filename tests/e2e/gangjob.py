@@ -25,6 +25,7 @@ from toys import Actor, Learner, Scorer, prompts
 
 from rlhfjob import Engine, Environment, Trainer
 from rlhfjob import checkpoint as ckpt
+from rlhfjob_operator.contract import ENV_RESTART_GENERATION
 
 _PAUSE_S = 120.0
 
@@ -37,7 +38,7 @@ class PacedActor(Actor):
 
     def forward_step(self, data: Any, iteration: int) -> Any:
         pause = self.model_args.get("pause", 0)
-        if os.environ.get("RLHFJOB_RESTART_GENERATION", "0") != "0":
+        if os.environ.get(ENV_RESTART_GENERATION, "0") != "0":
             pause = self.model_args.get("pause_restarted", pause)
         time.sleep(float(pause))
         return super().forward_step(data, iteration)
@@ -101,7 +102,7 @@ if __name__ == "__main__":
     parser.add_argument("--pause-save", help="EPISODE:POINT")
     parser.add_argument("--pause-dir", type=Path)
     args = parser.parse_args()
-    if args.pause_save and os.environ.get("RLHFJOB_RESTART_GENERATION", "0") == "0":
+    if args.pause_save and os.environ.get(ENV_RESTART_GENERATION, "0") == "0":
         episode, point = (int(x) for x in args.pause_save.split(":"))
         pause_saves(episode, point, args.pause_dir)
     build().learn()
