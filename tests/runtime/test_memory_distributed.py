@@ -121,9 +121,12 @@ def test_two_trainer_replicas_sharded_or_not_train_as_one_trainer(
     runtime, models = two_replica_job("dist", 2)
     proc = rlhfjob_run(write_job(tmp_path, job_name, runtime, models, entry="textjob.py"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    shards = r"grpo_policy: FSDP2 over 2 replicas; replica (\d) holds ([\d,]+) of"
+    shards = r"grpo_policy: FSDP2 over 2 replicas; replica (\d) holds ([\d,]+) of ([\d,]+) "
     held = re.findall(shards, proc.stdout + proc.stderr)  # the workers' lines, relayed
-    assert sorted(r for r, _ in held) == (["0", "1"] if fsdp else []), proc.stdout[-3000:]
+    assert sorted(r for r, _, _ in held) == (["0", "1"] if fsdp else []), proc.stdout[-3000:]
+    counts = [(int(h.replace(",", "")), int(t.replace(",", ""))) for _, h, t in held]
+    assert all(2 * h <= t + 1000 for h, t in counts), counts  # about half each
+    assert not counts or sum(h for h, _ in counts) == counts[0][1], counts  # no overlap
     runtime, models = two_replica_job("inproc", 1)
     textjob.build(JobConfig.model_validate({"runtime": runtime, "models": models})).learn(
         progress=False
