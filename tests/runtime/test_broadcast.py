@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from conftest import spawned_exit_codes
 from rlhfjob.comm.broadcast import broadcast_tensors, layout, pack, plan_buckets
 from rlhfjob.executor.rpc import check_sync_specs
 
@@ -92,29 +90,7 @@ def _rank(rank: int, world: int, port: int, packed: list[bool]) -> None:
 )
 def test_every_replica_ends_on_the_sources_bytes(packed):
     world = len(packed)
-    assert _exit_codes(_rank, world, packed) == [0] * world
-
-
-def _exit_codes(target, world, *args):
-    """Run ``target(rank, world, port, *args)`` in ``world`` spawned processes on a free
-    port; their exit codes (a wrong byte fails one). No multiprocessing queue: its
-    semaphore would live in /dev/shm."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=target, args=(r, world, port, *args)) for r in range(world)]
-    for p in procs:
-        p.start()
-    try:
-        for p in procs:
-            p.join(timeout=120)
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-                p.join()
-    return [p.exitcode for p in procs]
+    assert spawned_exit_codes(_rank, world, packed) == [0] * world
 
 
 def _cast_rank(rank: int, world: int, port: int) -> None:
@@ -134,7 +110,7 @@ def _cast_rank(rank: int, world: int, port: int) -> None:
 
 
 def test_a_bfloat16_replica_receives_float32_weights_cast():
-    assert _exit_codes(_cast_rank, 2) == [0, 0]
+    assert spawned_exit_codes(_cast_rank, 2) == [0, 0]
 
 
 def test_sync_pairs_may_differ_in_floating_dtype_only():

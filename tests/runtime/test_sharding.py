@@ -6,13 +6,12 @@ by name."""
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from conftest import spawned_exit_codes
 from rlhfjob import sharding
 from rlhfjob.algorithms.common import sequence
 from rlhfjob.algorithms.ppo import PolicyTrainer, ValueTrainer
@@ -106,25 +105,5 @@ def _rank(rank: int, world: int, port: int) -> None:
     dist.destroy_process_group()
 
 
-def _exit_codes(world: int) -> list[int | None]:
-    """Run ``_rank`` in ``world`` spawned processes on a free port; their exit codes."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_rank, args=(r, world, port)) for r in range(world)]
-    for p in procs:
-        p.start()
-    try:
-        for p in procs:
-            p.join(timeout=180)
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-                p.join()
-    return [p.exitcode for p in procs]
-
-
 def test_sharded_replicas_step_as_data_parallel_ones_and_save_whole_state() -> None:
-    assert _exit_codes(2) == [0, 0]
+    assert spawned_exit_codes(_rank, 2, timeout=180) == [0, 0]
