@@ -3,46 +3,19 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import jobfiles
 import pytest
 import torch
-import torch.multiprocessing as mp
 import yaml
 
 from rlhfjob import checkpoint as ckpt
 
 HERE = Path(__file__).resolve().parent
-
-
-def spawned_exit_codes(
-    target: Any, world: int, *args: Any, timeout: float = 120
-) -> list[int | None]:
-    """Run ``target(rank, world, port, *args)`` in ``world`` spawned processes on a free
-    port; their exit codes (a failed check fails one). No multiprocessing queue: its
-    semaphore would live in /dev/shm."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=target, args=(r, world, port, *args)) for r in range(world)]
-    for p in procs:
-        p.start()
-    try:
-        for p in procs:
-            p.join(timeout=timeout)
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-                p.join()
-    return [p.exitcode for p in procs]
 
 
 def final_models(root: Path) -> dict[str, torch.Tensor]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.distributed as dist
+from spawned import spawned_exit_codes
 
-from conftest import spawned_exit_codes
 from rlhfjob.comm.broadcast import broadcast_tensors, layout, pack, plan_buckets
 from rlhfjob.executor.rpc import check_sync_specs
 
