@@ -152,16 +152,16 @@ def common_steps(count: int, group: dist.ProcessGroup, *, name: str) -> int:
     """The most micro-batches any replica of a sharded trainer has this step (collective).
 
     Raises ValueError on every replica when one has none: its forward passes
-    would be missing from every block's all-gather.
+    would be missing from every block's all-gather. (The executor refuses a global
+    batch smaller than the replica count before it gets here: ``rpc.check_shares``.)
     """
     counts = torch.tensor([count, -count], dtype=torch.int64)
     dist.all_reduce(counts, op=dist.ReduceOp.MAX, group=group)
     most, fewest = int(counts[0]), -int(counts[1])
     if fewest == 0:
         raise ValueError(
-            f"a replica of {name} (args.fsdp: true) got no sample of a global batch while "
-            f"another got {most} micro-batches: every global batch, an episode's last and "
-            f"smaller one included, needs at least models.{name}.num_replica samples (see "
-            "runtime.sample_per_episode and runtime.train_global_batch_size)"
+            f"a replica of {name} (args.fsdp: true) got no micro-batch while another got "
+            f"{most}: every replica of a sharded trainer takes part in every train step (the "
+            "executor gives each a share of every global batch)"
         )
     return most

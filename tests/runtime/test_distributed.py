@@ -103,6 +103,17 @@ def test_two_trainer_replicas_match_within_tolerance(tmp_path, job_name):
         assert torch.allclose(a[key], b[key], atol=1e-5), key
 
 
+def test_a_global_batch_smaller_than_the_trainer_replicas_fails_by_name(tmp_path, job_name):
+    # 9 samples in global batches of 4: the last one's single sample cannot feed 2
+    # replicas; one replica with no share would leave the other in the all-reduce.
+    runtime = {**RUNTIME, "sample_per_episode": 9, "data_checkpoint_path": str(tmp_path)}
+    models = {**MODELS, "learner": {"trainable": True, "num_replica": 2}}
+    proc = rlhfjob_run(write_job(tmp_path, job_name, runtime, models))
+    assert proc.returncode != 0
+    assert "a global batch of 1 sample(s) cannot give each of the 2" in proc.stderr, proc.stderr
+    assert "models.learner.num_replica" in proc.stderr
+
+
 def test_two_inference_replicas_take_batches_in_turn(tmp_path, job_name, monkeypatch):
     # The toy actor prints nothing of its own: at debug, gloo's startup lines show the
     # second replica's [actor-1] prefix.

@@ -93,6 +93,19 @@ class WorkerFailed(RuntimeError):
 _FLOATS = {"torch.float32", "torch.bfloat16", "torch.float16", "torch.float64"}
 
 
+def check_shares(name: str, samples: int, replicas: int) -> None:
+    """Refuse a global batch with fewer samples than data-parallel replicas: a replica
+    with no share would skip the gradient all-reduce (or FSDP's gathers) that the
+    others wait in."""
+    if samples < replicas:
+        raise ValueError(
+            f"a global batch of {samples} sample(s) cannot give each of the {replicas} "
+            f"data-parallel replicas of {name} one: every global batch, an episode's last and "
+            f"smaller one included, needs at least models.{name}.num_replica samples (see "
+            "runtime.sample_per_episode and runtime.train_global_batch_size)"
+        )
+
+
 def check_sync_specs(
     src: str, dst: str, a: list[tuple[str, tuple[int, ...], str]], b: list[tuple[str, Any, str]]
 ) -> None:
@@ -234,6 +247,7 @@ class RpcExecutor:
         batch = next((i for i in inputs if isinstance(i, TrainBatch)), None)
         if batch is not None and len(replicas) > 1:
             # Data parallel: each replica trains on its share; gradients are all-reduced.
+            check_shares(name, len(batch.samples), len(replicas))
             refs = []
             for index, peer in enumerate(replicas):
                 share = [batch.shard(index, len(replicas)) if i is batch else i for i in inputs]
