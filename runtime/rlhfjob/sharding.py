@@ -81,13 +81,13 @@ def is_sharded(model: nn.Module | None) -> bool:
     return model is not None and any(isinstance(p, DTensor) for p in model.parameters())
 
 
-def full_tensors(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Each DTensor gathered whole (collective, in list order); other tensors as they are."""
-    return [t.full_tensor() if isinstance(t, DTensor) else t for t in tensors]
-
-
 def _whole(value: Any) -> Any:
     return value.full_tensor() if isinstance(value, DTensor) else value
+
+
+def full_tensors(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each DTensor gathered whole (collective, in list order); other tensors as they are."""
+    return [_whole(t) for t in tensors]
 
 
 @torch.no_grad()
