@@ -41,6 +41,14 @@ def merge_inputs(label: str, inputs: Sequence[Any]) -> Any:
     return merged
 
 
+def sync_parameters(module: BaseModule) -> dict[str, torch.Tensor]:
+    """``module``'s sync parameters sorted by name: the one order of the parameter specs,
+    the broadcast, the copy and a sharded source's gathers, which every rank of a
+    collective must share."""
+    params = module.named_parameters_to_sync()
+    return {k: params[k] for k in sorted(params)}
+
+
 def copy_parameters(src: BaseModule, dst: BaseModule) -> int:
     """Copy ``src``'s sync parameters into ``dst``'s in place; returns bytes copied.
 
@@ -48,9 +56,8 @@ def copy_parameters(src: BaseModule, dst: BaseModule) -> int:
     sharded ``src``'s parameters are gathered whole first (collective over its
     replicas: see ``rlhfjob.sharding``).
     """
-    source = src.named_parameters_to_sync()
-    names = sorted(source)  # the order GatherParams gathers in, on the replicas not copying
-    source = dict(zip(names, sharding.full_tensors([source[k] for k in names]), strict=True))
+    source = sync_parameters(src)
+    source = dict(zip(source, sharding.full_tensors(list(source.values())), strict=True))
     target = dst.named_parameters_to_sync()
     missing = sorted(set(source) - set(target))
     extra = sorted(set(target) - set(source))

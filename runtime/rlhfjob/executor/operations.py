@@ -26,6 +26,7 @@ from rlhfjob.executor.local import (
     load_module_checkpoint,
     merge_inputs,
     module_checkpoint,
+    sync_parameters,
 )
 from rlhfjob.executor.protocol import (
     BroadcastParams,
@@ -109,8 +110,8 @@ def run_setup(rt: WorkerRuntime, msg: Setup) -> None:
 
 
 def run_param_specs(rt: WorkerRuntime, msg: ParamSpecs) -> list[tuple[str, tuple[int, ...], str]]:
-    params = rt.modules[msg.module].named_parameters_to_sync()
-    return [(k, tuple(v.shape), str(v.dtype)) for k, v in sorted(params.items())]
+    params = sync_parameters(rt.modules[msg.module])
+    return [(k, tuple(v.shape), str(v.dtype)) for k, v in params.items()]
 
 
 def run_build_dataset(rt: WorkerRuntime, msg: BuildDataset) -> list[Any]:
@@ -152,14 +153,12 @@ def run_copy(rt: WorkerRuntime, msg: CopyParams) -> int:
 def run_gather(rt: WorkerRuntime, msg: GatherParams) -> None:
     """Take part in gathering a sharded ``module``'s parameters whole, which another
     replica of it sends (a no-op when it is not sharded)."""
-    params = rt.modules[msg.module].named_parameters_to_sync()
-    sharding.full_tensors([params[k] for k in sorted(params)])
+    sharding.full_tensors(list(sync_parameters(rt.modules[msg.module]).values()))
 
 
 def run_broadcast(rt: WorkerRuntime, msg: BroadcastParams) -> int:
     module = rt.modules[msg.module]
-    params = module.named_parameters_to_sync()
-    tensors = [params[k] for k in sorted(params)]
+    tensors = list(sync_parameters(module).values())
     sharded = sharding.is_sharded(module.model)
     return broadcast_tensors(
         sharding.full_tensors(tensors),  # the sender's shards gathered whole (collective)
