@@ -107,6 +107,11 @@ class RuntimeSpec(ConfigModel):
     def global_batch_size(self) -> int:
         return self.train_global_batch_size or self.train_micro_batch_size
 
+    @property
+    def coalesced_buffer_bytes(self) -> int:
+        """``coalesced_buffer_mb`` in bytes (MiB): the parameter-sync and all-reduce buckets."""
+        return self.coalesced_buffer_mb * 2**20
+
 
 def _small_group(rt: RuntimeSpec) -> int | None:
     """Index of the first colocation group of fewer than two names; None when none is."""

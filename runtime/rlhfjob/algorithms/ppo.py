@@ -320,7 +320,7 @@ class _Trainer(_LMModule):
         if self.config.gradient_checkpointing:
             enable_gradient_checkpointing(model, name=self.name)
         if self.config.fsdp and self.replica_group is not None:
-            bucket = self.runtime_args.coalesced_buffer_mb * 2**20
+            bucket = self.runtime_args.coalesced_buffer_bytes
             sharding.shard(model, self.replica_group, bucket_bytes=bucket)
             print(
                 sharding.describe(model, name=self.name, group=self.replica_group), file=sys.stderr

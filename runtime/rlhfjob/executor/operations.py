@@ -81,7 +81,7 @@ class GradientAverager:
 
 def run_setup(rt: WorkerRuntime, msg: Setup) -> None:
     rt.exchange.directory = msg.directory
-    rt.bucket_bytes = msg.config.runtime.coalesced_buffer_mb * 2**20
+    rt.bucket_bytes = msg.config.runtime.coalesced_buffer_bytes
     for spec in msg.groups:
         group = dist.new_group(spec.ranks, backend=spec.backend)
         if rt.env.rank in spec.ranks:
