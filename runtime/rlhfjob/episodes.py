@@ -84,7 +84,7 @@ class EpisodeRun:
         resumed = resume.resume(self)
         if not resumed:
             for src, dst in self.engine._sync_pairs:
-                self.ex.sync(src, dst, bucket_mb=self.rt.coalesced_buffer_mb)
+                self.ex.sync(src, dst)
         served = prom.for_driver()  # Prometheus metrics, when this process serves them
         if served is not None:
             restarts = context.env.restart_generation if context.env is not None else 0
@@ -137,7 +137,7 @@ class EpisodeRun:
             sync_start, synced = time.perf_counter(), 0
             for src, dst in self.engine._sync_pairs:
                 if number % self.engine.config.model(src.name).sync_frequency == 0:
-                    synced += self.ex.sync(src, dst, bucket_mb=self.rt.coalesced_buffer_mb)
+                    synced += self.ex.sync(src, dst)
             if synced:
                 summary["sync_seconds"] = time.perf_counter() - sync_start
                 summary["sync_bytes"] = synced

@@ -65,8 +65,9 @@ class Executor(Protocol):
         """Model calls finished since the last call, as (module, method, seconds run)."""
         ...
 
-    def sync(self, src: BaseModule, dst: BaseModule, *, bucket_mb: int) -> int:
-        """Copy ``src``'s parameters into ``dst``; returns the bytes moved."""
+    def sync(self, src: BaseModule, dst: BaseModule) -> int:
+        """Copy ``src``'s parameters into ``dst``; returns the bytes moved (in buckets of
+        ``runtime.coalesced_buffer_mb`` across workers, sized at setup)."""
         ...
 
     def save_hooks(self, *, iteration: int) -> None:

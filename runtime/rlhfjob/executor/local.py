@@ -155,9 +155,8 @@ class LocalExecutor:
         steps, self.steps = self.steps, []
         return steps
 
-    def sync(self, src: BaseModule, dst: BaseModule, *, bucket_mb: int) -> int:
+    def sync(self, src: BaseModule, dst: BaseModule) -> int:
         # One process: a copy in place is the whole sync; buckets matter only across workers.
-        del bucket_mb
         return copy_parameters(src, dst)
 
     def save_hooks(self, *, iteration: int) -> None:

@@ -353,8 +353,7 @@ class RpcExecutor:
                     totals[module][key].append(float(value))
         return {m: {k: sum(v) / len(v) for k, v in ms.items()} for m, ms in totals.items()}
 
-    def sync(self, src: BaseModule, dst: BaseModule, *, bucket_mb: int) -> int:
-        del bucket_mb  # the workers' buckets were sized from the config at setup
+    def sync(self, src: BaseModule, dst: BaseModule) -> int:
         route = self.sync_plan[(src.name, dst.name)]
         # A sharded source's replicas all take part in gathering its parameters whole;
         # those that neither copy nor send are asked to first, so that a worker with a
