@@ -19,6 +19,7 @@ __all__ = [
     "COLOCATED_MODELS_EXIST",
     "COLOCATED_REPLICAS_MATCH",
     "REPLICAS_GET_BATCHES",
+    "STALENESS_SYNCS_EVERY_EPISODE",
     "JobConfig",
     "ModelSpec",
     "RuntimeSpec",
@@ -101,6 +102,13 @@ class RuntimeSpec(ConfigModel):
         "ones train on their own samples and are not kept.",
     )
     coalesced_buffer_mb: int = Field(100, ge=1, description="Parameter-sync bucket size in MB.")
+    max_staleness: int = Field(
+        0,
+        ge=0,
+        description="Asynchronous RL: how many weight versions a sample's policy may lag the "
+        "trainer's. With k >= 1 the env flow of episode e+k runs while episode e trains and "
+        "syncs; 0 is synchronous.",
+    )
     seed: int = 1234
 
     @property
@@ -391,6 +399,29 @@ COLOCATED_REPLICAS_MATCH: Rule[Sections] = Rule(
     explain=_differ_message,
     field_path=".runtime.colocation",
 )
+
+
+def _lagging(s: Sections) -> str | None:
+    """The first model that syncs less often than every episode while max_staleness is on
+    (its policy would lag by more than max_staleness versions); None when none does."""
+    if s.runtime.max_staleness == 0:
+        return None
+    return next((n for n, m in s.models.items() if m.sync_frequency != 1), None)
+
+
+STALENESS_SYNCS_EVERY_EPISODE: Rule[Sections] = Rule(
+    cel=f"{_rt('max_staleness')} == 0 || !has(self.models) || self.models.all(k, "
+    f"{cel_or('self.models[k]', 'sync_frequency', 1)} == 1)",
+    message="spec.runtime.max_staleness needs sync_frequency 1 on every model: weight "
+    "versions are counted in episodes",
+    holds=lambda s: _lagging(s) is None,
+    explain=lambda s: (
+        f"runtime.max_staleness is {s.runtime.max_staleness} but models.{_lagging(s)}."
+        "sync_frequency is not 1; the staleness bound counts one weight version per episode, "
+        "so set sync_frequency to 1 (or max_staleness to 0)"
+    ),
+    field_path=".runtime.max_staleness",
+)
 REPLICAS_GET_BATCHES: Rule[Sections] = Rule(
     cel=f"!has(self.models) || self.models.all(k, {_replicas('k')} * "
     f"(has(self.models[k].generation_batch_size) ? "
@@ -410,7 +441,11 @@ class JobConfig(ConfigModel):
     runtime: RuntimeSpec = Field(default_factory=lambda: RuntimeSpec())
     models: dict[str, ModelSpec] = Field(default_factory=dict)
 
-    rules: ClassVar[tuple[Rule[JobConfig], ...]] = (COLOCATED_MODELS_EXIST, REPLICAS_GET_BATCHES)
+    rules: ClassVar[tuple[Rule[JobConfig], ...]] = (
+        COLOCATED_MODELS_EXIST,
+        REPLICAS_GET_BATCHES,
+        STALENESS_SYNCS_EVERY_EPISODE,
+    )
 
     def model(self, name: str) -> ModelSpec:
         """The spec of model ``name``; defaults when the config does not mention it."""

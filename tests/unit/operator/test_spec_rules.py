@@ -102,7 +102,11 @@ _MODEL_NAMES = st.sampled_from(
 )
 _MODELS = st.dictionaries(
     _MODEL_NAMES,
-    _optional(num_replica=st.integers(1, 4), generation_batch_size=st.integers(1, 8)),
+    _optional(
+        num_replica=st.integers(1, 4),
+        generation_batch_size=st.integers(1, 8),
+        sync_frequency=st.sampled_from([1, 1, 2]),
+    ),
     max_size=4,
 )
 # A runtime that is valid on its own, so that the rules across sections are reached.
@@ -117,6 +121,7 @@ _SECTION_RUNTIME = _optional(
             [["reference", "ppo_policy", "reward"]],
         ]
     ),
+    max_staleness=st.integers(0, 2),
 )
 _SECTIONS = _optional(runtime=_SECTION_RUNTIME, models=_MODELS)
 _ENV_VARS = st.lists(
