@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, Protocol
 
 from rlhfjob.executor.protocol import Joined, Row
@@ -47,19 +47,42 @@ class Executor(Protocol):
         """Samples as per-sample dicts on the driver (for a replay sample manager)."""
         ...
 
-    def wait(self) -> None:
-        """Return once every call issued so far has finished (raising the first failure)."""
+    def begin(self, scope: int) -> None:
+        """Calls issued from now on belong to ``scope`` (the driver's episode number), so
+        that ``wait`` and ``release`` can take one episode's calls while a later
+        episode's env flow is still in flight (``runtime.max_staleness``)."""
         ...
 
-    def release(self) -> None:
-        """Drop every stored output of the episode that just ended."""
+    def wait(self, scope: int | None = None) -> None:
+        """Return once every call of ``scope`` (of every scope when None) issued so far
+        has finished (raising the first failure)."""
+        ...
+
+    def done(self, scope: int) -> bool:
+        """Whether every call of ``scope`` issued so far has finished, without waiting
+        (``wait`` raises any failure)."""
+        ...
+
+    def release(self, scope: int | None = None) -> None:
+        """Wait for, then drop every stored output of the calls of ``scope`` (of every
+        scope when None)."""
         ...
 
     def hook(self, name: str) -> None:
         """Call a no-argument hook (``before_episode``, ``after_episode``) on every module."""
         ...
 
-    def metrics(self) -> dict[str, dict[str, float]]: ...
+    def metrics(self, modules: Collection[str] | None = None) -> dict[str, dict[str, float]]:
+        """Each of ``modules``' metrics (every module's when None) since the last ask,
+        cleared; replicas' values averaged."""
+        ...
+
+    def metrics_later(
+        self, modules: Collection[str] | None = None
+    ) -> Callable[[], dict[str, dict[str, float]]]:
+        """``metrics(modules)`` taken after every call issued so far and before any issued
+        later, without waiting: the returned function waits for it."""
+        ...
 
     def step_seconds(self) -> list[tuple[str, str, float]]:
         """Model calls finished since the last call, as (module, method, seconds run)."""

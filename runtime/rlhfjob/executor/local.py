@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import torch
@@ -138,18 +138,34 @@ class LocalExecutor:
     def materialize(self, samples: list[Any]) -> list[Any]:
         return samples
 
-    def wait(self) -> None:
+    def begin(self, scope: int) -> None:
+        """Calls run when issued: scopes only matter where calls are in flight."""
+
+    def wait(self, scope: int | None = None) -> None:
         """Calls run when issued: nothing is ever in flight."""
 
-    def release(self) -> None:
+    def done(self, scope: int) -> bool:
+        return True
+
+    def release(self, scope: int | None = None) -> None:
         """Nothing is stored apart from the values themselves."""
 
     def hook(self, name: str) -> None:
         for module in self.modules:
             module.run_hook(getattr(module, name))
 
-    def metrics(self) -> dict[str, dict[str, float]]:
-        return {m.name: dict(m.get_and_clear_metrics() or {}) for m in self.modules}
+    def metrics(self, modules: Collection[str] | None = None) -> dict[str, dict[str, float]]:
+        return {
+            m.name: dict(m.get_and_clear_metrics() or {})
+            for m in self.modules
+            if modules is None or m.name in modules
+        }
+
+    def metrics_later(
+        self, modules: Collection[str] | None = None
+    ) -> Callable[[], dict[str, dict[str, float]]]:
+        taken = self.metrics(modules)  # every call issued so far has run
+        return lambda: taken
 
     def step_seconds(self) -> list[tuple[str, str, float]]:
         steps, self.steps = self.steps, []

@@ -143,7 +143,8 @@ def run_hook(rt: WorkerRuntime, msg: Hook) -> None:
 
 
 def run_metrics(rt: WorkerRuntime, msg: Metrics) -> dict[str, dict[str, float]]:
-    return {n: dict(m.get_and_clear_metrics() or {}) for n, m in rt.modules.items()}
+    names = rt.modules if msg.modules is None else [n for n in rt.modules if n in msg.modules]
+    return {n: dict(rt.modules[n].get_and_clear_metrics() or {}) for n in names}
 
 
 def run_copy(rt: WorkerRuntime, msg: CopyParams) -> int:

@@ -166,10 +166,12 @@ class Hook:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Metrics:
-    """Every module's metrics since the last ask (and clear them)."""
+    """The metrics of ``modules`` (every module of the worker when None) since the last
+    ask, cleared."""
 
     op: ClassVar[str] = "metrics"
     via_rpc: ClassVar[bool] = False
+    modules: tuple[str, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import pickle
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import torch
@@ -136,7 +136,9 @@ class RpcExecutor:
         self.pending: dict[Ref, tuple[Peer, Pending]] = {}
         self.calls: dict[Ref, tuple[str, str]] = {}  # (module, method) of calls not yet timed
         self.steps: list[tuple[str, str, float]] = []
-        self.stored: dict[str, list[int]] = defaultdict(list)
+        self.scope = 0  # the scope of calls issued now (Executor.begin)
+        self.scopes: dict[Ref, int] = {}  # each pending call's scope
+        self.stored: dict[int, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
         self.groups: dict[str, Any] = {}
         self.sync_plan: dict[tuple[str, str], SyncRoute | None] = {}
         self.wire: dict[tuple[str, str], tuple[str, ...]] = {}  # the source's dtypes
@@ -268,7 +270,8 @@ class RpcExecutor:
         ref = Ref(peer.name, key)
         self.pending[ref] = (peer, fut)
         self.calls[ref] = (name, method)
-        self.stored[peer.name].append(key)
+        self.scopes[ref] = self.scope
+        self.stored[self.scope][peer.name].append(key)
         return ref
 
     def _done(self, ref: Ref) -> Any:
@@ -323,35 +326,59 @@ class RpcExecutor:
 
         return gather_rows(samples, fetch)
 
-    def wait(self) -> None:
-        for ref in list(self.pending):
+    def begin(self, scope: int) -> None:
+        self.scope = scope
+
+    def _of(self, scope: int | None) -> list[Ref]:
+        return [r for r in self.pending if scope is None or self.scopes[r] == scope]
+
+    def wait(self, scope: int | None = None) -> None:
+        for ref in self._of(scope):
             self._done(ref)
 
-    def release(self) -> None:
-        self.wait()
+    def done(self, scope: int) -> bool:
+        return all(self.pending[r][1].done() for r in self._of(scope))
+
+    def release(self, scope: int | None = None) -> None:
+        self.wait(scope)
+        scopes = list(self.stored) if scope is None else [scope]
         futures = [
             (self.peers[w], self._submit(self.peers[w], Free(keys=keys)))
-            for w, keys in self.stored.items()
+            for s in scopes
+            for w, keys in self.stored.pop(s, {}).items()
             if keys
         ]
         for peer, fut in futures:
             self._wait(peer, fut, "free")
         self._time_finished()
-        self.calls.clear()
-        self.pending.clear()
-        self.stored.clear()
+        for ref in self._of(scope):
+            self.calls.pop(ref, None)
+            del self.pending[ref], self.scopes[ref]
 
     def hook(self, name: str) -> None:
         self._all(Hook(hook=name))
 
-    def metrics(self) -> dict[str, dict[str, float]]:
-        """Each module's metrics; replicas' values are averaged."""
-        totals: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-        for per_worker in self._all(Metrics()).values():
-            for module, metrics in per_worker.items():
-                for key, value in metrics.items():
-                    totals[module][key].append(float(value))
-        return {m: {k: sum(v) / len(v) for k, v in ms.items()} for m, ms in totals.items()}
+    def metrics(self, modules: Collection[str] | None = None) -> dict[str, dict[str, float]]:
+        return self.metrics_later(modules)()
+
+    def metrics_later(
+        self, modules: Collection[str] | None = None
+    ) -> Callable[[], dict[str, dict[str, float]]]:
+        """Ask the workers holding ``modules`` (every worker when None) now, in their order;
+        the function waits for the replies and averages replicas' values."""
+        ask = Metrics(modules=None if modules is None else tuple(sorted(modules)))
+        peers = [p for p in self.workers if modules is None or set(p.models) & set(modules)]
+        futures = [(p, self._submit(p, ask)) for p in peers]
+
+        def replies() -> dict[str, dict[str, float]]:
+            totals: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+            for peer, fut in futures:
+                for module, metrics in self._wait(peer, fut, ask.op).items():
+                    for key, value in metrics.items():
+                        totals[module][key].append(float(value))
+            return {m: {k: sum(v) / len(v) for k, v in ms.items()} for m, ms in totals.items()}
+
+        return replies
 
     def sync(self, src: BaseModule, dst: BaseModule) -> int:
         route = self.sync_plan[(src.name, dst.name)]
