@@ -1,4 +1,5 @@
-"""The ``rlhfjob`` command: validate a job, or run one on this machine (the local launcher)."""
+"""The ``rlhfjob`` command: validate a job, run one on this machine (the local launcher), or
+print a checkpoint's prompt ledger."""
 
 from __future__ import annotations
 
@@ -19,6 +20,18 @@ def _validate(args: argparse.Namespace) -> int:
         return 2
     models = ", ".join(sorted(config.models)) or "none"
     print(f"{args.path}: valid ({config.runtime.num_episode} episodes; models: {models})")
+    return 0
+
+
+def _ledger(args: argparse.Namespace) -> int:
+    from rlhfjob_operator.ledger import format_ledger, read_ledger
+
+    try:
+        checkpoint, entries = read_ledger(args.path)
+    except ValueError as exc:
+        print(f"rlhfjob ledger: {exc}", file=sys.stderr)
+        return 2
+    print(format_ledger(checkpoint, entries))
     return 0
 
 
@@ -121,6 +134,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=None, help="seconds each attempt may run (default: none)"
     )
     run.set_defaults(func=_run)
+    ledger = sub.add_parser(
+        "ledger",
+        help="print a checkpoint's prompt ledger: each episode's prompts and weight versions",
+        description=(
+            "Print the prompt ledger of the newest complete checkpoint under CHECKPOINT_DIR "
+            "(or of that checkpoint itself): per episode, the prompts its env flow took, "
+            "the weight version it generated with and the one it trained with; then how "
+            "many responses each prompt was generated and trained on."
+        ),
+    )
+    ledger.add_argument("path", metavar="CHECKPOINT_DIR")
+    ledger.set_defaults(func=_ledger)
     return parser
 
 

@@ -5,6 +5,7 @@ Layout under ``runtime.data_checkpoint_path``::
     episode_000004/
         modules/<name>.pt     each module's state_dict (model, optimizer, extras)
         engine.pt             episode, data position, replay buffers, RNG states
+        ledger.json           the prompt ledger (rlhfjob.ahead), for ``rlhfjob ledger``
         COMPLETE              written last: a checkpoint without it is ignored
 
 Every file is written to a temporary name, fsynced, then renamed, and
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rlhfjob_operator.ledger import LEDGER
 from rlhfjob_operator.restarts import CHECKPOINT_DIR, COMPLETE
 
 __all__ = [
@@ -69,10 +71,12 @@ def save_checkpoint(
     episode: int,
     modules: dict[str, dict[str, Any]],
     engine: dict[str, Any],
+    ledger: list[dict[str, Any]] | None = None,
 ) -> Path:
     """Write checkpoint ``episode`` under ``root``; returns its directory.
 
-    ``modules`` maps module name to its state_dict. An existing complete
+    ``modules`` maps module name to its state_dict; ``ledger`` (JSON) is also written
+    as ``ledger.json``, readable without torch. An existing complete
     checkpoint of the same episode is replaced only once the new one is
     complete.
     """
@@ -85,6 +89,8 @@ def save_checkpoint(
     for name, state in modules.items():
         _write_atomic(work / "modules" / f"{name}.pt", _torch_bytes(state))
     _write_atomic(work / "engine.pt", _torch_bytes(engine))
+    if ledger is not None:
+        _write_atomic(work / LEDGER, json.dumps(ledger, indent=1).encode())
     _write_atomic(
         work / _MARKER,
         json.dumps({"episode": episode, "modules": sorted(modules)}).encode(),

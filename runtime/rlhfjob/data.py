@@ -136,17 +136,28 @@ class PromptStream:
             self._orders = {key: order}  # keep one pass cached; older passes are never needed
         return self._orders[key]
 
-    def _at(self, position: int) -> Any:
+    def _locate(self, position: int) -> tuple[int, int]:
+        """(dataset, index in it) of the prompt at stream ``position``."""
         round_, slot = divmod(position, len(self._slots))
         dataset, first = self._slots[slot]
         index = round_ * self.ratio[dataset] + slot - first
         size = len(self.datasets[dataset])
-        return self.datasets[dataset][self._order(dataset, index // size)[index % size]]
+        return dataset, self._order(dataset, index // size)[index % size]
 
     def take(self, n: int) -> list[Any]:
-        out = [self._at(self.consumed + i) for i in range(n)]
+        out = [self.datasets[d][i] for d, i in map(self._locate, self.positions(n))]
         self.consumed += n
         return out
+
+    def positions(self, n: int) -> range:
+        """The stream positions the next ``take(n)`` takes."""
+        return range(self.consumed, self.consumed + n)
+
+    def prompt_ids(self, positions: range) -> list[str]:
+        """Each position's prompt as ``"<dataset>:<index>"`` (its index in the list given
+        to ``set_dataset``, or to ``set_multiple_datasets`` for that dataset): what the
+        prompt ledger records."""
+        return [f"{d}:{i}" for d, i in map(self._locate, positions)]
 
     def state_dict(self) -> dict[str, int]:
         return {"consumed": self.consumed}

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from rlhfjob import context, resume, timing
 from rlhfjob import metrics as prom
+from rlhfjob.ahead import Generation, ledger_entry, waits
 from rlhfjob.comm import stopping
 from rlhfjob.components import metrics_of
 from rlhfjob.data import PromptStream, StreamDataset, collate
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from rlhfjob.engine import Engine
 
 __all__ = ["EpisodeRun"]
+
+EVAL_SCOPE = 0  # the executor scope of evaluation calls; episodes' scopes are their numbers
 
 
 class EpisodeRun:
@@ -37,6 +40,11 @@ class EpisodeRun:
         self.summaries: list[dict[str, Any]] = []
         self.stop_why: str | None = None  # a SIGTERM somewhere in the gang (comm.stopping)
         self.saved_episode: int | None = None  # the newest checkpoint this run saved
+        # Generation ahead of training (rlhfjob.ahead): the env flows submitted and not yet
+        # trained on, by episode; the trainer's weight version; the prompt ledger.
+        self.ahead: dict[int, Generation] = {}
+        self.version = 0
+        self.ledger: dict[int, dict[str, Any]] = {}
         self.stream: PromptStream | None = None
         if engine.environment is not None and engine._datasets is not None:
             first = engine.environment.graph.entry_modules[0]
@@ -124,16 +132,43 @@ class EpisodeRun:
         number = self.episode + 1
         summary: dict[str, Any] = {"episode": number}
         self.ex.hook("before_episode")
-        samples = self.generate() if self.engine.environment is not None else []
+        env_metrics: dict[str, dict[str, float]] = {}
+        samples: list[Any] = []
+        generating = collecting = 0.0
+        generation: Generation | None = None
+        if self.engine.environment is not None:
+            generating = self._submit_ahead(number)
+            generation = self.ahead.pop(number)
+            began = time.perf_counter()
+            samples = self._collect(generation)
+            collecting = time.perf_counter() - began
+            env_metrics = generation.metrics_now()
         summary["samples"] = len(samples)
         if self.engine.trainer is not None:
+            if generation is not None:
+                self._record_training(number, generation, summary)
             manager = self.engine._replay_manager
             if manager is not None:
                 samples = self.ex.materialize(samples)
             # The replay buffers' episode_id is ChatLearn's: 0-based.
             self.dataset.set_episode(number - 1, samples, manager)
+            self.ex.begin(number)
+            trained_from = time.perf_counter()
+            idle = all(self.ex.done(e) for e in self.ahead)  # in process: always
             summary["train_steps"] = self.train()
-            self.ex.wait()  # training done everywhere: what follows times the sync alone
+            # Training done everywhere (what follows times the sync alone), and the env
+            # flows in flight, whose workers the sync may need; each end is timed.
+            trained, generated = self._finish(number)
+            generated = trained_from if idle else generated
+            summary.update(
+                waits(
+                    generating=generating,
+                    collecting=collecting,
+                    start=trained_from,
+                    trained=trained,
+                    generated=generated,
+                )
+            )
             sync_start, synced = time.perf_counter(), 0
             for src, dst in self.engine._sync_pairs:
                 if number % self.engine.config.model(src.name).sync_frequency == 0:
@@ -141,7 +176,8 @@ class EpisodeRun:
             if synced:
                 summary["sync_seconds"] = time.perf_counter() - sync_start
                 summary["sync_bytes"] = synced
-        self.ex.release()
+            self.version = number
+        self.ex.release(number)
         # ChatLearn's order, which a module sees: save_checkpoint, then the evaluation,
         # then after_episode. The checkpoint itself is written last, once this episode's
         # summary and RNG states are final, so a resumed run equals an uninterrupted one.
@@ -153,30 +189,95 @@ class EpisodeRun:
         if self.engine.evaluator is not None and interval and number % interval == 0:
             summary.update(self.evaluate())
         self.ex.hook("after_episode")
-        for name, metrics in self.ex.metrics().items():
-            for key, value in metrics.items():
+        others = [m.name for m in self.engine.modules if m.name not in self._env_only()]
+        metrics = {**env_metrics, **(self.ex.metrics(others) if others else {})}
+        for name in [m.name for m in self.engine.modules if m.name in metrics]:
+            for key, value in metrics[name].items():
                 summary[f"{name}/{key}"] = value
         elapsed = time.perf_counter() - start
         summary["seconds"] = elapsed
         summary["samples_per_s"] = len(samples) / elapsed if elapsed > 0 else math.inf
         self.episode = number
-        # The safe point: every call of the episode is done and nothing of the next began.
+        # The safe point: every call of the episode is done and nothing of the next began
+        # (but the env flows ahead, which a checkpoint keeps materialised).
         if number < self.rt.num_episode:
             self.stop_why = stopping.requested()
         emergency = self.stop_why is not None and self.rt.data_checkpoint_path is not None
         if emergency and not periodic:
             self.ex.save_hooks(iteration=self.train_iteration())
         if periodic or emergency:
+            self._materialize_ahead()
             resume.save(self, summary)
             self.saved_episode = number
         return summary
 
-    def generate(self) -> list[Any]:
+    # --- generation ahead (rlhfjob.ahead) ----------------------------------------
+
+    def _env_only(self) -> set[str]:
+        """Modules of the env flow that no trainer flow calls: their metrics are asked
+        right after each env flow, so they count in the episode that trains on it."""
+        env = self.engine.environment
+        trainer = self.engine.trainer
+        names = {m.name for m in env.modules} if env is not None else set()
+        return names - ({m.name for m in trainer.modules} if trainer is not None else set())
+
+    def _submit_ahead(self, number: int) -> float:
+        """Submit the env flows of every episode up to ``number + max_staleness`` not yet
+        submitted; returns the seconds it took (in process, the flows run then)."""
+        began = time.perf_counter()
+        last = min(number + self.rt.max_staleness, self.rt.num_episode)
+        for episode in range(max([number - 1, *self.ahead]) + 1, last + 1):
+            self.ahead[episode] = self._generate(episode)
+            copies = self.rt.num_inference_per_prompt
+            self.ledger[episode] = ledger_entry(self.ahead[episode], copies=copies)
+        self.ex.begin(number)
+        return time.perf_counter() - began
+
+    def _record_training(self, number: int, generation: Generation, summary: dict) -> None:
+        """The ledger's and the summary's record of training episode ``number`` with the
+        weights of version ``self.version`` on ``generation``'s samples."""
+        self.ledger[number]["trained_with"] = self.version
+        if self.rt.max_staleness > 0:
+            staleness = self.version - generation.version
+            summary["staleness_mean"] = float(staleness)  # one version per env flow
+            summary["staleness_max"] = staleness
+
+    def _finish(self, number: int) -> tuple[float, float]:
+        """Wait for episode ``number``'s training and for the env flows in flight; returns
+        when each finished (the driver's clock, within a millisecond)."""
+        trained = generated = None
+        while trained is None or generated is None:
+            now = time.perf_counter()
+            if trained is None and self.ex.done(number):
+                trained = now
+            if generated is None and all(self.ex.done(e) for e in self.ahead):
+                generated = now
+            if trained is None or generated is None:
+                time.sleep(0.001)
+        self.ex.wait(number)  # raise a failure of training
+        for episode in self.ahead:
+            self.ex.wait(episode)
+        return trained, generated
+
+    def _materialize_ahead(self) -> None:
+        """Take the samples and metrics of the env flows in flight onto the driver, for a
+        checkpoint that resumes them instead of generating them again."""
+        for generation in self.ahead.values():
+            if generation.samples is None:
+                generation.samples = self.ex.materialize(self._collect(generation))
+            generation.metrics_now()
+
+    def _generate(self, episode: int) -> Generation:
+        """Submit episode ``episode``'s env flow (its calls in scope ``episode``), and the
+        ask for its modules' metrics after it."""
         assert self.engine.environment is not None and self.stream is not None
         graph = self.engine.environment.graph
         assert graph.outputs or self.engine.trainer is None
+        self.ex.begin(episode)
+        count = self.rt.sample_per_episode // self.rt.num_inference_per_prompt
+        ids = self.stream.prompt_ids(self.stream.positions(count))
         prompts = _repeated(
-            self.stream.take(self.rt.sample_per_episode // self.rt.num_inference_per_prompt),
+            self.stream.take(count),
             times=self.rt.num_inference_per_prompt,
             whole=self.rt.data_rerank,
         )
@@ -185,13 +286,25 @@ class EpisodeRun:
         for start in range(0, len(prompts), size):
             results = self._run(graph, collate(prompts[start : start + size]), iterate=True)
             batches.append([results[i] for i in graph.outputs])
-        labels = [graph.nodes[i].label for i in graph.outputs]
+        return Generation(
+            episode=episode,
+            version=self.version,
+            prompts=ids,
+            handles=batches,
+            labels=[graph.nodes[i].label for i in graph.outputs],
+            metrics=self.ex.metrics_later(self._env_only()),
+        )
+
+    def _collect(self, generation: Generation) -> list[Any]:
+        """A generation's samples in the order its calls were issued (waiting for them)."""
+        if generation.samples is not None:
+            return generation.samples
         samples: list[Any] = []
-        for handles in batches:
-            pairs = zip(handles, labels, strict=True)
+        for handles in generation.handles:
+            pairs = zip(handles, generation.labels, strict=True)
             per_output = [self.ex.samples(handle, label=label) for handle, label in pairs]
             if per_output:
-                samples.extend(join_samples(per_output, labels))
+                samples.extend(join_samples(per_output, generation.labels))
         return samples
 
     def train(self) -> int:
@@ -226,12 +339,14 @@ class EpisodeRun:
         graph = evaluator.graph
         size = self.rt.generation_batch_size
         handles: list[tuple[str, Any]] = []
+        self.ex.begin(EVAL_SCOPE)
         for start in range(0, len(self.eval_data), size):
             results = self._run(graph, collate(self.eval_data[start : start + size]), iterate=True)
             handles.extend((graph.nodes[i].module.name, results[i]) for i in graph.outputs)
         outputs: dict[str, list[Any]] = {}
         for name, handle in handles:
             outputs.setdefault(name, []).append(self.ex.fetch(handle))
+        self.ex.release(EVAL_SCOPE)
         return evaluator.post_process(outputs, eval_info)
 
 

@@ -3,7 +3,10 @@
 What a checkpoint holds beside each module's state_dict: the episodes done, each
 flow node's iteration counter, the prompt stream's position, the StreamDataset
 (replay buffers included), every summary so far and the RNG states, so a
-resumed run equals an uninterrupted one.
+resumed run equals an uninterrupted one. With ``max_staleness``, also the env
+flows already run ahead of training (their samples materialised, their weight
+versions) and the prompt ledger, so a resumed run neither generates them again
+nor skips their prompts (``rlhfjob.ahead``).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from rlhfjob import checkpoint as ckpt
+from rlhfjob.ahead import Generation
 
 if TYPE_CHECKING:
     from rlhfjob.episodes import EpisodeRun
@@ -31,12 +35,16 @@ def save(run: EpisodeRun, summary: dict[str, Any]) -> None:
         "dataset": run.dataset.state_dict(),
         "summaries": [*run.summaries, summary],
         "rng": ckpt.capture_rng(),
+        "version": run.version,
+        "ahead": [generation.saved() for generation in run.ahead.values()],
+        "ledger": run.ledger,
     }
     ckpt.save_checkpoint(
         path,
         episode=run.episode,
         modules=run.ex.state_dicts(),
         engine=engine_state,
+        ledger=[run.ledger[e] for e in sorted(run.ledger)],
     )
 
 
@@ -64,6 +72,10 @@ def resume(run: EpisodeRun) -> bool:
         run.stream.load_state_dict(state["stream"])
     run.dataset.load_state_dict(state["dataset"])
     run.summaries = list(state["summaries"])
+    # Checkpoints from before generation ahead: no env flow in flight, no ledger.
+    run.version = state.get("version", run.episode)
+    run.ahead = {g["episode"]: Generation.restored(g) for g in state.get("ahead", [])}
+    run.ledger = {int(e): dict(entry) for e, entry in state.get("ledger", {}).items()}
     ckpt.restore_rng(state["rng"])
     print(f"resumed from {latest} (episode {run.episode})", file=sys.stderr)
     return True
