@@ -28,6 +28,9 @@ def parse_args(
     parser.add_argument("--episodes", type=int, help="override runtime.num_episode")
     parser.add_argument("--seed", type=int, help="override runtime.seed")
     parser.add_argument("--sample-per-episode", type=int, help="override runtime's")
+    parser.add_argument(
+        "--max-staleness", type=int, help="override runtime.max_staleness (asynchronous RL)"
+    )
     parser.add_argument("--prompts", type=int, default=4096, help="training prompts")
     parser.add_argument("--eval-prompts", type=int, default=256, help="held-out prompts")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -48,6 +51,8 @@ def load_config(args: argparse.Namespace) -> dict[str, Any]:
         runtime["seed"] = args.seed
     if args.sample_per_episode is not None:
         runtime["sample_per_episode"] = args.sample_per_episode
+    if args.max_staleness is not None:
+        runtime["max_staleness"] = args.max_staleness
     return config
 
 

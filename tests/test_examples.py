@@ -49,6 +49,20 @@ def test_example_reward_rises(name: str, episodes: int, tmp_path: Path) -> None:
     assert plot.stat().st_size > 0
 
 
+def test_grpo_reward_rises_with_generation_one_version_ahead(tmp_path: Path) -> None:
+    """max_staleness 1: each episode trains on samples of the weights one version old,
+    with the decoupled loss, whose importance weights it reports."""
+    summaries = load("grpo_sort").main(
+        ["--episodes", "20", "--eval-prompts", "64", "--max-staleness", "1", "--quiet"]
+    )
+    curve = rewards(summaries)
+    first, last = curve[0], sum(curve[-3:]) / 3
+    assert last > first + 0.1, f"grpo_sort at staleness 1: {first:.3f} -> {last:.3f}: {curve}"
+    assert [row["staleness_max"] for row in summaries] == [0] + [1] * 19
+    weights = [row["grpo_policy/importance_weight_mean"] for row in summaries]
+    assert all(0.5 < w < 2.0 for w in weights) and any(abs(w - 1.0) > 1e-3 for w in weights)
+
+
 def test_text_example_reward_rises(tmp_path: Path) -> None:
     """grpo_arith: a tiny Llama and its BPE tokenizer made and saved by the example, text
     prompts from its JSONL files, a reward read out of the generated text. Responses end

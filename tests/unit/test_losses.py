@@ -10,6 +10,7 @@ import torch
 from rlhfjob.algorithms.losses import (
     LossScale,
     agg_loss,
+    decoupled_ppo_loss,
     gae_advantages,
     group_normalized_advantages,
     kl_penalty,
@@ -94,6 +95,33 @@ def test_ppo_policy_loss_gradient_is_zero_where_clipped() -> None:
     loss, _ = ppo_policy_loss(new, t([0.0]), t([1.0]), t([1]), clip_eps=0.2)
     loss.backward()
     assert new.grad is not None and new.grad.item() == 0.0
+
+
+def test_decoupled_ppo_loss_is_ppo_on_fresh_samples() -> None:
+    new, old = t([math.log(2.0), math.log(0.5), 0.3]), t([0.0, 0.0, 0.1])
+    adv, mask = t([1.0, 1.0, -1.0]), t([1, 1, 1])
+    expected, clipfrac = ppo_policy_loss(new, old, adv, mask, clip_eps=0.2)
+    loss, frac, weights = decoupled_ppo_loss(new, old, old, adv, mask, clip_eps=0.2)
+    assert torch.equal(loss, expected) and torch.equal(frac, clipfrac)
+    assert torch.equal(weights, torch.ones(1, 3))
+
+
+def test_decoupled_ppo_loss_weights_stale_tokens_truncated_by_hand() -> None:
+    # The trainer's (proximal) log-probs are the current ones: ratio 1, no clip. The
+    # behaviour policy gave token 1 a quarter of the proximal probability (weight 4,
+    # truncated to the cap 2), token 2 twice it (weight 0.5); token 3 is padding.
+    new = torch.tensor([[0.0, 0.0, 9.0]], requires_grad=True)
+    behaviour = t([-math.log(4.0), math.log(2.0), 0.0])
+    adv, mask = t([1.0, -1.0, 50.0]), t([1, 1, 0])
+    loss, frac, weights = decoupled_ppo_loss(
+        new, new.detach(), behaviour, adv, mask, clip_eps=0.2, weight_cap=2.0
+    )
+    assert loss.item() == pytest.approx(-(2.0 * 1.0 + 0.5 * -1.0) / 2)
+    assert frac.item() == 0.0
+    assert weights[0, :2].tolist() == pytest.approx([4.0, 0.5])
+    loss.backward()  # d/dlogp of -w * r * A at r = 1: -w * A / tokens
+    assert new.grad is not None
+    assert new.grad[0].tolist() == pytest.approx([-1.0, 0.25, 0.0])
 
 
 def test_value_loss_takes_the_larger_error() -> None:

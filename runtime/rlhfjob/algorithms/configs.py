@@ -427,6 +427,14 @@ class PolicyTrainerConfig(TrainerConfig):
     normalize_advantages: bool = field(
         default=True, metadata=about("whiten the advantages over the global batch")
     )
+    importance_weight_cap: float = field(
+        default=2.0,
+        metadata=about(
+            "with runtime.max_staleness >= 1: the cap of the truncated importance weight "
+            "of a stale sample's tokens (`losses.decoupled_ppo_loss`); unused at 0",
+            check=AT_LEAST_1,
+        ),
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

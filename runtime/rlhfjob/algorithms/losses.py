@@ -18,6 +18,7 @@ __all__ = [
     "LossAggMode",
     "LossScale",
     "agg_loss",
+    "decoupled_ppo_loss",
     "gae_advantages",
     "group_normalized_advantages",
     "kl_penalty",
@@ -180,6 +181,39 @@ def ppo_policy_loss(
     loss = masked_mean(surrogate, mask) if scale is None else agg_loss(surrogate, mask, scale)
     clipfrac = masked_mean((clipped < unclipped).to(logprobs.dtype), mask)
     return loss, clipfrac.detach()
+
+
+def decoupled_ppo_loss(
+    logprobs: torch.Tensor,
+    proximal_logprobs: torch.Tensor,
+    behaviour_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip_eps: float = 0.2,
+    weight_cap: float = 2.0,
+    scale: LossScale | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Decoupled PPO (Hilton et al. 2022, as AReaL's asynchronous PPO), to minimise, for
+    samples drawn by an older (behaviour) policy: returns (loss, clip fraction, weights).
+
+    Per token -w * min(r * A, clip(r, 1-eps, 1+eps) * A), where r = exp(logprobs -
+    proximal_logprobs) is clipped around the proximal policy (the trainer's, before
+    this update) instead of the behaviour policy, and w = min(exp(proximal_logprobs -
+    behaviour_logprobs), weight_cap) is the truncated importance weight (no gradient)
+    that corrects for the behaviour policy being older. Aggregated by ``scale`` as
+    :func:`ppo_policy_loss`. With proximal = behaviour it is ``ppo_policy_loss``.
+    ``weights`` are the untruncated importance weights (B, R), for statistics.
+    """
+    weights = torch.exp((proximal_logprobs - behaviour_logprobs).detach())
+    truncated = weights.clamp(max=weight_cap)
+    ratio = torch.exp(logprobs - proximal_logprobs)
+    unclipped = ratio * advantages
+    clipped = ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps) * advantages
+    surrogate = -truncated * torch.min(unclipped, clipped)
+    loss = masked_mean(surrogate, mask) if scale is None else agg_loss(surrogate, mask, scale)
+    clipfrac = masked_mean((clipped < unclipped).to(logprobs.dtype), mask)
+    return loss, clipfrac.detach(), weights
 
 
 def value_loss(

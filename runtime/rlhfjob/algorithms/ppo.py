@@ -47,6 +47,7 @@ from rlhfjob.algorithms.configs import (
 from rlhfjob.algorithms.losses import (
     LossScale,
     agg_loss,
+    decoupled_ppo_loss,
     gae_advantages,
     kl_penalty,
     masked_mean,
@@ -384,6 +385,44 @@ class PolicyTrainer(_Trainer):
     def setup(self) -> None:
         self._prepare(build_lm(self.config))
 
+    def _policy_loss(
+        self, logprobs: torch.Tensor, mb: dict[str, Any], scale: LossScale
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The clipped surrogate against the sampling policy's ``old_logprobs``; with
+        ``runtime.max_staleness`` >= 1, whose samples may come from older weights, the
+        decoupled loss instead: clipped around this step's own starting policy (the
+        log-probs before this update), corrected by the importance weight to the
+        sampling policy truncated at ``importance_weight_cap``, whose statistics it
+        reports (``importance_weight_mean|max``, ``importance_weight_truncated``: the
+        share of tokens over the cap)."""
+        config, mask = self.config, mb["response_mask"]
+        if self.runtime_args.max_staleness == 0:
+            return ppo_policy_loss(
+                logprobs,
+                mb["old_logprobs"],
+                mb["advantages"],
+                mask,
+                clip_eps=config.clip_eps,
+                scale=scale,
+            )
+        loss, clipfrac, weights = decoupled_ppo_loss(
+            logprobs,
+            logprobs.detach(),
+            mb["old_logprobs"],
+            mb["advantages"],
+            mask,
+            clip_eps=config.clip_eps,
+            weight_cap=config.importance_weight_cap,
+            scale=scale,
+        )
+        real = mask.bool()
+        if real.any():
+            self.metrics.add("importance_weight_mean", weights[real].mean())
+            self.metrics.add("importance_weight_max", weights[real].max(), reduce="max")
+            over = (weights[real] > config.importance_weight_cap).float().mean()
+            self.metrics.add("importance_weight_truncated", over)
+        return loss, clipfrac
+
     def train_step(self, data: list[dict[str, Any]], iteration: int = 0) -> None:
         assert self.model is not None and self.optimizer is not None
         if not self._has_data(data):
@@ -398,7 +437,7 @@ class PolicyTrainer(_Trainer):
             advantages = [
                 w.view_as(a) for w, a in zip(whitened.split(sizes), advantages, strict=True)
             ]
-        clip_eps, kl_coef = self.config.clip_eps, self.config.kl_coef
+        kl_coef = self.config.kl_coef
         scale = LossScale.of(self.config.loss_agg_mode, [mb["response_mask"] for mb in data])
         batches = self._micro_batches(
             [{**mb, "advantages": adv} for mb, adv in zip(data, advantages, strict=True)]
@@ -407,12 +446,10 @@ class PolicyTrainer(_Trainer):
         step_loss = step_kl = 0.0
         for mb, counts in batches:
             ids, mask, R = sequence(mb)
-            response_mask, adv = mb["response_mask"], mb["advantages"]
+            response_mask = mb["response_mask"]
             with self._forward():  # log-probs in float32 from the logits (token_log_probs)
                 logprobs, logits = response_log_probs(self.model, ids, mask, R)  # (B, R)
-            loss, clipfrac = ppo_policy_loss(
-                logprobs, mb["old_logprobs"], adv, response_mask, clip_eps=clip_eps, scale=scale
-            )
+            loss, clipfrac = self._policy_loss(logprobs, mb, scale)
             if not counts:  # a sharded replica's extra pass (see _micro_batches)
                 (loss * 0.0).backward()
                 continue
