@@ -15,6 +15,10 @@ Gauges, set after every episode from its summary (:meth:`JobMetrics.record_episo
 - ``rlhfjob_loss{module,name}``: module metrics named ``loss`` or ``*_loss``;
 - ``rlhfjob_module_metric{module,name}``: every numeric module metric;
 - ``rlhfjob_eval_metric{name}``: evaluation results (``eval/<name>``);
+- ``rlhfjob_staleness{stat=mean|max}``: weight versions between the policy that generated
+  the episode's samples and the trainer's (episodes with ``runtime.max_staleness`` >= 1);
+- ``rlhfjob_wait_seconds{side=training|generation}``: how long training waited for
+  samples, and generation for new weights, in the last episode (``rlhfjob.ahead.waits``);
 - ``rlhfjob_restarts``: gang restarts before this process (``RLHFJOB_RESTART_GENERATION``);
 - ``rlhfjob_last_checkpoint_episode``: the newest checkpoint's episode, saved or resumed
   from (no series before the first);
@@ -105,6 +109,16 @@ class JobMetrics:
             "module_metric", "Every numeric metric a module reported.", "module", "name"
         )
         self.eval_metric = gauge("eval_metric", "The last evaluation's metrics.", "name")
+        self.staleness = gauge(
+            "staleness",
+            "Weight versions between the samples' policy and the trainer, last episode.",
+            "stat",
+        )
+        self.wait_seconds = gauge(
+            "wait_seconds",
+            "Seconds training waited for samples, and generation for weights, last episode.",
+            "side",
+        )
         self.samples = counter("samples", "Samples generated.")
         self.train_steps = counter("train_steps", "Trainer-flow calls (global batches).")
         self.sync_bytes = counter("param_sync_bytes", "Bytes moved by parameter sync.")
@@ -166,6 +180,14 @@ class JobMetrics:
         sync_bytes = _number(summary.get("sync_bytes"))
         if sync_bytes is not None:
             self.sync_bytes.inc(sync_bytes)
+        for stat in ("mean", "max"):
+            staleness = _number(summary.get(f"staleness_{stat}"))
+            if staleness is not None:
+                self.staleness.labels(job, stat).set(staleness)
+        for side, key in (("training", "train_wait_s"), ("generation", "generation_wait_s")):
+            waited = _number(summary.get(key))
+            if waited is not None:
+                self.wait_seconds.labels(job, side).set(waited)
         for key, raw in summary.items():
             value = _number(raw)
             if value is None or "/" not in key:

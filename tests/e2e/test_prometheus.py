@@ -77,6 +77,7 @@ RUNTIME = {
     "train_global_batch_size": 4,
     "save_episode_interval": 1,
     "eval_episode_interval": 1,
+    "max_staleness": 1,  # generation ahead: the staleness panel has a series
     "seed": 7,
 }
 # Two starts that lose the scorer after 2 episodes; then, in the third, 3 episodes of
