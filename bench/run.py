@@ -245,8 +245,8 @@ def pipeline(tmp: Path) -> list[Row]:
     ]
 
 
-def ppo(tmp: Path, episodes: int) -> list[Row]:
-    config = yaml.safe_load((ROOT / "examples" / "ppo_sort.yaml").read_text())["spec"]
+def _example_config(tmp: Path, name: str, staleness: int, episodes: int) -> tuple[dict, Path]:
+    config = yaml.safe_load((ROOT / "examples" / f"{name}.yaml").read_text())["spec"]
     runtime = {
         **config["runtime"],
         "num_episode": episodes,
@@ -254,10 +254,16 @@ def ppo(tmp: Path, episodes: int) -> list[Row]:
         "data_checkpoint_path": None,
         "eval_episode_interval": None,
         "enable_eval_before_training": False,
+        "max_staleness": staleness,
     }
-    models = config["models"]
-    cfg = tmp / "ppo.yaml"
-    cfg.write_text(yaml.safe_dump({"runtime": runtime, "models": models}))
+    path = tmp / f"{name}-{staleness}.yaml"
+    path.write_text(yaml.safe_dump({"runtime": runtime, "models": config["models"]}))
+    return {"runtime": runtime, "models": config["models"]}, path
+
+
+def ppo(tmp: Path, episodes: int) -> list[Row]:
+    config, cfg = _example_config(tmp, "ppo_sort", 0, episodes)
+    runtime, models = config["runtime"], config["models"]
 
     def steady(summaries: list[dict]) -> float:
         return statistics.median(s["seconds"] for s in summaries[1:])
@@ -288,6 +294,135 @@ def ppo(tmp: Path, episodes: int) -> list[Row]:
             )
         )
     return rows
+
+
+STALENESS = (0, 1, 2)
+SLEEP_MS = 100  # a sleep-bound episode: 2 batches of generation, 2 train steps, each 100 ms
+
+
+def _steady(summaries: list[dict], key: str = "seconds") -> float:
+    """The median of ``key`` over the episodes after the first (start-up) one."""
+    return statistics.median(s.get(key, 0.0) for s in summaries[1:])
+
+
+def staleness(tmp: Path, episodes: int) -> list[Row]:
+    """Episodes per second under ``rlhfjob run`` at each ``max_staleness``, beside 0's."""
+    runs: dict[str, dict[int, list[dict]]] = {}
+    sleep_runtime = {
+        "num_episode": 10,
+        "sample_per_episode": 8,
+        "generation_batch_size": 4,
+        "train_micro_batch_size": 4,
+        "train_global_batch_size": 4,
+    }
+    sleepers = {"policy": {"args": {"ms": SLEEP_MS}}, "trainer": {"args": {"ms": SLEEP_MS}}}
+    for k in STALENESS:
+        runtime = {**sleep_runtime, "max_staleness": k}
+        job = run_job(f"bench-stale-{k}", ["staleness"], runtime, sleepers, tmp)
+        runs.setdefault("sleep-bound flow", {})[k] = job["result"]
+        for name in ("ppo_sort", "grpo_sort"):
+            config, path = _example_config(tmp, name, k, episodes)
+            args = ["example", name, "--config", str(path)]
+            job = run_job(f"bench-{name.replace('_', '-')}-{k}", args, **config, tmp=tmp)
+            runs.setdefault(f"`examples/{name}.py`", {})[k] = job["result"]
+    rows = []
+    for what, by_k in runs.items():
+        base = 1 / _steady(by_k[0])
+        for k in STALENESS[1:]:
+            rate = 1 / _steady(by_k[k])
+            waits = (
+                f"waits: training {_steady(by_k[k], 'train_wait_s') * 1000:.0f} ms, "
+                f"generation {_steady(by_k[k], 'generation_wait_s') * 1000:.0f} ms "
+                f"(at 0: {_steady(by_k[0], 'train_wait_s') * 1000:.0f} / "
+                f"{_steady(by_k[0], 'generation_wait_s') * 1000:.0f} ms)"
+            )
+            target = what.startswith("sleep") and k == 1
+            rows.append(
+                Row(
+                    f"{what}, max_staleness {k}: episodes/s",
+                    f"{rate:.2f} episodes/s; {waits}",
+                    f"max_staleness 0: {base:.2f} episodes/s",
+                    rate / base,
+                    "≥1.6× at staleness 1" if target else "",
+                    rate / base >= 1.6 if target else None,
+                )
+            )
+    return rows
+
+
+CURVES = {"ppo_sort": 100, "grpo_sort": 150}  # the README's full-length runs
+
+
+def _first_at(curve: list[float | None], level: float = 0.9) -> str:
+    return next((str(i + 1) for i, r in enumerate(curve) if r is not None and r >= level), "no")
+
+
+def reward_curves(plot: Path) -> list[Row]:
+    """The examples' full-length runs at each ``max_staleness``, in process (where a run
+    is bitwise the one `rlhfjob run` makes): episodes and seconds to a sampled reward of
+    0.9, and the curves as one PNG."""
+    runs: dict[tuple[str, int], tuple[list[dict], float]] = {}
+    work = [(name, k) for name in CURVES for k in STALENESS]
+
+    def one(item: tuple[str, int]) -> tuple[list[dict], float]:
+        name, k = item
+        args = ["--episodes", str(CURVES[name]), "--max-staleness", str(k)]
+        start = time.perf_counter()
+        result = run_script([str(ENTRY), "example", name, *args], timeout=1800)["result"]
+        return result, time.perf_counter() - start
+
+    with ThreadPoolExecutor(max_workers=2) as pool:  # one torch thread each: two cores
+        for item, out in zip(work, pool.map(one, work), strict=True):
+            runs[item] = out
+    rows = []
+    for name, k in work:
+        summaries, seconds = runs[(name, k)]
+        sampled = [s.get("reward/reward_mean") for s in summaries]
+        evaluated = [s.get("eval/reward") for s in summaries]
+        first = _first_at(sampled)
+        when = ""
+        if first != "no":
+            when = f", {sum(s['seconds'] for s in summaries[: int(first)]):.0f} s learning"
+        last = statistics.mean(r for r in sampled[-10:] if r is not None)
+        base = runs[(name, 0)][0]
+        base_first = _first_at([s.get("reward/reward_mean") for s in base])
+        rows.append(
+            Row(
+                f"`examples/{name}.py`, max_staleness {k}: first episode with sampled reward ≥ 0.9",
+                f"{first}{when} (eval: {_first_at(evaluated)}); last 10 {last:.3f}; "
+                f"{seconds:.0f} s in all",
+                f"max_staleness 0: {base_first}",
+                None,
+                "reaches 0.9",
+                first != "no",
+            )
+        )
+    _plot(runs, plot)
+    return rows
+
+
+def _plot(runs: dict[tuple[str, int], tuple[list[dict], float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(11, 3.5))
+    for ax, name in zip(axes, CURVES, strict=True):
+        for k in STALENESS:
+            summaries = runs[(name, k)][0]
+            ax.plot(
+                [s["episode"] for s in summaries],
+                [s.get("reward/reward_mean") for s in summaries],
+                label=f"max_staleness {k}",
+            )
+        ax.axhline(0.9, color="grey", linestyle=":", linewidth=1)
+        ax.set(xlabel="episode", ylabel="sampled reward", ylim=(0, 1.02), title=name)
+        ax.legend(loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def memory(tmp: Path) -> list[Row]:
@@ -380,7 +515,11 @@ def grpo_step(lengths: list[int], steps: int) -> list[Row]:
     for length in lengths:
         figures = result["lengths"][str(length)]
         trl = figures["trl"]["completions_per_s"]
-        for runner, where in (("inproc", "in-process"), ("dist", "under rlhfjob run")):
+        for runner, where, times in (
+            ("inproc", "in-process", 1.5),
+            ("dist", "under rlhfjob run", 1.5),
+            ("dist-async", "under rlhfjob run, max_staleness 1", 2.0),
+        ):
             ours = figures[runner]["completions_per_s"]
             rows.append(
                 Row(
@@ -389,8 +528,8 @@ def grpo_step(lengths: list[int], steps: int) -> list[Row]:
                     f"{ours:.1f} completions/s",
                     f"TRL GRPOTrainer: {trl:.1f} completions/s",
                     ours / trl,
-                    "≥1.5×",
-                    ours / trl >= 1.5,
+                    f"≥{times:g}×",
+                    ours / trl >= times,
                 )
             )
     return rows
@@ -401,6 +540,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, help="also write the tables to this file")
     parser.add_argument("--only", nargs="*", help="sections to run (default: all)")
     parser.add_argument("--ppo-episodes", type=int, default=6)
+    parser.add_argument(
+        "--curves-png",
+        type=Path,
+        default=ROOT / "docs" / "async_reward.png",
+        help="where the reward-curves section writes its PNG",
+    )
+    parser.add_argument(
+        "--staleness-episodes", type=int, default=8, help="example episodes per staleness"
+    )
     parser.add_argument(
         "--gen-lengths", default="16,128,512", help="response lengths of the generation bench"
     )
@@ -431,6 +579,14 @@ def main(argv: list[str]) -> int:
             "sync": ("parameter sync (gloo, CPU)", lambda: sync(args.sweep)),
             "pipeline": ("pipelining", lambda: pipeline(tmp)),
             "ppo": ("framework overhead", lambda: ppo(tmp, args.ppo_episodes)),
+            "staleness": (
+                "asynchronous RL: generation ahead of training (`rlhfjob run`)",
+                lambda: staleness(tmp, args.staleness_episodes),
+            ),
+            "reward-curves": (
+                "asynchronous RL: the examples' reward at each max_staleness (in process)",
+                lambda: reward_curves(args.curves_png),
+            ),
             "memory": ("driver memory", lambda: memory(tmp)),
             "startup": ("start-up", startup),
             "generation": (

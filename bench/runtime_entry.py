@@ -16,14 +16,18 @@ env flow; ``stages`` makes every call wait for the one before it (no overlap
 between batches: what a stage-by-stage run does with one replica per model).
 ``memory``: a producer's samples carry 256 KB each; a trainer pulls them;
 the driver reports its peak RSS.
-``ppo ...``: the PPO example's engine (examples/ppo_sort.py), in-process when
-run with plain python, distributed under ``rlhfjob run``.
+``ppo ...``, ``example NAME ...``: the PPO example's engine (examples/ppo_sort.py), or
+example NAME's, in-process when run with plain python, distributed under ``rlhfjob run``.
+``staleness``: the sleep-bound flow of the asynchronous-RL benchmark: a policy whose
+batches sleep ``ms`` ms (standing in for generation kernels) and its trainer, whose
+steps sleep ``ms`` ms, synced every episode.
 
 Each job prints one JSON line starting ``BENCH``.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import resource
@@ -95,6 +99,22 @@ class Sleeper(BaseModule):
         return {**data}
 
 
+class SleepingTrainer(BaseModule):
+    """A policy's trainer: a step sleeps ``ms`` ms, then nudges the one weight it syncs."""
+
+    def setup(self):
+        self.model = torch.nn.Linear(1, 1, bias=False)
+
+    def forward_step(self, data):
+        time.sleep(self.model_args["ms"] / 1000)
+        return {**data}
+
+    def train_step(self, data):
+        time.sleep(self.model_args["ms"] / 1000)
+        with torch.no_grad():
+            self.model.weight.add_(0.01)
+
+
 class Blob(BaseModule):
     def forward_step(self, data):
         return {**data, "blob": torch.ones(len(data["i"]), 65536)}  # 256 KB a sample
@@ -156,6 +176,18 @@ def calls(sync_n: int, async_n: int) -> dict[str, float]:
     return out
 
 
+def _synced(inference: BaseModule, trainer: BaseModule, *, prompts: int) -> Engine:
+    """An env flow of ``inference``, a trainer flow of ``trainer``, synced every episode."""
+    return (
+        Engine(
+            Environment(lambda b: inference.forward_step(b)),
+            Trainer(lambda b: trainer.train_step(b)),
+        )
+        .set_parameter_sync(trainer, inference)
+        .set_dataset([{"i": torch.tensor(i)} for i in range(prompts)])
+    )
+
+
 def build(mode: str, args: list[str]) -> Engine:
     if mode == "transfer":
         producer, consumer = Producer("producer"), Consumer("consumer")
@@ -163,15 +195,7 @@ def build(mode: str, args: list[str]) -> Engine:
         sizes = [int(s) for s in args[0].split(",")]
         return engine.set_dataset([{"mb": torch.tensor(mb)} for mb in sizes])
     if mode == "sync":
-        inference, trainer = Big("inference"), Big("trainer")
-        return (
-            Engine(
-                Environment(lambda b: inference.forward_step(b)),
-                Trainer(lambda b: trainer.train_step(b)),
-            )
-            .set_parameter_sync(trainer, inference)
-            .set_dataset([{"i": torch.tensor(i)} for i in range(4)])
-        )
+        return _synced(Big("inference"), Big("trainer"), prompts=4)
     if mode == "pipeline":
         m0, m1, m2, m3 = (Sleeper(f"m{i}") for i in range(4))
 
@@ -182,6 +206,8 @@ def build(mode: str, args: list[str]) -> Engine:
         executor = StageByStage(_job_config(), context.peers) if stages else None
         engine = Engine(Environment(chain), executor=executor)
         return engine.set_dataset([{"i": torch.tensor(i)} for i in range(64)])
+    if mode == "staleness":
+        return _synced(SleepingTrainer("policy"), SleepingTrainer("trainer"), prompts=64)
     if mode == "memory":
         blob, sink = Blob("blob"), Sink("sink")
         return Engine(
@@ -193,11 +219,10 @@ def build(mode: str, args: list[str]) -> Engine:
 def main(argv: list[str]) -> None:
     mode = argv[0]
     result: Any
-    if mode == "ppo":
+    if mode in ("ppo", "example"):
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-        import ppo_sort
-
-        result = ppo_sort.main(["--quiet", *argv[1:]])
+        name, rest = ("ppo_sort", argv[1:]) if mode == "ppo" else (argv[1], argv[2:])
+        result = importlib.import_module(name).main(["--quiet", *rest])
     elif mode == "calls":
         result = calls(int(argv[1]), int(argv[2]))
     else:

@@ -18,8 +18,9 @@ Both run the same job on the same files, made here once:
 
 Each figure runs in its own process with one torch thread (``rlhfjob run`` starts a
 process per model, one thread each): TRL (``use_cpu``), rlhfjob in-process
-(``GRPOEngine(config=...).learn()``) and rlhfjob under ``rlhfjob run`` (the same job as
-a YAML-only manifest, ``entrypoint: {engine: grpo}``). A step's time is TRL's
+(``GRPOEngine(config=...).learn()``), rlhfjob under ``rlhfjob run`` (the same job as
+a YAML-only manifest, ``entrypoint: {engine: grpo}``), and that with ``max_staleness: 1``
+(``dist-async``: the next step's generation overlaps this step's training). A step's time is TRL's
 ``on_step_begin`` to ``on_step_end`` and rlhfjob's episode ``seconds``; the figure is
 32 completions over the median step after the first two (warm-up). Prints one
 ``RESULT`` JSON line: completions per second by length and runner.
@@ -46,7 +47,7 @@ HERE = Path(__file__).resolve().parent
 ARITH = HERE.parent / "examples" / "grpo_arith.py"
 PROMPTS, GROUP, LR, KL = 4, 8, 1e-5, 0.04
 WARMUP = 2  # steps left out of the median
-RUNNERS = ("trl", "inproc", "dist")
+RUNNERS = ("trl", "inproc", "dist", "dist-async")
 REWARD = "rlhfjob.rewards.arith:exact_answer"
 _EPISODE = re.compile(r"episode (\d+)/\d+\s+([0-9.]+) samples/s")
 
@@ -156,8 +157,11 @@ def run_inproc(paths: dict[str, str], length: int, steps: int) -> list[float]:
     return [float(s["seconds"]) for s in summaries]
 
 
-def run_dist(paths: dict[str, str], length: int, steps: int, tmp: Path) -> list[float]:
+def run_dist(
+    paths: dict[str, str], length: int, steps: int, tmp: Path, *, staleness: int = 0
+) -> list[float]:
     config = job_config(paths, length, steps)
+    config["runtime"]["max_staleness"] = staleness
     manifest = {
         "apiVersion": "rlhf.dev/v1alpha1",
         "kind": "RLHFJob",
@@ -195,7 +199,7 @@ def worker(runner: str, paths: dict[str, str], length: int, steps: int, tmp: Pat
     elif runner == "inproc":
         seconds = run_inproc(paths, length, steps)
     else:
-        seconds = run_dist(paths, length, steps, tmp)
+        seconds = run_dist(paths, length, steps, tmp, staleness=int(runner == "dist-async"))
     print("RESULT " + json.dumps({"seconds": seconds}))
 
 

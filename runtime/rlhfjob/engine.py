@@ -19,7 +19,9 @@ One episode:
    ``after_episode`` (ChatLearn's order); the checkpoint is written last.
 
 Fresh runs also sync every pair once before the first episode, so inference
-models start from their trainers' weights.
+models start from their trainers' weights. With ``runtime.max_staleness`` k >= 1,
+step 2 of episode e+k is submitted after step 1 of episode e, so it runs while
+episode e trains and syncs (:mod:`rlhfjob.ahead`).
 
 Here: the Engine (building, validation, ``learn()``); the flows are
 :mod:`rlhfjob.components`, the loop :mod:`rlhfjob.episodes`, saving and resuming

@@ -43,7 +43,7 @@ class EpisodeRun:
         # Generation ahead of training (rlhfjob.ahead): the env flows submitted and not yet
         # trained on, by episode; the trainer's weight version; the prompt ledger.
         self.ahead: dict[int, Generation] = {}
-        self.version = 0
+        self.version = 0  # of the weights the env flow generates with (rlhfjob.ahead)
         self.ledger: dict[int, dict[str, Any]] = {}
         self.stream: PromptStream | None = None
         if engine.environment is not None and engine._datasets is not None:
@@ -176,7 +176,8 @@ class EpisodeRun:
             if synced:
                 summary["sync_seconds"] = time.perf_counter() - sync_start
                 summary["sync_bytes"] = synced
-            self.version = number
+            if synced or not self.engine._sync_pairs:  # the weights later flows generate with
+                self.version = number
         self.ex.release(number)
         # ChatLearn's order, which a module sees: save_checkpoint, then the evaluation,
         # then after_episode. The checkpoint itself is written last, once this episode's
@@ -234,11 +235,11 @@ class EpisodeRun:
         return time.perf_counter() - began
 
     def _record_training(self, number: int, generation: Generation, summary: dict) -> None:
-        """The ledger's and the summary's record of training episode ``number`` with the
-        weights of version ``self.version`` on ``generation``'s samples."""
-        self.ledger[number]["trained_with"] = self.version
+        """The ledger's and the summary's record of training episode ``number``: with the
+        trainer's weights of version ``number - 1`` on ``generation``'s samples."""
+        self.ledger[number]["trained_with"] = number - 1
         if self.rt.max_staleness > 0:
-            staleness = self.version - generation.version
+            staleness = number - 1 - generation.version
             summary["staleness_mean"] = float(staleness)  # one version per env flow
             summary["staleness_max"] = staleness
 
