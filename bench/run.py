@@ -252,7 +252,7 @@ def _example_config(tmp: Path, name: str, staleness: int, episodes: int) -> tupl
         "num_episode": episodes,
         "save_episode_interval": None,
         "data_checkpoint_path": None,
-        "eval_episode_interval": None,
+        "eval_episode_interval": 0,
         "enable_eval_before_training": False,
         "max_staleness": staleness,
     }

@@ -198,8 +198,8 @@ def decoupled_ppo_loss(
     samples drawn by an older (behaviour) policy: returns (loss, clip fraction, weights).
 
     Per token -w * min(r * A, clip(r, 1-eps, 1+eps) * A), where r = exp(logprobs -
-    proximal_logprobs) is clipped around the proximal policy (the trainer's, before
-    this update) instead of the behaviour policy, and w = min(exp(proximal_logprobs -
+    proximal_logprobs) is clipped around the proximal policy (the trainer's as this
+    episode's training began) instead of the behaviour policy, and w = min(exp(proximal_logprobs -
     behaviour_logprobs), weight_cap) is the truncated importance weight (no gradient)
     that corrects for the behaviour policy being older. Aggregated by ``scale`` as
     :func:`ppo_policy_loss`. With proximal = behaviour it is ``ppo_policy_loss``.

@@ -20,6 +20,7 @@ the engine seeds and checkpoints, so a resumed run repeats an uninterrupted one.
 
 from __future__ import annotations
 
+import copy
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -384,17 +385,41 @@ class PolicyTrainer(_Trainer):
 
     def setup(self) -> None:
         self._prepare(build_lm(self.config))
+        self._shadow: torch.nn.Module | None = None  # the episode's starting policy
+        self._proximal: torch.nn.Module | None = None
+        if self.runtime_args.max_staleness > 0 and self._sharded:
+            raise ValueError(
+                f"models.{self.name}.args.fsdp with runtime.max_staleness >= 1 is not "
+                "supported: the decoupled loss keeps a copy of the episode's starting policy, "
+                "which is not built for sharded models; set fsdp to false or max_staleness to 0"
+            )
+
+    def before_episode(self) -> None:
+        self._proximal = None  # taken again at the episode's first step
+
+    def _proximal_model(self) -> torch.nn.Module:
+        """A frozen copy of the policy as this episode's training began (one copy, kept
+        and refreshed: one model's worth of memory)."""
+        assert self.model is not None
+        if self._proximal is None:
+            if self._shadow is None:
+                self._shadow = copy.deepcopy(self.model).requires_grad_(False)
+            else:
+                self._shadow.load_state_dict(self.model.state_dict())
+            self._proximal = self._shadow
+        return self._proximal
 
     def _policy_loss(
         self, logprobs: torch.Tensor, mb: dict[str, Any], scale: LossScale
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The clipped surrogate against the sampling policy's ``old_logprobs``; with
         ``runtime.max_staleness`` >= 1, whose samples may come from older weights, the
-        decoupled loss instead: clipped around this step's own starting policy (the
-        log-probs before this update), corrected by the importance weight to the
-        sampling policy truncated at ``importance_weight_cap``, whose statistics it
-        reports (``importance_weight_mean|max``, ``importance_weight_truncated``: the
-        share of tokens over the cap)."""
+        decoupled loss instead: clipped around the policy as this episode's training
+        began (the proximal policy: a frozen copy, one more forward pass a micro-batch),
+        corrected by the importance weight from the sampling policy to it, truncated at
+        ``importance_weight_cap``, whose statistics it reports
+        (``importance_weight_mean|max``, ``importance_weight_truncated``: the share of
+        tokens over the cap)."""
         config, mask = self.config, mb["response_mask"]
         if self.runtime_args.max_staleness == 0:
             return ppo_policy_loss(
@@ -405,9 +430,13 @@ class PolicyTrainer(_Trainer):
                 clip_eps=config.clip_eps,
                 scale=scale,
             )
+        proximal = self._proximal_model()
+        ids, full_mask, R = sequence(mb)
+        with torch.no_grad(), forward_precision(proximal, config):
+            proximal_logprobs = response_log_probs(proximal, ids, full_mask, R)[0]
         loss, clipfrac, weights = decoupled_ppo_loss(
             logprobs,
-            logprobs.detach(),
+            proximal_logprobs,
             mb["old_logprobs"],
             mb["advantages"],
             mask,
