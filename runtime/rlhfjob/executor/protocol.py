@@ -52,6 +52,7 @@ __all__ = [
     "Setup",
     "StateReply",
     "Submit",
+    "lost_peer",
 ]
 
 
@@ -84,10 +85,27 @@ class Failure:
     """A failed operation, returned as a value: RPC carries it intact to every waiter.
 
     Calls that consumed a failed output fail with the same text, so whoever
-    waits first sees the original worker and traceback.
+    waits first sees the original worker and traceback. ``retryable``: the
+    operation failed because a peer of a collective was lost (``lost_peer``), so a
+    restart of the gang can help; otherwise the code raised and would again.
     """
 
     message: str
+    retryable: bool = False
+
+
+# What gloo's TCP transport raises (as a plain RuntimeError) when the other end of a
+# collective died: the sync's or a gradient all-reduce's peer was killed.
+_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+
+
+def lost_peer(exc: BaseException) -> bool:
+    """Whether ``exc`` says a collective's peer process is gone (not a bug of the code)."""
+    import torch.distributed as dist
+
+    if isinstance(exc, dist.DistNetworkError):
+        return True
+    return isinstance(exc, RuntimeError) and any(text in str(exc) for text in _LOST)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -186,7 +186,7 @@ class RpcExecutor:
                 f"{what} on {peer.describe()} was lost: {exc}", retryable=True
             ) from None
         if isinstance(result, Failure):
-            raise WorkerFailed(result.message)
+            raise WorkerFailed(result.message, retryable=result.retryable)
         return result
 
     def _all(self, operation: Operation) -> dict[str, Any]:

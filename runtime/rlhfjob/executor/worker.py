@@ -29,7 +29,16 @@ import torch.distributed.rpc as rpc
 from rlhfjob.comm.channel import NOTHING, Connection, Server, reachable_ip, replier
 from rlhfjob.comm.env import WorkerEnv
 from rlhfjob.executor.operations import HANDLERS
-from rlhfjob.executor.protocol import Call, Endpoint, Failure, Fill, Layout, Operation, Submit
+from rlhfjob.executor.protocol import (
+    Call,
+    Endpoint,
+    Failure,
+    Fill,
+    Layout,
+    Operation,
+    Submit,
+    lost_peer,
+)
 from rlhfjob.executor.pulls import Exchange, Upstream
 from rlhfjob.module import BaseModule
 from rlhfjob_operator.contract import shm_prefix
@@ -170,10 +179,11 @@ class WorkerRuntime:
                 result = HANDLERS[type(operation)](self, operation)
             except Upstream as exc:
                 result = exc.failure
-            except BaseException:  # every failure goes back to the driver
+            except BaseException as exc:  # every failure goes back to the driver
                 result = Failure(
                     f"{operation.op} failed on {self.env.name} (role {self.env.role}, replica "
-                    f"{self.env.replica}, pid {os.getpid()}):\n{traceback.format_exc()}"
+                    f"{self.env.replica}, pid {os.getpid()}):\n{traceback.format_exc()}",
+                    retryable=lost_peer(exc),
                 )
             if isinstance(result, Failure) and isinstance(operation, Call):
                 self.exchange.value(operation.key).set_result(result)
