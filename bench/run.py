@@ -245,6 +245,15 @@ def pipeline(tmp: Path) -> list[Row]:
     ]
 
 
+STALENESS = (0, 1, 2)
+SLEEP_MS = 100  # a sleep-bound episode: 2 batches of generation, 2 train steps, each 100 ms
+
+
+def _steady(summaries: list[dict], key: str = "seconds") -> float:
+    """The median of ``key`` over the episodes after the first (start-up) one."""
+    return statistics.median(s.get(key, 0.0) for s in summaries[1:])
+
+
 def _example_config(tmp: Path, name: str, staleness: int, episodes: int) -> tuple[dict, Path]:
     config = yaml.safe_load((ROOT / "examples" / f"{name}.yaml").read_text())["spec"]
     runtime = {
@@ -265,12 +274,9 @@ def ppo(tmp: Path, episodes: int) -> list[Row]:
     config, cfg = _example_config(tmp, "ppo_sort", 0, episodes)
     runtime, models = config["runtime"], config["models"]
 
-    def steady(summaries: list[dict]) -> float:
-        return statistics.median(s["seconds"] for s in summaries[1:])
-
     local = run_script([str(ENTRY), "ppo", "--config", str(cfg)])["result"]
     dist = run_job("bench-ppo", ["ppo", "--config", str(cfg)], runtime, models, tmp)["result"]
-    ours, inproc = steady(dist), steady(local)
+    ours, inproc = _steady(dist), _steady(local)
     processes = 1 + sum(m.get("num_replica", 1) for m in models.values())
     rows = [
         Row(
@@ -294,15 +300,6 @@ def ppo(tmp: Path, episodes: int) -> list[Row]:
             )
         )
     return rows
-
-
-STALENESS = (0, 1, 2)
-SLEEP_MS = 100  # a sleep-bound episode: 2 batches of generation, 2 train steps, each 100 ms
-
-
-def _steady(summaries: list[dict], key: str = "seconds") -> float:
-    """The median of ``key`` over the episodes after the first (start-up) one."""
-    return statistics.median(s.get(key, 0.0) for s in summaries[1:])
 
 
 def staleness(tmp: Path, episodes: int) -> list[Row]:

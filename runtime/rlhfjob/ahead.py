@@ -93,13 +93,13 @@ def ledger_entry(generation: Generation, *, copies: int) -> dict[str, Any]:
 
 
 def waits(
-    *, generating: float, collecting: float, start: float, trained: float, generated: float
+    *, generating: float, collecting: float, trained: float, generated: float
 ) -> dict[str, float]:
     """How long training and generation each waited for the other in one episode, from
     the driver's clock: ``generating`` (seconds spent submitting env flows; in process
-    they run then), ``collecting`` (waiting for this episode's samples), ``start`` (the
-    training was submitted), ``trained`` (it finished) and ``generated`` (the env
-    flows in flight finished; ``start`` when none were).
+    they run then), ``collecting`` (waiting for this episode's samples), ``trained``
+    (the training finished) and ``generated`` (the env flows in flight finished; when
+    the training was submitted if they were done by then).
 
     Training waits while the samples it needs are made, and at the end for a generation
     still running (the sync needs its workers); generation waits for the training of
@@ -108,5 +108,5 @@ def waits(
     """
     return {
         "train_wait_s": generating + collecting + max(0.0, generated - trained),
-        "generation_wait_s": max(0.0, trained - max(generated, start)),
+        "generation_wait_s": max(0.0, trained - generated),
     }

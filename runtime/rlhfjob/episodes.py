@@ -45,6 +45,11 @@ class EpisodeRun:
         self.ahead: dict[int, Generation] = {}
         self.version = 0  # of the weights the env flow generates with (rlhfjob.ahead)
         self.ledger: dict[int, dict[str, Any]] = {}
+        # Modules of the env flow that no trainer flow calls: their metrics are asked right
+        # after each env flow, so they count in the episode that trains on it.
+        env, trainer = engine.environment, engine.trainer
+        self.env_only = {m.name for m in env.modules} if env is not None else set()
+        self.env_only -= {m.name for m in trainer.modules} if trainer is not None else set()
         self.stream: PromptStream | None = None
         if engine.environment is not None and engine._datasets is not None:
             first = engine.environment.graph.entry_modules[0]
@@ -153,18 +158,17 @@ class EpisodeRun:
             # The replay buffers' episode_id is ChatLearn's: 0-based.
             self.dataset.set_episode(number - 1, samples, manager)
             self.ex.begin(number)
-            trained_from = time.perf_counter()
-            idle = all(self.ex.done(e) for e in self.ahead)  # in process: always
+            # The env flows in flight may be done already (in process: always).
+            idle = all(self.ex.done(e) for e in self.ahead)
+            generated = time.perf_counter() if idle else None
             summary["train_steps"] = self.train()
             # Training done everywhere (what follows times the sync alone), and the env
             # flows in flight, whose workers the sync may need; each end is timed.
-            trained, generated = self._finish(number)
-            generated = trained_from if idle else generated
+            trained, generated = self._finish(number, generated)
             summary.update(
                 waits(
                     generating=generating,
                     collecting=collecting,
-                    start=trained_from,
                     trained=trained,
                     generated=generated,
                 )
@@ -190,7 +194,7 @@ class EpisodeRun:
         if self.engine.evaluator is not None and interval and number % interval == 0:
             summary.update(self.evaluate())
         self.ex.hook("after_episode")
-        others = [m.name for m in self.engine.modules if m.name not in self._env_only()]
+        others = [m.name for m in self.engine.modules if m.name not in self.env_only]
         metrics = {**env_metrics, **(self.ex.metrics(others) if others else {})}
         for name in [m.name for m in self.engine.modules if m.name in metrics]:
             for key, value in metrics[name].items():
@@ -214,14 +218,6 @@ class EpisodeRun:
 
     # --- generation ahead (rlhfjob.ahead) ----------------------------------------
 
-    def _env_only(self) -> set[str]:
-        """Modules of the env flow that no trainer flow calls: their metrics are asked
-        right after each env flow, so they count in the episode that trains on it."""
-        env = self.engine.environment
-        trainer = self.engine.trainer
-        names = {m.name for m in env.modules} if env is not None else set()
-        return names - ({m.name for m in trainer.modules} if trainer is not None else set())
-
     def _submit_ahead(self, number: int) -> float:
         """Submit the env flows of every episode up to ``number + max_staleness`` not yet
         submitted; returns the seconds it took (in process, the flows run then)."""
@@ -231,7 +227,6 @@ class EpisodeRun:
             self.ahead[episode] = self._generate(episode)
             copies = self.rt.num_inference_per_prompt
             self.ledger[episode] = ledger_entry(self.ahead[episode], copies=copies)
-        self.ex.begin(number)
         return time.perf_counter() - began
 
     def _record_training(self, number: int, generation: Generation, summary: dict) -> None:
@@ -243,10 +238,11 @@ class EpisodeRun:
             summary["staleness_mean"] = float(staleness)  # one version per env flow
             summary["staleness_max"] = staleness
 
-    def _finish(self, number: int) -> tuple[float, float]:
+    def _finish(self, number: int, generated: float | None) -> tuple[float, float]:
         """Wait for episode ``number``'s training and for the env flows in flight; returns
-        when each finished (the driver's clock, within a millisecond)."""
-        trained = generated = None
+        when each finished (the driver's clock, within a millisecond). ``generated``: when
+        the flows in flight were seen done already (None: not yet)."""
+        trained = None
         while trained is None or generated is None:
             now = time.perf_counter()
             if trained is None and self.ex.done(number):
@@ -293,7 +289,7 @@ class EpisodeRun:
             prompts=ids,
             handles=batches,
             labels=[graph.nodes[i].label for i in graph.outputs],
-            metrics=self.ex.metrics_later(self._env_only()),
+            metrics=self.ex.metrics_later(self.env_only),
         )
 
     def _collect(self, generation: Generation) -> list[Any]:

@@ -410,7 +410,11 @@ class PolicyTrainer(_Trainer):
         return self._proximal
 
     def _policy_loss(
-        self, logprobs: torch.Tensor, mb: dict[str, Any], scale: LossScale
+        self,
+        logprobs: torch.Tensor,
+        mb: dict[str, Any],
+        scale: LossScale,
+        inputs: tuple[torch.Tensor, torch.Tensor, int],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The clipped surrogate against the sampling policy's ``old_logprobs``; with
         ``runtime.max_staleness`` >= 1, whose samples may come from older weights, the
@@ -419,7 +423,7 @@ class PolicyTrainer(_Trainer):
         corrected by the importance weight from the sampling policy to it, truncated at
         ``importance_weight_cap``, whose statistics it reports
         (``importance_weight_mean|max``, ``importance_weight_truncated``: the share of
-        tokens over the cap)."""
+        tokens over the cap). ``inputs``: the micro-batch's ``sequence(mb)``."""
         config, mask = self.config, mb["response_mask"]
         if self.runtime_args.max_staleness == 0:
             return ppo_policy_loss(
@@ -431,9 +435,8 @@ class PolicyTrainer(_Trainer):
                 scale=scale,
             )
         proximal = self._proximal_model()
-        ids, full_mask, R = sequence(mb)
         with torch.no_grad(), forward_precision(proximal, config):
-            proximal_logprobs = response_log_probs(proximal, ids, full_mask, R)[0]
+            proximal_logprobs = response_log_probs(proximal, *inputs)[0]
         loss, clipfrac, weights = decoupled_ppo_loss(
             logprobs,
             proximal_logprobs,
@@ -478,7 +481,7 @@ class PolicyTrainer(_Trainer):
             response_mask = mb["response_mask"]
             with self._forward():  # log-probs in float32 from the logits (token_log_probs)
                 logprobs, logits = response_log_probs(self.model, ids, mask, R)  # (B, R)
-            loss, clipfrac = self._policy_loss(logprobs, mb, scale)
+            loss, clipfrac = self._policy_loss(logprobs, mb, scale, (ids, mask, R))
             if not counts:  # a sharded replica's extra pass (see _micro_batches)
                 (loss * 0.0).backward()
                 continue
